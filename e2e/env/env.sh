@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Print `export` lines for the real-services environment. Use:
+#   eval "$(e2e/env/env.sh)"
+set -euo pipefail
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+q() { printf '%q' "$1"; }
+cat <<ENV
+export TERN_CACHE=$(q "$TERN_CACHE")
+export TERN_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export TERN_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export TERN_CQL_NODES=127.0.0.1:$CQL_PORT
+export TERN_ETCD_ENDPOINTS=http://127.0.0.1:$ETCD_CLIENT_PORT
+export TERN_S3_ENDPOINT=http://127.0.0.1:$MINIO_PORT
+export TERN_S3_BUCKET=$(q "${TERN_S3_BUCKET:-$TERN_S3_BUCKET_DEFAULT}")
+export AWS_ACCESS_KEY_ID=$(q "${MINIO_ROOT_USER:-$MINIO_ROOT_USER_DEFAULT}")
+export AWS_SECRET_ACCESS_KEY=$(q "${MINIO_ROOT_PASSWORD:-$MINIO_ROOT_PASSWORD_DEFAULT}")
+export AWS_REGION=us-east-1
+export AWS_ALLOW_HTTP=true
+export KUBECONFIG=$(q "$TERN_RUN/kube/kubeconfig")
+export PATH=$(q "$TERN_BIN"):\$PATH
+ENV
