@@ -305,6 +305,37 @@ maven_fetch() {
 	}
 }
 
+# cassandra_jpms_opts: sets CASSANDRA_JPMS_OPTS, the JDK 17 module flags from Cassandra's
+# conf/jvm17-server.options (needed by the server and by nodetool alike).
+cassandra_jpms_opts() {
+	CASSANDRA_JPMS_OPTS=(
+		-Djdk.attach.allowAttachSelf=true
+		--add-exports java.base/jdk.internal.misc=ALL-UNNAMED
+		--add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
+		--add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
+		--add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
+		--add-exports java.sql/java.sql=ALL-UNNAMED
+		--add-exports java.base/java.lang.ref=ALL-UNNAMED
+		--add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
+		--add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
+		--add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
+		--add-opens java.base/java.lang.module=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.loader=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.ref=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.math=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.module=ALL-UNNAMED
+		--add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
+		--add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
+		--add-opens java.base/sun.nio.ch=ALL-UNNAMED
+		--add-opens java.base/java.io=ALL-UNNAMED
+		--add-opens java.base/java.lang.reflect=ALL-UNNAMED
+		--add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
+		--add-opens java.base/java.lang=ALL-UNNAMED
+		--add-opens java.base/java.util=ALL-UNNAMED
+	)
+}
+
 # ---------------------------------------------------------------------------------------
 # Go builds
 
@@ -327,7 +358,7 @@ go_build_module() {
 		cd "$work"
 		[[ -f go.mod ]] || go mod init tern.local/e2e-build >/dev/null 2>&1
 		nice -n 10 go get "$modver" >>build.log 2>&1
-		nice -n 10 go build -trimpath -ldflags "-s -w" -o "$out.tmp" "$pkg" >>build.log 2>&1
+		nice -n 10 go build -trimpath -ldflags "-s -w ${GO_LDFLAGS_EXTRA:-}" -o "$out.tmp" "$pkg" >>build.log 2>&1
 		mv "$out.tmp" "$out"
 	) || {
 		log_tail "$work/build.log" 40

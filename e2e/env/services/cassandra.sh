@@ -126,6 +126,7 @@ CONF
 # (the JPMS --add-exports/--add-opens list is what makes 5.0 run on JDK 17).
 jvm_opts() {
 	local jamm
+	cassandra_jpms_opts
 	jamm="$(find "$CASSANDRA_HOME/lib" -name "jamm-*.jar" | head -1)"
 	# shellcheck disable=SC2206 # heap is a list of flags
 	JVM_OPTS=(
@@ -137,30 +138,7 @@ jvm_opts() {
 		-XX:+UseTLAB -XX:+ResizeTLAB -XX:+PerfDisableSharedMem -XX:StringTableSize=1000003
 		-XX:+CrashOnOutOfMemoryError -XX:ErrorFile="$LOG_DIR/hs_err_%p.log"
 		-Djava.net.preferIPv4Stack=true -Djdk.nio.maxCachedBufferSize=1048576
-		-Djdk.attach.allowAttachSelf=true
-		--add-exports java.base/jdk.internal.misc=ALL-UNNAMED
-		--add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
-		--add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
-		--add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
-		--add-exports java.sql/java.sql=ALL-UNNAMED
-		--add-exports java.base/java.lang.ref=ALL-UNNAMED
-		--add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
-		--add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
-		--add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
-		--add-opens java.base/java.lang.module=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.loader=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.ref=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.math=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.module=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
-		--add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
-		--add-opens java.base/sun.nio.ch=ALL-UNNAMED
-		--add-opens java.base/java.io=ALL-UNNAMED
-		--add-opens java.base/java.lang.reflect=ALL-UNNAMED
-		--add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
-		--add-opens java.base/java.lang=ALL-UNNAMED
-		--add-opens java.base/java.util=ALL-UNNAMED
+		"${CASSANDRA_JPMS_OPTS[@]}"
 		-Dio.netty.tryReflectionSetAccessible=true
 		-Dio.netty.allocator.useCacheForAllThreads=true
 		-Dio.netty.allocator.maxOrder=11

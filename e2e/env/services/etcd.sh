@@ -24,6 +24,7 @@ _install() {
 }
 
 do_launch() {
+	chmod 700 "$DATA_DIR"
 	start_daemon "$SVC_LOG" "$TERN_BIN/etcd" \
 		--name tern-e2e \
 		--data-dir "$DATA_DIR" \
