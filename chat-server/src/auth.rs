@@ -1,0 +1,109 @@
+//! HS256 JWT authentication (PROTOCOL.md "Authentication").
+
+use crate::error::{Error, Result};
+use crate::model::{MAX_ID, UserId};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    sub: String,
+    exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+}
+
+/// Verifies and mints tokens with one shared secret.
+#[derive(Clone)]
+pub struct Auth {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Auth {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        validation.leeway = 5;
+        Auth {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    /// Mint a token for `user_id` valid for `ttl_s` seconds.
+    pub fn mint(&self, user_id: UserId, ttl_s: u64) -> Result<String> {
+        let now = unix_now();
+        let claims = Claims { sub: user_id.to_string(), exp: now + ttl_s, iat: Some(now) };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(Error::internal)
+    }
+
+    /// The user id a valid token names.
+    pub fn verify(&self, token: &str) -> Result<UserId> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                let why = match e.kind() {
+                    ErrorKind::ExpiredSignature => "the token has expired; get a new one",
+                    ErrorKind::InvalidSignature => "the token's signature is not valid",
+                    ErrorKind::MissingRequiredClaim(_) => "the token lacks a required claim",
+                    _ => "the token is malformed or not an HS256 JWT",
+                };
+                Error::Unauthenticated(why.into())
+            })?;
+        match data.claims.sub.parse::<u64>() {
+            Ok(id) if id > 0 && id <= MAX_ID => Ok(id),
+            _ => Err(Error::Unauthenticated(
+                "the token's sub must be a positive user id as a decimal string".into(),
+            )),
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Pull a bearer token from an `Authorization` header value or a `token` query parameter.
+pub fn bearer(header: Option<&str>, query_token: Option<&str>) -> Option<String> {
+    if let Some(h) = header {
+        if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
+            return Some(t.trim().to_string());
+        }
+    }
+    query_token.map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_rejections() {
+        let auth = Auth::new(b"secret");
+        let t = auth.mint(42, 60).unwrap();
+        assert_eq!(auth.verify(&t).unwrap(), 42);
+        assert_eq!(Auth::new(b"other").verify(&t).unwrap_err().code(), "unauthenticated");
+        assert!(auth.verify("garbage").is_err());
+        let expired = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims { sub: "42".into(), exp: unix_now() - 3600, iat: None },
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert!(auth.verify(&expired).unwrap_err().to_string().contains("expired"));
+        let bad_sub = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &Claims { sub: "alice".into(), exp: unix_now() + 60, iat: None },
+            &EncodingKey::from_secret(b"secret"),
+        )
+        .unwrap();
+        assert!(auth.verify(&bad_sub).is_err());
+    }
+}

@@ -1,0 +1,167 @@
+//! Command line and environment configuration. Every flag has an environment variable; the
+//! doc comments are the user documentation (`chat-server --help`).
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Tern chat server. With no subcommand it runs every role (edge, delivery, presence) in one
+/// process on an embedded SQLite store in --data-dir.
+#[derive(Debug, Parser)]
+#[command(name = "chat-server", version, about, long_about = None, after_help = AFTER_HELP)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+const AFTER_HELP: &str = "\
+Examples:
+  chat-server --dev-auth                      # everything in one process, data in ./data
+  chat-server token --user 42                 # print a token for user 42 (same secret)
+  CHAT_LISTEN=127.0.0.1:9000 chat-server      # any flag can come from its env variable";
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default when no subcommand is given).
+    Serve(ServeConfig),
+    /// Print a signed token for a user, using the configured (or generated) secret.
+    Token(TokenArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum RoleArg {
+    #[default]
+    All,
+    Edge,
+    Delivery,
+    Presence,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Address to listen on for HTTP, WebSocket and long-poll clients.
+    #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// Directory for the embedded store (SQLite, WAL) and the generated JWT secret.
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+
+    /// HS256 secret for client tokens. If unset, one is generated into <data-dir>/jwt-secret.
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Enable `POST /v1/dev/token {"user_id":N}`, which hands out tokens to anyone. Dev only.
+    #[arg(long, env = "CHAT_DEV_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub dev_auth: bool,
+
+    /// Which role(s) to run. The embedded backend runs them all in one process.
+    #[arg(long, env = "CHAT_ROLE", value_enum, default_value_t = RoleArg::All)]
+    pub role: RoleArg,
+
+    /// Set SO_REUSEPORT so several server processes can share one port.
+    #[arg(long, env = "CHAT_REUSE_PORT", default_value_t = false)]
+    pub reuse_port: bool,
+
+    /// Heartbeat interval in seconds, announced in `hello`. A connection silent for two
+    /// intervals is closed and its user goes offline.
+    #[arg(long, env = "CHAT_HEARTBEAT_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub heartbeat_interval: u64,
+
+    /// How often merged delivered/read marks are written and sent to members (ms).
+    #[arg(long, env = "CHAT_RECEIPT_FLUSH_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..=5000))]
+    pub receipt_flush_ms: u64,
+
+    /// Largest number of members in a group.
+    #[arg(long, env = "CHAT_GROUP_LIMIT", default_value_t = 1000)]
+    pub group_limit: usize,
+
+    /// Cap on concurrent WebSocket connections and long-poll sessions; more get 503.
+    #[arg(long, env = "CHAT_MAX_CONNECTIONS", default_value_t = 50_000)]
+    pub max_connections: usize,
+
+    /// Frames queued for one connection before it counts as a slow consumer and is closed
+    /// with code 4008 (the client reconnects and syncs).
+    #[arg(long, env = "CHAT_SEND_QUEUE", default_value_t = 2048)]
+    pub send_queue: usize,
+
+    /// Sustained messages per second one connection may send (token bucket).
+    #[arg(long, env = "CHAT_RATE_LIMIT", default_value_t = 50.0)]
+    pub rate_limit: f64,
+
+    /// Burst size of the per-connection message rate limit.
+    #[arg(long, env = "CHAT_RATE_BURST", default_value_t = 100)]
+    pub rate_burst: u32,
+
+    /// Largest WebSocket message or HTTP JSON body, in bytes.
+    #[arg(long, env = "CHAT_MAX_FRAME_BYTES", default_value_t = 128 * 1024)]
+    pub max_frame_bytes: usize,
+
+    /// Time limit for reading request headers and for whole API requests (seconds).
+    #[arg(long, env = "CHAT_REQUEST_TIMEOUT", default_value_t = 30)]
+    pub request_timeout: u64,
+
+    /// On SIGTERM: clients are told to reconnect after a random delay up to this (ms).
+    #[arg(long, env = "CHAT_RECONNECT_JITTER_MS", default_value_t = 5000)]
+    pub reconnect_jitter_ms: u64,
+
+    /// On SIGTERM: how long to wait for connections to close before exiting (seconds).
+    #[arg(long, env = "CHAT_DRAIN_TIMEOUT", default_value_t = 20)]
+    pub drain_timeout: u64,
+
+    /// Most writes committed together in one SQLite transaction (group commit).
+    #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
+    pub commit_batch: usize,
+
+    /// Log filter, RUST_LOG syntax.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The user id (positive integer) the token names.
+    #[arg(long)]
+    pub user: u64,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 7 * 24 * 3600)]
+    pub ttl: u64,
+    /// Secret to sign with (else <data-dir>/jwt-secret).
+    #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    #[arg(long, env = "CHAT_DATA_DIR", default_value = "data")]
+    pub data_dir: PathBuf,
+}
+
+impl ServeConfig {
+    /// A configuration for tests: loopback, port 0, fast heartbeats.
+    pub fn for_tests(data_dir: PathBuf) -> Self {
+        let mut cli = Cli::parse_from(["chat-server"]);
+        cli.serve.listen = "127.0.0.1:0".parse().expect("addr");
+        cli.serve.data_dir = data_dir;
+        cli.serve.jwt_secret = Some("test-secret".into());
+        cli.serve.dev_auth = true;
+        cli.serve
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_means_serve_all() {
+        let cli = Cli::parse_from(["chat-server", "--dev-auth", "--listen", "127.0.0.1:1"]);
+        assert!(cli.command.is_none());
+        assert!(cli.serve.dev_auth);
+        assert_eq!(cli.serve.role, RoleArg::All);
+    }
+}

@@ -1,0 +1,57 @@
+use anyhow::Context;
+use chat_server::auth::Auth;
+use chat_server::config::{Cli, Command, ServeConfig};
+use chat_server::server::{Server, resolve_secret};
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(t)) => {
+            anyhow::ensure!(t.user > 0 && t.user < (1 << 53), "--user must be a positive integer below 2^53");
+            let (secret, _) = resolve_secret(t.jwt_secret.as_deref(), &t.data_dir)?;
+            println!("{}", Auth::new(secret.as_bytes()).mint(t.user, t.ttl)?);
+            Ok(())
+        }
+        Some(Command::Serve(cfg)) => serve(cfg),
+        None => serve(cli.serve),
+    }
+}
+
+fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("bad --log / RUST_LOG filter")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let generated = cfg.jwt_secret.is_none();
+        let data_dir = cfg.data_dir.clone();
+        let dev_auth = cfg.dev_auth;
+        let server = Server::start(cfg).await?;
+        let addr = server.addr;
+        // One plain line on stdout that scripts and tests can wait for.
+        println!("tern: listening on http://{addr}");
+        tracing::info!(%addr, data_dir = %data_dir.display(), dev_auth, "chat-server ready (embedded: edge+delivery+presence)");
+        if generated {
+            tracing::info!(
+                "no --jwt-secret given: using {}/jwt-secret. Get a token with: chat-server token --user 1 --data-dir {}",
+                data_dir.display(),
+                data_dir.display()
+            );
+        }
+        tracing::info!("web client: http://{addr}/   WebSocket: ws://{addr}/ws?token=<jwt>");
+        wait_for_signal().await;
+        server.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+}

@@ -1,0 +1,62 @@
+//! Membership cache: chat → kind and member ids, read on every send, typing and receipt.
+//! Entries are dropped on every membership change made through this node.
+
+use crate::error::{Error, Result};
+use crate::model::{ChatId, ChatType, UserId};
+use crate::store::Store;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct ChatMembers {
+    pub kind: ChatType,
+    pub users: Vec<UserId>,
+}
+
+impl ChatMembers {
+    pub fn contains(&self, user: UserId) -> bool {
+        self.users.contains(&user)
+    }
+}
+
+pub struct MemberCache {
+    chats: Mutex<HashMap<ChatId, Arc<ChatMembers>>>,
+    max: usize,
+}
+
+impl MemberCache {
+    pub fn new(max: usize) -> Self {
+        MemberCache { chats: Mutex::new(HashMap::new()), max }
+    }
+
+    /// The chat's members; `not_found` if the chat does not exist.
+    pub async fn get(&self, store: &dyn Store, chat_id: ChatId) -> Result<Arc<ChatMembers>> {
+        if let Some(m) = self.chats.lock().get(&chat_id) {
+            return Ok(m.clone());
+        }
+        let chat = store.chat(chat_id).await?.ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
+        let users = store.members(chat_id).await?.into_iter().map(|m| m.user_id).collect();
+        let entry = Arc::new(ChatMembers { kind: chat.kind, users });
+        let mut chats = self.chats.lock();
+        if chats.len() >= self.max {
+            chats.clear();
+        }
+        chats.insert(chat_id, entry.clone());
+        Ok(entry)
+    }
+
+    /// The members if `user` is one of them; `forbidden` otherwise.
+    pub async fn require(&self, store: &dyn Store, chat_id: ChatId, user: UserId) -> Result<Arc<ChatMembers>> {
+        let m = self.get(store, chat_id).await?;
+        if m.contains(user) {
+            Ok(m)
+        } else {
+            Err(Error::forbidden(format!("you are not a member of chat {chat_id}")))
+        }
+    }
+
+    pub fn invalidate(&self, chat_id: ChatId) {
+        self.chats.lock().remove(&chat_id);
+    }
+}

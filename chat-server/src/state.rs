@@ -1,0 +1,219 @@
+//! Shared state of a running server and the operations the transports (WebSocket, long-poll,
+//! HTTP) share: send, sync, receipts, typing, presence announcements.
+
+use crate::auth::Auth;
+use crate::cache::RecentCache;
+use crate::config::ServeConfig;
+use crate::delivery::{Delivery, ReplyTo, Submission};
+use crate::error::{Error, Result};
+use crate::hub::{Hub, frame};
+use crate::members::MemberCache;
+use crate::metrics::Metrics;
+use crate::model::{Ack, ChatId, Marks, NewMessage, Presence, ReceiptKind, Seq, UserId};
+use crate::presence::{PresenceStore, Subscriptions};
+use crate::protocol::{self, SendFrame};
+use crate::receipts::{self, PendingMarks};
+use crate::store::{MessagePage, Page, Store};
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Instant;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub struct AppState {
+    pub cfg: ServeConfig,
+    pub auth: Auth,
+    pub store: Arc<dyn Store>,
+    pub hub: Hub,
+    pub presence: Arc<dyn PresenceStore>,
+    pub subs: Subscriptions,
+    pub members: MemberCache,
+    pub cache: RecentCache,
+    pub receipts: Mutex<PendingMarks>,
+    pub metrics: Metrics,
+    pub delivery: Delivery,
+    pub longpoll: crate::longpoll::Registry,
+    /// Fires on SIGTERM: stop accepting, tell clients to reconnect elsewhere.
+    pub draining: CancellationToken,
+    /// Fires after connections are gone: background loops finish their queues and stop.
+    pub stop: CancellationToken,
+    pub tasks: TaskTracker,
+    pub connections: AtomicUsize,
+    pub ready: AtomicBool,
+}
+
+/// A reserved connection slot; released on drop.
+pub struct ConnSlot(Arc<AppState>);
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::AcqRel);
+        self.0.metrics.connections.dec();
+    }
+}
+
+impl AppState {
+    /// Reserve a connection slot, or `unavailable` at the cap or while draining.
+    pub fn acquire_slot(self: &Arc<Self>) -> Result<ConnSlot> {
+        if self.draining.is_cancelled() {
+            return Err(Error::Unavailable("this node is draining; reconnect to another".into()));
+        }
+        let n = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        self.metrics.connections.inc();
+        let slot = ConnSlot(self.clone());
+        if n > self.cfg.max_connections {
+            return Err(Error::Unavailable(format!(
+                "this node is at its limit of {} connections; retry later",
+                self.cfg.max_connections
+            )));
+        }
+        Ok(slot)
+    }
+
+    /// Validate and queue a send; the ack/error goes to `reply`.
+    pub async fn send(&self, sender: UserId, f: SendFrame, reply: ReplyTo, received: Instant) -> Result<()> {
+        protocol::check_send(&f)?;
+        self.members.require(self.store.as_ref(), f.chat_id, sender).await?;
+        if let Some(id) = &f.media_id {
+            return Err(Error::invalid(format!("unknown media_id \"{id}\": upload it with POST /v1/media first")));
+        }
+        let message = NewMessage {
+            chat_id: f.chat_id,
+            sender_id: sender,
+            content: f.content.unwrap_or_default(),
+            media_url: f.media_url.filter(|u| !u.is_empty()),
+            media: None,
+            client_msg_id: f.client_msg_id,
+        };
+        self.delivery.submit(Submission { message, reply, received }).await
+    }
+
+    /// Send and wait for the durable ack (HTTP and long-poll).
+    pub async fn send_and_wait(&self, sender: UserId, f: SendFrame) -> Result<Ack> {
+        let (tx, rx) = oneshot::channel();
+        self.send(sender, f, ReplyTo::Waiter(tx), Instant::now()).await?;
+        rx.await.map_err(|_| Error::Unavailable("the server is shutting down; resend".into()))?
+    }
+
+    /// Messages after `after_seq` (the `sync` frame), from the recent cache when it covers them.
+    pub async fn sync(&self, user: UserId, chat_id: ChatId, after_seq: Seq, limit: usize) -> Result<MessagePage> {
+        self.members.require(self.store.as_ref(), chat_id, user).await?;
+        if let Some((messages, has_more)) = self.cache.after(chat_id, after_seq, limit) {
+            return Ok(MessagePage { messages, has_more });
+        }
+        self.store.messages(chat_id, Page { after_seq: Some(after_seq), before_seq: None, limit }).await
+    }
+
+    /// A history page (HTTP), from the cache for the common "latest" and "after" reads.
+    pub async fn history(&self, user: UserId, chat_id: ChatId, page: Page) -> Result<MessagePage> {
+        self.members.require(self.store.as_ref(), chat_id, user).await?;
+        let cached = match (page.after_seq, page.before_seq) {
+            (None, None) => self.cache.latest(chat_id, page.limit),
+            (Some(after), None) => self.cache.after(chat_id, after, page.limit),
+            _ => None,
+        };
+        match cached {
+            Some((messages, has_more)) => Ok(MessagePage { messages, has_more }),
+            None => self.store.messages(chat_id, page).await,
+        }
+    }
+
+    /// Record a delivered/read mark; it is written and announced at the next flush.
+    pub async fn mark(&self, user: UserId, chat_id: ChatId, kind: ReceiptKind, seq: Seq) -> Result<()> {
+        self.members.require(self.store.as_ref(), chat_id, user).await?;
+        self.receipts.lock().record(chat_id, user, kind, seq);
+        Ok(())
+    }
+
+    /// Stored marks merged with pending ones (so a reader sees its own recent marks).
+    pub async fn marks(&self, chat_id: ChatId) -> Result<Vec<Marks>> {
+        let mut marks = self.store.marks(chat_id).await?;
+        let pending = self.receipts.lock();
+        for m in &mut marks {
+            if let Some((d, r)) = pending.get(chat_id, m.user_id) {
+                m.read_seq = m.read_seq.max(r);
+                m.delivered_seq = m.delivered_seq.max(d).max(m.read_seq);
+            }
+        }
+        Ok(marks)
+    }
+
+    /// Write the pending marks that advance and announce them to the other members.
+    pub async fn flush_receipts(&self) {
+        let pending = self.receipts.lock().take();
+        if pending.is_empty() {
+            return;
+        }
+        let mut by_chat: HashMap<ChatId, Vec<(UserId, (Seq, Seq))>> = HashMap::new();
+        for ((chat, user), p) in pending {
+            by_chat.entry(chat).or_default().push((user, p));
+        }
+        let mut writes = Vec::new();
+        let mut announcements = Vec::new();
+        for (chat_id, users) in by_chat {
+            let (chat, stored) = match tokio::try_join!(self.store.chat(chat_id), self.store.marks(chat_id)) {
+                Ok((Some(c), s)) => (c, s),
+                Ok((None, _)) => continue,
+                Err(e) => {
+                    tracing::error!(cause = %e, chat_id, "receipt flush: cannot read marks; retrying next flush");
+                    let mut p = self.receipts.lock();
+                    for (user, (d, r)) in users {
+                        p.record(chat_id, user, ReceiptKind::Delivered, d);
+                        p.record(chat_id, user, ReceiptKind::Read, r);
+                    }
+                    continue;
+                }
+            };
+            for (user, p) in users {
+                let Some(current) = stored.iter().find(|m| m.user_id == user) else { continue };
+                if let Some(adv) = receipts::advance(*current, p, chat.last_seq) {
+                    writes.push((chat_id, adv.marks));
+                    announcements.push((chat_id, user, adv.announce));
+                }
+            }
+        }
+        let n = writes.len();
+        if let Err(e) = self.store.save_marks(writes.clone()).await {
+            tracing::error!(cause = %e, "receipt flush failed; marks kept for the next flush");
+            let mut p = self.receipts.lock();
+            for (chat, m) in writes {
+                p.record(chat, m.user_id, ReceiptKind::Delivered, m.delivered_seq);
+                p.record(chat, m.user_id, ReceiptKind::Read, m.read_seq);
+            }
+            return;
+        }
+        self.metrics.receipts_flushed.inc_by(n as u64);
+        for (chat_id, user, announce) in announcements {
+            let Ok(members) = self.members.get(self.store.as_ref(), chat_id).await else { continue };
+            let others: Vec<UserId> = members.users.iter().copied().filter(|u| *u != user).collect();
+            for (kind, seq) in announce {
+                let f = frame(protocol::receipt_frame(chat_id, user, kind, seq));
+                self.hub.deliver(&others, &f, None);
+            }
+        }
+    }
+
+    /// Relay `typing` to the other members.
+    pub async fn typing(&self, user: UserId, chat_id: ChatId) -> Result<()> {
+        let members = self.members.require(self.store.as_ref(), chat_id, user).await?;
+        let others: Vec<UserId> = members.users.iter().copied().filter(|u| *u != user).collect();
+        self.hub.deliver(&others, &frame(protocol::typing_frame(chat_id, user)), None);
+        Ok(())
+    }
+
+    /// Send a presence change to watchers and direct-chat partners.
+    pub async fn announce_presence(&self, p: Presence) {
+        let mut to = self.subs.watchers(p.user_id);
+        match self.store.direct_partners(p.user_id).await {
+            Ok(partners) => to.extend(partners),
+            Err(e) => tracing::warn!(cause = %e, user_id = p.user_id, "presence: cannot list direct partners"),
+        }
+        to.sort_unstable();
+        to.dedup();
+        self.hub.deliver(&to, &frame(protocol::presence_frame(&p)), None);
+    }
+
+}

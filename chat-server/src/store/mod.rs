@@ -1,0 +1,78 @@
+//! The message store port: chats, members, messages, receipt marks.
+//!
+//! Contract every implementation keeps (the protocol suite checks it through the server):
+//! - [`Store::append_batch`] assigns each chat's next `seq` (1, 2, 3, … no gaps) in the order
+//!   of the batch, and returns only once every result is durable (committed and fsynced for
+//!   SQLite; written with quorum for CQL). A message whose `(chat_id, sender_id, client_msg_id)`
+//!   was already stored is not stored again: the original comes back with `duplicate = true`.
+//!   Callers that need per-chat ordering of side effects call it from one task per chat shard.
+//! - Marks only grow: [`Store::save_marks`] keeps the maximum of stored and given values.
+//! - Membership changes are atomic: an add that would exceed the limit adds nobody.
+
+pub mod sqlite;
+
+use crate::error::Result;
+use crate::model::{Chat, ChatId, Marks, Member, NewMessage, Seq, SharedMessage, UserId};
+use async_trait::async_trait;
+
+/// Result of appending one message.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: SharedMessage,
+    /// True when this was an idempotent resend of an already stored message.
+    pub duplicate: bool,
+}
+
+/// Which page of a chat's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Page {
+    pub after_seq: Option<Seq>,
+    pub before_seq: Option<Seq>,
+    pub limit: usize,
+}
+
+/// A page of messages in ascending `seq`, and whether more exist in the paging direction
+/// (newer when `after_seq` was given, older otherwise).
+#[derive(Debug, Clone)]
+pub struct MessagePage {
+    pub messages: Vec<SharedMessage>,
+    pub has_more: bool,
+}
+
+/// What [`Store::user_chats`] returns per chat: the chat plus the caller's marks.
+#[derive(Debug, Clone)]
+pub struct UserChat {
+    pub chat: Chat,
+    pub read_seq: Seq,
+    pub unread: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The direct chat of the pair, created if missing. `true` when it was created now.
+    async fn create_direct(&self, a: UserId, b: UserId) -> Result<(Chat, bool)>;
+    /// A new group; `creator` becomes admin. `members` excludes nobody: duplicates and the
+    /// creator are merged. Fails with `GroupFull` beyond `limit`.
+    async fn create_group(
+        &self,
+        creator: UserId,
+        title: Option<String>,
+        members: Vec<UserId>,
+        limit: usize,
+    ) -> Result<Chat>;
+    async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>>;
+    async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>>;
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>>;
+    /// Adds the users not yet members as `member`s; returns the ones added.
+    async fn add_members(&self, chat_id: ChatId, user_ids: Vec<UserId>, limit: usize)
+    -> Result<Vec<UserId>>;
+    /// Removes a member. If the last admin leaves a group, the longest-standing member is made
+    /// admin. Returns false if the user was not a member.
+    async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool>;
+    async fn append_batch(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended>>;
+    async fn messages(&self, chat_id: ChatId, page: Page) -> Result<MessagePage>;
+    async fn marks(&self, chat_id: ChatId) -> Result<Vec<Marks>>;
+    async fn save_marks(&self, updates: Vec<(ChatId, Marks)>) -> Result<()>;
+    /// Everyone who shares a direct chat with `user_id`.
+    async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>>;
+}

@@ -1,0 +1,721 @@
+//! Embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that drains its queue into one transaction per
+//! round (group commit): `synchronous=FULL` makes each COMMIT fsync the WAL, so an answer from
+//! the writer means the data is on disk, and many concurrent writers share one fsync. Each
+//! operation runs inside its own SAVEPOINT, so one failing operation does not undo the others.
+//! Reads use a small pool of read-only connections on the blocking thread pool.
+
+use super::{Appended, MessagePage, Page, Store, UserChat};
+use crate::error::{Error, Result};
+use crate::model::{
+    Chat, ChatId, ChatType, Marks, Member, Message, NewMessage, Role, Seq, SharedMessage, UserId,
+    now_ms,
+};
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+const SCHEMA_VERSION: i64 = 1;
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS chats (
+    chat_id    INTEGER PRIMARY KEY,
+    kind       TEXT    NOT NULL,
+    title      TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    last_seq   INTEGER NOT NULL DEFAULT 0,
+    direct_key TEXT UNIQUE
+);
+CREATE TABLE IF NOT EXISTS members (
+    chat_id       INTEGER NOT NULL,
+    user_id       INTEGER NOT NULL,
+    role          TEXT    NOT NULL,
+    joined_at     INTEGER NOT NULL,
+    delivered_seq INTEGER NOT NULL DEFAULT 0,
+    read_seq      INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (chat_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_by_user ON members (user_id, chat_id);
+CREATE TABLE IF NOT EXISTS messages (
+    chat_id       INTEGER NOT NULL,
+    seq           INTEGER NOT NULL,
+    message_id    TEXT    NOT NULL,
+    sender_id     INTEGER NOT NULL,
+    content       TEXT    NOT NULL,
+    media_url     TEXT,
+    media         TEXT,
+    client_msg_id TEXT,
+    created_at    INTEGER NOT NULL,
+    PRIMARY KEY (chat_id, seq)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
+    ON messages (chat_id, sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
+";
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum WriteOp {
+    CreateDirect(UserId, UserId, Reply<(Chat, bool)>),
+    CreateGroup(UserId, Option<String>, Vec<UserId>, usize, Reply<Chat>),
+    AddMembers(ChatId, Vec<UserId>, usize, Reply<Vec<UserId>>),
+    RemoveMember(ChatId, UserId, Reply<bool>),
+    Append(Vec<NewMessage>, oneshot::Sender<Vec<Result<Appended>>>),
+    SaveMarks(Vec<(ChatId, Marks)>, Reply<()>),
+    Shutdown,
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<WriteOp>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+    writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open(path: &Path, read_only: bool) -> Result<Connection> {
+    let flags = if read_only {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if !read_only {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: every COMMIT fsyncs the WAL. An ack is only sent after COMMIT returns.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Open (and create or migrate) `<dir>/tern.db` and start the writer thread.
+    pub fn open(dir: &Path, commit_batch: usize) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join("tern.db");
+        let conn = open(&path, false)?;
+        conn.execute_batch(SCHEMA)?;
+        let version: Option<i64> =
+            conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0)).optional()?;
+        match version {
+            None => {
+                conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+            }
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(Error::internal(format!(
+                    "{} has schema version {v}, newer than this binary's {SCHEMA_VERSION}; \
+                     run a newer chat-server",
+                    path.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        let (tx, rx) = mpsc::channel(commit_batch.max(16) * 4);
+        let batch = commit_batch.max(1);
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || Writer { conn, seqs: HashMap::new() }.run(rx, batch))
+            .map_err(Error::internal)?;
+        Ok(SqliteStore {
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path,
+            writer_thread: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Stop the writer after it has committed everything queued before this call, and wait
+    /// for its thread to exit. Later writes fail with `unavailable`.
+    pub async fn close(&self) {
+        let _ = self.writer.send(WriteOp::Shutdown).await;
+        let handle = self.writer_thread.lock().take();
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        op: impl FnOnce(Reply<T>) -> WriteOp,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(op(tx))
+            .await
+            .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
+        rx.await.map_err(|_| Error::internal("the store writer stopped"))?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = match readers.lock().pop() {
+                Some(c) => c,
+                None => open(&path, true)?,
+            };
+            let out = f(&conn);
+            let mut pool = readers.lock();
+            if pool.len() < 16 {
+                pool.push(conn);
+            }
+            out
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+}
+
+/// A finished operation waiting for the COMMIT before its answer is sent.
+enum Done {
+    Direct(Reply<(Chat, bool)>, Result<(Chat, bool)>),
+    Group(Reply<Chat>, Result<Chat>),
+    Added(Reply<Vec<UserId>>, Result<Vec<UserId>>),
+    Removed(Reply<bool>, Result<bool>),
+    Appended(oneshot::Sender<Vec<Result<Appended>>>, Vec<Result<Appended>>),
+    Marks(Reply<()>, Result<()>),
+}
+
+impl Done {
+    fn send(self) {
+        match self {
+            Done::Direct(tx, r) => drop(tx.send(r)),
+            Done::Group(tx, r) => drop(tx.send(r)),
+            Done::Added(tx, r) => drop(tx.send(r)),
+            Done::Removed(tx, r) => drop(tx.send(r)),
+            Done::Appended(tx, r) => drop(tx.send(r)),
+            Done::Marks(tx, r) => drop(tx.send(r)),
+        }
+    }
+
+    /// The transaction failed to commit: nothing in it is durable; every answer is an error.
+    fn fail(self, why: &str) {
+        let e = || Error::internal(why);
+        match self {
+            Done::Direct(tx, _) => drop(tx.send(Err(e()))),
+            Done::Group(tx, _) => drop(tx.send(Err(e()))),
+            Done::Added(tx, _) => drop(tx.send(Err(e()))),
+            Done::Removed(tx, _) => drop(tx.send(Err(e()))),
+            Done::Appended(tx, r) => drop(tx.send(r.into_iter().map(|_| Err(e())).collect())),
+            Done::Marks(tx, _) => drop(tx.send(Err(e()))),
+        }
+    }
+}
+
+struct Writer {
+    conn: Connection,
+    /// Last assigned seq per chat, valid only for committed state (cleared on failed commit).
+    seqs: HashMap<ChatId, Seq>,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<WriteOp>, batch: usize) {
+        let mut ops = Vec::with_capacity(batch);
+        loop {
+            ops.clear();
+            let Some(first) = rx.blocking_recv() else { return };
+            ops.push(first);
+            while ops.len() < batch {
+                match rx.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            let mut shutdown = false;
+            let mut done = Vec::with_capacity(ops.len());
+            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+                tracing::error!(cause = %e, "sqlite BEGIN failed");
+            }
+            for op in ops.drain(..) {
+                match op {
+                    WriteOp::Shutdown => shutdown = true,
+                    op => done.push(self.apply(op)),
+                }
+            }
+            match self.conn.execute_batch("COMMIT") {
+                Ok(()) => done.into_iter().for_each(Done::send),
+                Err(e) => {
+                    tracing::error!(cause = %e, "sqlite COMMIT failed; the batch is rejected");
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    self.seqs.clear();
+                    done.into_iter().for_each(|d| d.fail("the write could not be committed"));
+                }
+            }
+            if shutdown {
+                let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+                tracing::info!("sqlite writer stopped after committing its queue");
+                return;
+            }
+        }
+    }
+
+    /// Run one operation inside its own savepoint.
+    fn apply(&mut self, op: WriteOp) -> Done {
+        match op {
+            WriteOp::CreateDirect(a, b, tx) => Done::Direct(tx, self.savepoint(|w| w.create_direct(a, b))),
+            WriteOp::CreateGroup(c, t, m, l, tx) => {
+                Done::Group(tx, self.savepoint(|w| w.create_group(c, t, m, l)))
+            }
+            WriteOp::AddMembers(c, u, l, tx) => Done::Added(tx, self.savepoint(|w| w.add_members(c, &u, l))),
+            WriteOp::RemoveMember(c, u, tx) => Done::Removed(tx, self.savepoint(|w| w.remove_member(c, u))),
+            WriteOp::Append(batch, tx) => {
+                let results = batch
+                    .into_iter()
+                    .map(|m| {
+                        let chat_id = m.chat_id;
+                        let r = self.savepoint(|w| w.append(m));
+                        if r.is_err() {
+                            // The savepoint rolled back; the cached seq may be ahead of the DB.
+                            self.seqs.remove(&chat_id);
+                        }
+                        r
+                    })
+                    .collect();
+                Done::Appended(tx, results)
+            }
+            WriteOp::SaveMarks(marks, tx) => Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks))),
+            WriteOp::Shutdown => unreachable!("handled by run"),
+        }
+    }
+
+    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("SAVEPOINT op")?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("RELEASE op")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK TO op; RELEASE op");
+                Err(e)
+            }
+        }
+    }
+
+    fn next_chat_id(&self) -> Result<ChatId> {
+        // Random ids below 2^53 (JS-safe), not guessable from each other.
+        loop {
+            let id: u64 = rand::random::<u64>() & ((1 << 53) - 1);
+            if id < 1000 {
+                continue;
+            }
+            let taken: bool = self
+                .conn
+                .prepare_cached("SELECT EXISTS(SELECT 1 FROM chats WHERE chat_id = ?1)")?
+                .query_row([id as i64], |r| r.get(0))?;
+            if !taken {
+                return Ok(id);
+            }
+        }
+    }
+
+    fn create_direct(&mut self, a: UserId, b: UserId) -> Result<(Chat, bool)> {
+        let (lo, hi) = if a < b { (a, b) } else { (b, a) };
+        let key = format!("{lo}:{hi}");
+        if let Some(chat_id) = self
+            .conn
+            .prepare_cached("SELECT chat_id FROM chats WHERE direct_key = ?1")?
+            .query_row([&key], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            return Ok((load_chat(&self.conn, chat_id as u64)?.expect("exists"), false));
+        }
+        let id = self.next_chat_id()?;
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO chats (chat_id, kind, title, created_at, updated_at, direct_key) \
+             VALUES (?1, 'direct', NULL, ?2, ?2, ?3)",
+            params![id as i64, now, key],
+        )?;
+        for u in [lo, hi] {
+            self.conn.execute(
+                "INSERT INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+                params![id as i64, u as i64, now],
+            )?;
+        }
+        Ok((load_chat(&self.conn, id)?.expect("just created"), true))
+    }
+
+    fn create_group(
+        &mut self,
+        creator: UserId,
+        title: Option<String>,
+        members: Vec<UserId>,
+        limit: usize,
+    ) -> Result<Chat> {
+        let mut all = vec![creator];
+        for m in members {
+            if !all.contains(&m) {
+                all.push(m);
+            }
+        }
+        if all.len() > limit {
+            return Err(Error::GroupFull { limit });
+        }
+        let id = self.next_chat_id()?;
+        let now = now_ms();
+        self.conn.execute(
+            "INSERT INTO chats (chat_id, kind, title, created_at, updated_at) VALUES (?1, 'group', ?2, ?3, ?3)",
+            params![id as i64, title, now],
+        )?;
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for u in &all {
+            let role = if *u == creator { "admin" } else { "member" };
+            stmt.execute(params![id as i64, *u as i64, role, now])?;
+        }
+        drop(stmt);
+        Ok(load_chat(&self.conn, id)?.expect("just created"))
+    }
+
+    fn add_members(&mut self, chat_id: ChatId, users: &[UserId], limit: usize) -> Result<Vec<UserId>> {
+        let count: i64 = self
+            .conn
+            .prepare_cached("SELECT COUNT(*) FROM members WHERE chat_id = ?1")?
+            .query_row([chat_id as i64], |r| r.get(0))?;
+        let mut added = Vec::new();
+        let now = now_ms();
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT OR IGNORE INTO members (chat_id, user_id, role, joined_at) VALUES (?1, ?2, 'member', ?3)",
+        )?;
+        for u in users {
+            if stmt.execute(params![chat_id as i64, *u as i64, now])? == 1 && !added.contains(u) {
+                added.push(*u);
+            }
+        }
+        if count as usize + added.len() > limit {
+            // The savepoint rolls the inserts back: nothing is added.
+            return Err(Error::GroupFull { limit });
+        }
+        Ok(added)
+    }
+
+    fn remove_member(&mut self, chat_id: ChatId, user: UserId) -> Result<bool> {
+        let n = self.conn.execute(
+            "DELETE FROM members WHERE chat_id = ?1 AND user_id = ?2",
+            params![chat_id as i64, user as i64],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let admins: i64 = self.conn.query_row(
+            "SELECT COUNT(*) FROM members WHERE chat_id = ?1 AND role = 'admin'",
+            [chat_id as i64],
+            |r| r.get(0),
+        )?;
+        if admins == 0 {
+            self.conn.execute(
+                "UPDATE members SET role = 'admin' WHERE chat_id = ?1 AND user_id = \
+                 (SELECT user_id FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id LIMIT 1)",
+                [chat_id as i64],
+            )?;
+        }
+        Ok(true)
+    }
+
+    fn append(&mut self, m: NewMessage) -> Result<Appended> {
+        if let Some(cid) = &m.client_msg_id {
+            let existing = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, message_id, content, media_url, media, created_at FROM messages \
+                     WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3",
+                )?
+                .query_row(params![m.chat_id as i64, m.sender_id as i64, cid], |r| {
+                    Ok(Message {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        message_id: r.get(1)?,
+                        content: r.get(2)?,
+                        media_url: r.get(3)?,
+                        media: parse_media(r.get::<_, Option<String>>(4)?),
+                        created_at: r.get(5)?,
+                        chat_id: m.chat_id,
+                        sender_id: m.sender_id,
+                        client_msg_id: m.client_msg_id.clone(),
+                    })
+                })
+                .optional()?;
+            if let Some(original) = existing {
+                return Ok(Appended { message: Arc::new(original), duplicate: true });
+            }
+        }
+        let last = match self.seqs.get(&m.chat_id) {
+            Some(s) => *s,
+            None => self
+                .conn
+                .prepare_cached("SELECT last_seq FROM chats WHERE chat_id = ?1")?
+                .query_row([m.chat_id as i64], |r| r.get::<_, i64>(0))
+                .optional()?
+                .ok_or_else(|| Error::not_found("no such chat"))? as u64,
+        };
+        let seq = last + 1;
+        let now = now_ms();
+        let message = Message {
+            message_id: uuid::Uuid::now_v7().to_string(),
+            chat_id: m.chat_id,
+            seq,
+            sender_id: m.sender_id,
+            content: m.content,
+            media_url: m.media_url,
+            media: m.media,
+            client_msg_id: m.client_msg_id,
+            created_at: now,
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (chat_id, seq, message_id, sender_id, content, media_url, media, \
+                 client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?
+            .execute(params![
+                message.chat_id as i64,
+                seq as i64,
+                message.message_id,
+                message.sender_id as i64,
+                message.content,
+                message.media_url,
+                message.media.as_ref().map(|v| v.to_string()),
+                message.client_msg_id,
+                now
+            ])?;
+        self.conn
+            .prepare_cached("UPDATE chats SET last_seq = ?2, updated_at = ?3 WHERE chat_id = ?1")?
+            .execute(params![message.chat_id as i64, seq as i64, now])?;
+        self.seqs.insert(message.chat_id, seq);
+        if self.seqs.len() > 200_000 {
+            self.seqs.clear();
+        }
+        Ok(Appended { message: Arc::new(message), duplicate: false })
+    }
+
+    fn save_marks(&mut self, marks: &[(ChatId, Marks)]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE members SET delivered_seq = MAX(delivered_seq, ?3, ?4), read_seq = MAX(read_seq, ?4) \
+             WHERE chat_id = ?1 AND user_id = ?2",
+        )?;
+        for (chat_id, m) in marks {
+            stmt.execute(params![
+                *chat_id as i64,
+                m.user_id as i64,
+                m.delivered_seq as i64,
+                m.read_seq as i64
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+fn parse_media(s: Option<String>) -> Option<serde_json::Value> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+fn load_chat(conn: &Connection, chat_id: ChatId) -> Result<Option<Chat>> {
+    Ok(conn
+        .prepare_cached("SELECT kind, title, created_at, last_seq FROM chats WHERE chat_id = ?1")?
+        .query_row([chat_id as i64], |r| {
+            Ok(Chat {
+                chat_id,
+                kind: ChatType::parse(&r.get::<_, String>(0)?).unwrap_or(ChatType::Group),
+                title: r.get(1)?,
+                created_at: r.get(2)?,
+                last_seq: r.get::<_, i64>(3)? as u64,
+                members: None,
+                read_seq: None,
+                unread: None,
+            })
+        })
+        .optional()?)
+}
+
+fn row_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<SharedMessage> {
+    Ok(Arc::new(Message {
+        chat_id: r.get::<_, i64>(0)? as u64,
+        seq: r.get::<_, i64>(1)? as u64,
+        message_id: r.get(2)?,
+        sender_id: r.get::<_, i64>(3)? as u64,
+        content: r.get(4)?,
+        media_url: r.get(5)?,
+        media: parse_media(r.get(6)?),
+        client_msg_id: r.get(7)?,
+        created_at: r.get(8)?,
+    }))
+}
+
+const MSG_COLS: &str =
+    "chat_id, seq, message_id, sender_id, content, media_url, media, client_msg_id, created_at";
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_direct(&self, a: UserId, b: UserId) -> Result<(Chat, bool)> {
+        self.write(|tx| WriteOp::CreateDirect(a, b, tx)).await
+    }
+
+    async fn create_group(
+        &self,
+        creator: UserId,
+        title: Option<String>,
+        members: Vec<UserId>,
+        limit: usize,
+    ) -> Result<Chat> {
+        self.write(|tx| WriteOp::CreateGroup(creator, title, members, limit, tx)).await
+    }
+
+    async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
+        self.read(move |c| load_chat(c, chat_id)).await
+    }
+
+    async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, role, joined_at FROM members WHERE chat_id = ?1 ORDER BY joined_at, user_id",
+            )?;
+            let rows = stmt.query_map([chat_id as i64], |r| {
+                Ok(Member {
+                    user_id: r.get::<_, i64>(0)? as u64,
+                    role: Role::parse(&r.get::<_, String>(1)?),
+                    joined_at: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT c.chat_id, c.kind, c.title, c.created_at, c.last_seq, m.read_seq, \
+                 (SELECT COUNT(*) FROM (SELECT 1 FROM messages x WHERE x.chat_id = c.chat_id \
+                    AND x.seq > m.read_seq AND x.sender_id != m.user_id LIMIT 10000)) \
+                 FROM members m JOIN chats c ON c.chat_id = m.chat_id \
+                 WHERE m.user_id = ?1 ORDER BY c.updated_at DESC, c.chat_id",
+            )?;
+            let rows = stmt.query_map([user_id as i64], |r| {
+                Ok(UserChat {
+                    chat: Chat {
+                        chat_id: r.get::<_, i64>(0)? as u64,
+                        kind: ChatType::parse(&r.get::<_, String>(1)?).unwrap_or(ChatType::Group),
+                        title: r.get(2)?,
+                        created_at: r.get(3)?,
+                        last_seq: r.get::<_, i64>(4)? as u64,
+                        members: None,
+                        read_seq: None,
+                        unread: None,
+                    },
+                    read_seq: r.get::<_, i64>(5)? as u64,
+                    unread: r.get::<_, i64>(6)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn add_members(&self, chat_id: ChatId, user_ids: Vec<UserId>, limit: usize) -> Result<Vec<UserId>> {
+        self.write(|tx| WriteOp::AddMembers(chat_id, user_ids, limit, tx)).await
+    }
+
+    async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
+        self.write(|tx| WriteOp::RemoveMember(chat_id, user_id, tx)).await
+    }
+
+    async fn append_batch(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended>> {
+        let n = batch.len();
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(WriteOp::Append(batch, tx)).await.is_err() {
+            return (0..n).map(|_| Err(Error::Unavailable("the store is shutting down".into()))).collect();
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => (0..n).map(|_| Err(Error::internal("the store writer stopped"))).collect(),
+        }
+    }
+
+    async fn messages(&self, chat_id: ChatId, page: Page) -> Result<MessagePage> {
+        self.read(move |c| {
+            let limit = page.limit.max(1);
+            let before = page.before_seq.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64;
+            let mut out = Vec::with_capacity(limit + 1);
+            if let Some(after) = page.after_seq {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND seq > ?2 AND seq < ?3 \
+                     ORDER BY seq ASC LIMIT ?4"
+                ))?;
+                let rows = stmt.query_map(
+                    params![chat_id as i64, after as i64, before, (limit + 1) as i64],
+                    row_message,
+                )?;
+                for r in rows {
+                    out.push(r?);
+                }
+                let has_more = out.len() > limit;
+                out.truncate(limit);
+                Ok(MessagePage { messages: out, has_more })
+            } else {
+                let mut stmt = c.prepare_cached(&format!(
+                    "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND seq < ?2 \
+                     ORDER BY seq DESC LIMIT ?3"
+                ))?;
+                let rows = stmt.query_map(params![chat_id as i64, before, (limit + 1) as i64], row_message)?;
+                for r in rows {
+                    out.push(r?);
+                }
+                let has_more = out.len() > limit;
+                out.truncate(limit);
+                out.reverse();
+                Ok(MessagePage { messages: out, has_more })
+            }
+        })
+        .await
+    }
+
+    async fn marks(&self, chat_id: ChatId) -> Result<Vec<Marks>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT user_id, delivered_seq, read_seq FROM members WHERE chat_id = ?1 ORDER BY user_id",
+            )?;
+            let rows = stmt.query_map([chat_id as i64], |r| {
+                Ok(Marks {
+                    user_id: r.get::<_, i64>(0)? as u64,
+                    delivered_seq: r.get::<_, i64>(1)? as u64,
+                    read_seq: r.get::<_, i64>(2)? as u64,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn save_marks(&self, updates: Vec<(ChatId, Marks)>) -> Result<()> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| WriteOp::SaveMarks(updates, tx)).await
+    }
+
+    async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>> {
+        self.read(move |c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT o.user_id FROM members m JOIN chats c ON c.chat_id = m.chat_id AND c.kind = 'direct' \
+                 JOIN members o ON o.chat_id = m.chat_id AND o.user_id != m.user_id WHERE m.user_id = ?1",
+            )?;
+            let rows = stmt.query_map([user_id as i64], |r| Ok(r.get::<_, i64>(0)? as u64))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}

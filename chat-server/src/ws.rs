@@ -1,0 +1,143 @@
+//! WebSocket transport: `GET /ws?token=…`.
+//!
+//! One task per connection runs a single loop over: frames from the client, frames queued for
+//! the client (written in batches, one flush per batch), the heartbeat deadline (two intervals
+//! of silence close the connection), the slow-consumer kick and the drain signal.
+
+use crate::auth;
+use crate::error::Error;
+use crate::hub::CLOSE_SLOW_CONSUMER;
+use crate::protocol;
+use crate::session::{AckMode, Session};
+use crate::state::AppState;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use futures::SinkExt;
+use serde::Deserialize;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep_until, timeout};
+
+#[derive(Deserialize)]
+pub struct TokenQuery {
+    pub token: Option<String>,
+}
+
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+const WRITE_BATCH: usize = 64;
+/// Close code for a connection that missed two heartbeats.
+pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
+/// Close code sent when the node drains (after the `reconnect` frame).
+pub const CLOSE_SERVICE_RESTART: u16 = 1012;
+
+pub async fn handler(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<TokenQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let Some(token) = auth::bearer(header, q.token.as_deref()) else {
+        return Error::Unauthenticated("missing token: connect to /ws?token=<jwt>".into()).into_response();
+    };
+    let user = match st.auth.verify(&token) {
+        Ok(u) => u,
+        Err(e) => return e.into_response(),
+    };
+    let slot = match st.acquire_slot() {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let max = st.cfg.max_frame_bytes;
+    let tracked = st.clone();
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max * 4 + 64 * 1024)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_failed_upgrade(|e| tracing::debug!(cause = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let (session, rx) = Session::open(tracked.clone(), user, slot, "websocket").await;
+            tracked.tasks.track_future(run(session, rx, socket)).await
+        })
+}
+
+async fn run(mut session: Session, mut rx: tokio::sync::mpsc::Receiver<crate::hub::Frame>, mut socket: WebSocket) {
+    let st = session.state.clone();
+    let silence = Duration::from_secs(st.cfg.heartbeat_interval * 2);
+    let mut deadline = Instant::now() + silence;
+    let kicked = session.conn.kicked().clone();
+    let close: Option<(u16, &str)> = loop {
+        tokio::select! {
+            biased;
+            _ = kicked.cancelled() => {
+                st.metrics.slow_consumers.inc();
+                break Some((CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync"));
+            }
+            _ = st.draining.cancelled() => {
+                let after = rand::random_range(0..=st.cfg.reconnect_jitter_ms);
+                let _ = timeout(WRITE_TIMEOUT, socket.send(Message::Text(protocol::reconnect_frame(after).into()))).await;
+                break Some((CLOSE_SERVICE_RESTART, "server draining: reconnect"));
+            }
+            out = rx.recv() => {
+                let Some(first) = out else { break None };
+                let write = async {
+                    socket.feed(Message::Text(first)).await?;
+                    for _ in 1..WRITE_BATCH {
+                        match rx.try_recv() {
+                            Ok(f) => socket.feed(Message::Text(f)).await?,
+                            Err(_) => break,
+                        }
+                    }
+                    socket.flush().await
+                };
+                match timeout(WRITE_TIMEOUT, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    Err(_) => break Some((CLOSE_SLOW_CONSUMER, "write timed out: reconnect and sync")),
+                }
+            }
+            incoming = socket.recv() => {
+                let msg = match incoming {
+                    Some(Ok(m)) => m,
+                    Some(Err(e)) => {
+                        tracing::debug!(cause = %e, user_id = session.user_id(), "websocket read error");
+                        break None;
+                    }
+                    None => break None,
+                };
+                deadline = Instant::now() + silence;
+                let replies = match msg {
+                    Message::Text(text) => session.handle(text.as_str(), AckMode::Queue).await,
+                    Message::Binary(_) => {
+                        st.metrics.error("invalid");
+                        vec![protocol::error_frame(&Error::invalid("binary frames are not supported; send JSON text frames"), None).into()]
+                    }
+                    Message::Ping(_) | Message::Pong(_) => vec![],
+                    Message::Close(_) => break None,
+                };
+                if !replies.is_empty() {
+                    let write = async {
+                        for r in replies {
+                            socket.feed(Message::Text(r)).await?;
+                        }
+                        socket.flush().await
+                    };
+                    if !matches!(timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
+                        break None;
+                    }
+                }
+            }
+            _ = sleep_until(deadline) => {
+                break Some((CLOSE_HEARTBEAT_TIMEOUT, "no frame for two heartbeat intervals"));
+            }
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame { code, reason: reason.into() };
+        let _ = timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+    }
+    session.close().await;
+}
