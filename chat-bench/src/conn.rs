@@ -1,0 +1,147 @@
+//! Opening one bench connection: a TCP socket bound to a chosen source address, the WebSocket
+//! upgrade with a small-buffer configuration, and the server's `hello`.
+
+use crate::frame::{self, Inbound};
+use futures::StreamExt;
+use socket2::{Domain, Protocol, Socket, Type};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{WebSocketStream, client_async_with_config};
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Small buffers keep an idle client connection to a few KiB (tungstenite's defaults allocate
+/// 128 KiB per socket).
+pub fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(Some(1 << 20))
+        .max_frame_size(Some(1 << 20))
+}
+
+/// Why a dial failed; `label()` is the stable key failures are counted under.
+#[derive(Debug)]
+pub enum DialError {
+    Socket(std::io::Error),
+    Bind(IpAddr, std::io::Error),
+    Connect(std::io::Error),
+    /// The upgrade was answered with this HTTP status (401 = bad token).
+    Http(u16),
+    Handshake(tungstenite::Error),
+    /// The connection closed or broke before `hello`.
+    NoHello(String),
+}
+
+impl DialError {
+    pub fn label(&self) -> String {
+        match self {
+            DialError::Socket(e) => format!("socket: {:?}", e.kind()),
+            DialError::Bind(_, e) => format!("bind: {:?}", e.kind()),
+            DialError::Connect(e) => match e.raw_os_error() {
+                Some(libc::EADDRNOTAVAIL) => "tcp_connect: AddrNotAvailable (out of source ports? use --source-ips)".into(),
+                Some(libc::EMFILE) | Some(libc::ENFILE) => "tcp_connect: too many open files".into(),
+                _ => format!("tcp_connect: {:?}", e.kind()),
+            },
+            DialError::Http(s) => format!("http {s}"),
+            DialError::Handshake(e) => match e {
+                tungstenite::Error::Io(io) => format!("ws_handshake: io {:?}", io.kind()),
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "ws_handshake: closed".into(),
+                other => format!("ws_handshake: {}", short(&other.to_string())),
+            },
+            DialError::NoHello(why) => format!("no_hello: {why}"),
+        }
+    }
+}
+
+fn short(s: &str) -> String {
+    s.chars().take(60).collect()
+}
+
+impl std::fmt::Display for DialError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DialError::Bind(ip, e) => write!(f, "bind {ip}: {e}"),
+            DialError::Socket(e) | DialError::Connect(e) => write!(f, "{}: {e}", self.label()),
+            DialError::Handshake(e) => write!(f, "websocket handshake: {e}"),
+            other => f.write_str(&other.label()),
+        }
+    }
+}
+
+/// Time spent in each step of a successful dial.
+#[derive(Debug, Clone, Copy)]
+pub struct DialTimings {
+    pub tcp_connect: Duration,
+    /// From the start of the TCP connect until `hello` arrived.
+    pub to_hello: Duration,
+}
+
+/// A non-blocking TCP socket, bound to `source` (port chosen at connect time, so one address
+/// serves many destinations' worth of ports) when given.
+fn client_socket(dest: SocketAddr, source: Option<IpAddr>) -> Result<tokio::net::TcpSocket, DialError> {
+    let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP)).map_err(DialError::Socket)?;
+    socket.set_nonblocking(true).map_err(DialError::Socket)?;
+    socket.set_tcp_nodelay(true).map_err(DialError::Socket)?;
+    if let Some(ip) = source {
+        if ip.is_ipv4() {
+            bind_address_no_port(&socket);
+        }
+        socket.bind(&SocketAddr::new(ip, 0).into()).map_err(|e| DialError::Bind(ip, e))?;
+    }
+    let std_stream: std::net::TcpStream = socket.into();
+    Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
+}
+
+/// IP_BIND_ADDRESS_NO_PORT: let connect() pick the port per destination instead of bind()
+/// reserving one per address. Best effort; without it each source address still gives ~28k
+/// ports.
+fn bind_address_no_port(socket: &Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid fd and a pointer to a c_int of the size passed.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Connect, upgrade to WebSocket with `?token=`, and wait for `hello`.
+pub async fn dial(
+    dest: SocketAddr,
+    ws_url: &str,
+    source: Option<IpAddr>,
+    token: &str,
+) -> Result<(Ws, DialTimings), DialError> {
+    let start = Instant::now();
+    let stream = client_socket(dest, source)?.connect(dest).await.map_err(DialError::Connect)?;
+    let tcp_connect = start.elapsed();
+    let url = format!("{ws_url}?token={token}");
+    let (mut ws, _response) = client_async_with_config(url.as_str(), stream, Some(ws_config()))
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(resp) => DialError::Http(resp.status().as_u16()),
+            other => DialError::Handshake(other),
+        })?;
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => match frame::parse(&t) {
+                Some(Inbound::Hello { .. }) => break,
+                Some(Inbound::Error { code, .. }) => return Err(DialError::NoHello(format!("error {code}"))),
+                _ => continue,
+            },
+            Some(Ok(Message::Close(_))) | None => return Err(DialError::NoHello("closed".into())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(DialError::NoHello(short(&e.to_string()))),
+        }
+    }
+    Ok((ws, DialTimings { tcp_connect, to_hello: start.elapsed() }))
+}

@@ -1,0 +1,332 @@
+//! The scenarios, and what they share: setting up a fleet, ramping it with progress lines,
+//! running one load phase with a drain, and turning its counters into a report.
+
+pub mod connect;
+pub mod direct;
+pub mod group;
+pub mod handshake;
+pub mod sweep;
+
+use crate::cli::{CommonArgs, LoadArgs};
+use crate::fleet::{AfterHello, DialOptions, Fleet};
+use crate::procfs;
+use crate::report::{LatencySummary, LoadReport, fmt_ms, fmt_num};
+use crate::session::{LoadPhase, SessionSpec, Shared};
+use crate::stamp::unix_now_ns;
+use crate::stats::LoadStats;
+use crate::target::Target;
+use crate::token::TokenMint;
+use anyhow::bail;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+
+/// A progress line on stderr, prefixed with the time since `since`.
+pub fn progress(since: Instant, msg: &str) {
+    eprintln!("[{:>7.1}s] {msg}", since.elapsed().as_secs_f64());
+}
+
+/// Everything a scenario needs to open connections.
+pub struct Bench {
+    pub target: Target,
+    pub fleet: Fleet,
+    pub common: CommonArgs,
+    pub started: Instant,
+}
+
+impl Bench {
+    /// Parse the target, check the open-files budget for `connections`, build the fleet.
+    pub fn new(common: &CommonArgs, connections: usize, interrupt: CancellationToken) -> anyhow::Result<Bench> {
+        let target = Target::parse(&common.url, common.allow_remote)?;
+        if let Some(ips) = &common.source_ips
+            && !common.allow_remote
+            && ips.all().iter().any(|ip| !ip.is_loopback())
+        {
+            bail!("--source-ips must be loopback addresses (127.0.0.0/8, ::1) unless --allow-remote");
+        }
+        let limit = procfs::raise_nofile_limit();
+        let need = procfs::fds_needed(connections);
+        if need > limit {
+            bail!(
+                "{connections} connections need about {need} open files but this process may open {limit}; \
+                 run several bench processes (each with its own --user-offset and --source-ips), see \
+                 docs/benchmarks-howto.md"
+            );
+        }
+        let shared = Arc::new(Shared::new(common.ping_interval));
+        let fleet = Fleet::new(shared, TokenMint::new(&common.jwt_secret), interrupt);
+        Ok(Bench { target, fleet, common: common.clone(), started: Instant::now() })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.fleet.shared
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.fleet.interrupt.is_cancelled()
+    }
+
+    pub fn dial_options(&self, after_hello: AfterHello) -> DialOptions {
+        DialOptions {
+            addr: self.target.addr,
+            ws_url: self.target.ws_url.clone(),
+            source_ips: self.common.source_ips.clone(),
+            concurrency: self.common.concurrency,
+            connect_rate: self.common.connect_rate,
+            timeout: self.common.connect_timeout,
+            after_hello,
+        }
+    }
+
+    /// Dial `specs` and print progress until every dial finished. Returns the ramp's length.
+    pub async fn ramp(&self, specs: Vec<SessionSpec>, after_hello: AfterHello) -> Duration {
+        let total = specs.len() as u64;
+        let f = &self.fleet.shared.fleet;
+        let start = Instant::now();
+        self.fleet.dial_all(specs, self.dial_options(after_hello));
+        let mut tick = tokio::time::interval(self.common.progress_interval);
+        tick.tick().await;
+        let mut last = (start, 0u64);
+        loop {
+            let done = self.fleet.dials_done.get();
+            if done >= total {
+                break;
+            }
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    let est = f.established.get();
+                    let rate = (est - last.1) as f64 / (now - last.0).as_secs_f64().max(1e-9);
+                    last = (now, est);
+                    let p99 = LatencySummary::from_histogram(&f.handshake.snapshot()).p99_us;
+                    progress(self.started, &format!(
+                        "connecting: {}/{} established, {} failed, {} handshakes/s, handshake p99 {} ms",
+                        est, total, f.failed.get(), fmt_num(rate), fmt_ms(p99)
+                    ));
+                }
+                () = sleep(Duration::from_millis(20)) => {}
+                () = self.fleet.interrupt.cancelled() => break,
+            }
+        }
+        let took = start.elapsed();
+        progress(
+            self.started,
+            &format!(
+                "ramp done in {:.2} s: {} established, {} failed{}",
+                took.as_secs_f64(),
+                f.established.get(),
+                f.failed.get(),
+                failures_suffix(self)
+            ),
+        );
+        took
+    }
+
+    /// Wait `d` unless interrupted, printing the open-connection count.
+    pub async fn hold(&self, d: Duration, extra: impl Fn() -> String) {
+        let end = Instant::now() + d;
+        let mut tick = tokio::time::interval(self.common.progress_interval);
+        tick.tick().await;
+        let f = &self.fleet.shared.fleet;
+        loop {
+            tokio::select! {
+                () = sleep_until(end) => break,
+                () = self.fleet.interrupt.cancelled() => break,
+                _ = tick.tick() => progress(self.started, &format!(
+                    "holding: {} open, {} dropped, {} pings, {} pongs{}",
+                    f.open.get(), f.dropped.get(), f.pings_sent.get(), f.pongs.get(), extra()
+                )),
+            }
+        }
+    }
+}
+
+fn failures_suffix(b: &Bench) -> String {
+    let t = b.fleet.shared.fleet.failures.snapshot();
+    if t.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+    }
+}
+
+/// One load phase to run.
+pub struct PhaseConfig {
+    pub id: u32,
+    pub rate: f64,
+    pub senders: u32,
+    pub recipients_per_message: u64,
+    pub load: LoadArgs,
+}
+
+/// Counters and rates of a finished phase.
+pub struct PhaseOutcome {
+    pub stats: Arc<LoadStats>,
+    pub sent_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub drained: bool,
+    pub drain: Duration,
+    pub dropped_during: u64,
+}
+
+/// Drive one phase: publish it to every session, print progress, stop sending after
+/// `duration`, wait for outstanding acks and deliveries (bounded), retire the phase.
+pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
+    let shared = bench.shared();
+    let lead = Duration::from_millis(200);
+    let start = Instant::now() + lead;
+    let start_unix_ns = unix_now_ns() + lead.as_nanos() as u64;
+    let warmup = cfg.load.warmup.min(cfg.load.duration);
+    let stats = Arc::new(LoadStats::new(start_unix_ns + warmup.as_nanos() as u64));
+    let dropped_before = shared.fleet.dropped.get();
+    shared.phase.send_replace(Some(Arc::new(LoadPhase {
+        id: cfg.id,
+        start,
+        start_unix_ns,
+        duration: cfg.load.duration,
+        rate: cfg.rate,
+        senders: cfg.senders,
+        message_size: cfg.load.message_size as usize,
+        stats: stats.clone(),
+    })));
+    let end = start + cfg.load.duration;
+    let warm_end = start + warmup;
+    let mut at_warm_end = None;
+    let mut tick = tokio::time::interval_at(start + bench.common.progress_interval, bench.common.progress_interval);
+    let mut last = (start, 0u64, 0u64);
+    let line = |last: &mut (Instant, u64, u64), what: &str| {
+        let now = Instant::now();
+        let (sent, del) = (stats.sent.get(), stats.delivered.get());
+        let dt = (now - last.0).as_secs_f64().max(1e-9);
+        let d = LatencySummary::from_histogram(&stats.delivery.snapshot());
+        progress(
+            bench.started,
+            &format!(
+                "{what}: {} sent/s, {} delivered/s, {} acked, {} errors, delivery p50 {} p99 {} ms, {} open",
+                fmt_num((sent - last.1) as f64 / dt),
+                fmt_num((del - last.2) as f64 / dt),
+                stats.acked.get(),
+                stats.errors.total(),
+                fmt_ms(d.p50_us),
+                fmt_ms(d.p99_us),
+                shared.fleet.open.get()
+            ),
+        );
+        *last = (now, sent, del);
+    };
+    loop {
+        tokio::select! {
+            () = sleep_until(warm_end), if at_warm_end.is_none() => {
+                at_warm_end = Some((Instant::now(), stats.sent.get(), stats.delivered.get()));
+            }
+            () = sleep_until(end) => break,
+            () = bench.fleet.interrupt.cancelled() => break,
+            _ = tick.tick() => line(&mut last, if Instant::now() < warm_end { "warm-up" } else { "sending" }),
+        }
+    }
+    let stopped = Instant::now();
+    let (w_at, w_sent, w_del) = at_warm_end.unwrap_or((start, 0, 0));
+    let window = (stopped - w_at).as_secs_f64().max(1e-9);
+    let sent_per_s = (stats.sent.get().saturating_sub(w_sent)) as f64 / window;
+    let deliveries_per_s = (stats.delivered.get().saturating_sub(w_del)) as f64 / window;
+
+    // Drain: stop the schedule (senders see the phase's end on their own), wait for the rest.
+    let drain_deadline = stopped + cfg.load.drain_timeout;
+    let complete = || {
+        let sent = stats.sent.get();
+        stats.acked.get() + stats.rejected.get() >= sent
+            && stats.delivered.get() >= sent * cfg.recipients_per_message
+    };
+    let mut drained = complete();
+    while !drained && Instant::now() < drain_deadline && !bench.interrupted() {
+        tokio::select! {
+            _ = tick.tick() => line(&mut last, "draining"),
+            () = sleep(Duration::from_millis(20)) => {}
+        }
+        drained = complete();
+    }
+    let drain = stopped.elapsed();
+    shared.phase.send_replace(None);
+    PhaseOutcome {
+        stats,
+        sent_per_s,
+        deliveries_per_s,
+        drained,
+        drain,
+        dropped_during: shared.fleet.dropped.get() - dropped_before,
+    }
+}
+
+/// The report of a finished phase.
+pub fn load_report(scenario: &'static str, bench: &Bench, cfg: &PhaseConfig, out: &PhaseOutcome) -> LoadReport {
+    let s = &out.stats;
+    let sent = s.sent.get();
+    let expected = sent * cfg.recipients_per_message;
+    let delivered = s.delivered.get();
+    LoadReport {
+        scenario,
+        target: bench.target.http_base.clone(),
+        connections: bench.shared().fleet.established.get(),
+        senders: u64::from(cfg.senders),
+        recipients_per_message: cfg.recipients_per_message,
+        target_rate: cfg.rate,
+        per_sender_rate: crate::schedule::per_sender_rate(cfg.rate, cfg.senders),
+        duration_s: cfg.load.duration.as_secs_f64(),
+        warmup_s: cfg.load.warmup.min(cfg.load.duration).as_secs_f64(),
+        sent_per_s: out.sent_per_s,
+        deliveries_per_s: out.deliveries_per_s,
+        sent,
+        acked: s.acked.get(),
+        rejected: s.rejected.get(),
+        send_failures: s.send_failures.get(),
+        delivered,
+        expected_deliveries: expected,
+        lost: expected.saturating_sub(delivered),
+        unacked: sent.saturating_sub(s.acked.get() + s.rejected.get()),
+        duplicate_or_reordered: s.duplicate_or_reordered.get(),
+        errors: s.errors.snapshot(),
+        drained: out.drained,
+        drain_s: out.drain.as_secs_f64(),
+        dropped_connections: out.dropped_during,
+        delivery: LatencySummary::from_histogram(&s.delivery.snapshot()),
+        delivery_from_send: LatencySummary::from_histogram(&s.delivery_from_send.snapshot()),
+        ack: LatencySummary::from_histogram(&s.ack.snapshot()),
+        send_lag: LatencySummary::from_histogram(&s.send_lag.snapshot()),
+    }
+}
+
+/// Check the load options and warn about a per-connection rate the server will refuse.
+pub fn check_load(load: &LoadArgs, rate: f64, senders: u32) -> anyhow::Result<()> {
+    if !(rate.is_finite() && rate > 0.0) {
+        bail!("--rate must be a positive number");
+    }
+    if load.duration.is_zero() {
+        bail!("--duration must be positive");
+    }
+    if load.warmup >= load.duration {
+        bail!("--warmup ({:?}) must be shorter than --duration ({:?})", load.warmup, load.duration);
+    }
+    let per = crate::schedule::per_sender_rate(rate, senders);
+    if per > 50.0 {
+        eprintln!(
+            "warning: {per:.1} msg/s per sending connection is above the server's default limit (50/s \
+             sustained, burst 100): expect rate_limited errors; add connections (--pairs/--senders)"
+        );
+    }
+    Ok(())
+}
+
+/// Require every connection of a load scenario to be up.
+pub fn require_all_connected(bench: &Bench, want: u64) -> anyhow::Result<()> {
+    let f = &bench.shared().fleet;
+    let got = f.established.get();
+    if got < want {
+        let failures = f.failures.snapshot();
+        bail!(
+            "only {got} of {want} connections came up ({}); not starting the load",
+            failures.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+        );
+    }
+    Ok(())
+}
