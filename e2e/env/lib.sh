@@ -357,7 +357,8 @@ go_build_module() {
 	(
 		cd "$work"
 		[[ -f go.mod ]] || go mod init tern.local/e2e-build >/dev/null 2>&1
-		nice -n 10 go get "$modver" >>build.log 2>&1
+		# `go get PKG@VERSION` (not just the module) records go.sum entries for PKG's imports.
+		nice -n 10 go get "$pkg@${modver##*@}" >>build.log 2>&1
 		nice -n 10 go build -trimpath -ldflags "-s -w ${GO_LDFLAGS_EXTRA:-}" -o "$out.tmp" "$pkg" >>build.log 2>&1
 		mv "$out.tmp" "$out"
 	) || {

@@ -1,0 +1,193 @@
+#!/usr/bin/env bash
+# kube-apiserver (envtest style: a real API server on etcd, no kubelet, no controllers),
+# kubectl and helm, all built from their Go modules into $TERN_CACHE/bin.
+# Secure port 127.0.0.1:16443; admin token in group system:masters; kubeconfig at
+# $TERN_CACHE/run/kube/kubeconfig. Starts etcd first if needed.
+set -euo pipefail
+# shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+svc_init kube
+SVC_PORTS="$KUBE_SECURE_PORT"
+SVC_LOG="$LOG_DIR/kube-apiserver.log"
+KUBE_BUILD="$TERN_PKG/kube-$KUBERNETES_VERSION"
+HELM_BUILD="$TERN_PKG/helm-$HELM_VERSION"
+PKI_DIR="$RUN_DIR/pki"
+KUBECONFIG_FILE="$RUN_DIR/kubeconfig"
+
+do_install() {
+	with_lock kube-install _install_kube
+	with_lock helm-install _install_helm
+}
+
+_install_kube() {
+	go_env
+	local key
+	key="k8s:$KUBERNETES_VERSION staging:$KUBERNETES_STAGING_VERSION $(go env GOVERSION)"
+	stamp_ok "$KUBE_BUILD" "$key" && [[ -x "$TERN_BIN/kube-apiserver" && -x "$TERN_BIN/kubectl" ]] && return 0
+	local t0
+	t0="$(now_s)"
+	log "building kube-apiserver + kubectl $KUBERNETES_VERSION from k8s.io/kubernetes (first time: ~10-20 min on 2 cores, nice 10)"
+	mkdir -p "$KUBE_BUILD"
+	(
+		cd "$KUBE_BUILD"
+		: >build.log
+		local kmod
+		kmod="$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')"
+		[[ -f "$kmod" ]] || {
+			echo "cannot download k8s.io/kubernetes@$KUBERNETES_VERSION" >>build.log
+			exit 1
+		}
+		# Every staging module k8s.io/kubernetes replaces with ./staging/src/... must be
+		# replaced here with its published version (go.mod of the main module wins).
+		{
+			echo "module tern.local/kube-build"
+			echo
+			grep -E '^go [0-9]' "$kmod"
+			echo
+			echo "require k8s.io/kubernetes $KUBERNETES_VERSION"
+			echo
+			echo "replace ("
+			sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\) => \./staging/src/.*#\t\1 => \1 '"$KUBERNETES_STAGING_VERSION"'#p' "$kmod"
+			echo ")"
+		} >go.mod
+		echo "replace lines: $(grep -c '=>' go.mod)" >>build.log
+		nice -n 10 go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" >>build.log 2>&1
+		local minor="${KUBERNETES_VERSION#v1.}"
+		minor="${minor%%.*}"
+		local ld="-s -w" pkgv
+		for pkgv in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+			ld+=" -X $pkgv.gitVersion=$KUBERNETES_VERSION -X $pkgv.gitMajor=1 -X $pkgv.gitMinor=$minor"
+			ld+=" -X $pkgv.gitTreeState=clean -X $pkgv.buildDate=1970-01-01T00:00:00Z"
+		done
+		local cmd
+		for cmd in kube-apiserver kubectl; do
+			echo "== go build $cmd" >>build.log
+			nice -n 10 go build -trimpath -ldflags "$ld" -o "$TERN_BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >>build.log 2>&1
+			mv "$TERN_BIN/$cmd.tmp" "$TERN_BIN/$cmd"
+		done
+	) || {
+		log_tail "$KUBE_BUILD/build.log" 40
+		die "building kube-apiserver/kubectl failed (log: $KUBE_BUILD/build.log)"
+	}
+	stamp_set "$KUBE_BUILD" "$key"
+	log "kube-apiserver + kubectl built in $(elapsed_since "$t0")s"
+}
+
+_install_helm() {
+	go_env
+	local key
+	key="helm:$HELM_VERSION $(go env GOVERSION)"
+	stamp_ok "$HELM_BUILD" "$key" && [[ -x "$TERN_BIN/helm" ]] && return 0
+	local t0
+	t0="$(now_s)"
+	log "building helm $HELM_VERSION from helm.sh/helm/v3 (first time: ~3-6 min)"
+	GO_LDFLAGS_EXTRA="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.metadata= -X helm.sh/helm/v3/internal/version.gitTreeState=clean" \
+		go_build_module "$HELM_BUILD" "helm.sh/helm/v3@$HELM_VERSION" "$TERN_BIN/helm" helm.sh/helm/v3/cmd/helm
+	stamp_set "$HELM_BUILD" "$key"
+	log "helm built in $(elapsed_since "$t0")s: $("$TERN_BIN/helm" version --short 2>/dev/null || true)"
+}
+
+
+# PKI, tokens and kubeconfig: generated once per run dir (kept across restarts so clients'
+# kubeconfigs stay valid); `down.sh --wipe kube` regenerates them.
+ensure_pki() {
+	need_cmd openssl
+	mkdir -p "$PKI_DIR"
+	chmod 700 "$PKI_DIR"
+	if [[ ! -s "$PKI_DIR/ca.crt" ]]; then
+		log "generating CA, serving certificate and service-account key (openssl)"
+		(
+			cd "$PKI_DIR"
+			openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
+				-keyout ca.key -out ca.crt -subj "/CN=tern-e2e-ca" 2>/dev/null
+			openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
+				-subj "/CN=kube-apiserver" 2>/dev/null
+			cat >apiserver.ext <<EXT
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EXT
+			openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
+				-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+			openssl genrsa -out sa.key 2048 2>/dev/null
+			openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
+			rm -f apiserver.csr
+		)
+	fi
+	if [[ ! -s "$PKI_DIR/admin.token" ]]; then
+		openssl rand -hex 24 >"$PKI_DIR/admin.token"
+	fi
+	local token
+	token="$(cat "$PKI_DIR/admin.token")"
+	# token,user,uid,"groups" — system:masters is always allowed (privileged-group authorizer).
+	printf '%s,tern-admin,tern-admin,"system:masters"\n' "$token" >"$PKI_DIR/tokens.csv"
+	cat >"$KUBECONFIG_FILE.tmp" <<KCFG
+apiVersion: v1
+kind: Config
+clusters:
+- name: tern-e2e
+  cluster:
+    server: https://127.0.0.1:$KUBE_SECURE_PORT
+    certificate-authority-data: $(base64 -w0 "$PKI_DIR/ca.crt")
+users:
+- name: tern-admin
+  user:
+    token: $token
+contexts:
+- name: tern-e2e
+  context:
+    cluster: tern-e2e
+    user: tern-admin
+    namespace: default
+current-context: tern-e2e
+KCFG
+	chmod 600 "$KUBECONFIG_FILE.tmp"
+	mv "$KUBECONFIG_FILE.tmp" "$KUBECONFIG_FILE"
+}
+
+do_launch() {
+	"$E2E_ENV_DIR/services/etcd.sh" start
+	SVC=kube
+	ensure_pki
+	start_daemon "$SVC_LOG" "$TERN_BIN/kube-apiserver" \
+		--etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
+		--etcd-prefix=/registry \
+		--bind-address=127.0.0.1 \
+		--advertise-address=127.0.0.1 \
+		--secure-port="$KUBE_SECURE_PORT" \
+		--tls-cert-file="$PKI_DIR/apiserver.crt" \
+		--tls-private-key-file="$PKI_DIR/apiserver.key" \
+		--client-ca-file="$PKI_DIR/ca.crt" \
+		--token-auth-file="$PKI_DIR/tokens.csv" \
+		--authorization-mode=RBAC \
+		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+		--service-account-key-file="$PKI_DIR/sa.pub" \
+		--service-account-signing-key-file="$PKI_DIR/sa.key" \
+		--service-cluster-ip-range=10.0.0.0/24 \
+		--allow-privileged=true \
+		--disable-admission-plugins=ServiceAccount \
+		--profiling=false \
+		--v="${TERN_KUBE_VERBOSITY:-1}"
+}
+
+# /readyz (all post-start hooks, RBAC bootstrap included) plus a real authenticated GET.
+do_health() {
+	local token
+	token="$(cat "$PKI_DIR/admin.token")"
+	[[ "$(curl -fsS --max-time 5 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $token" \
+		"https://127.0.0.1:$KUBE_SECURE_PORT/readyz")" == ok ]] &&
+		curl -fsS --max-time 5 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $token" \
+			"https://127.0.0.1:$KUBE_SECURE_PORT/api/v1/namespaces/default" | grep -q '"phase": *"Active"'
+}
+
+do_info() {
+	local token
+	token="$(cat "$PKI_DIR/admin.token")"
+	local v
+	v="$(curl -fsS --max-time 5 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $token" \
+		"https://127.0.0.1:$KUBE_SECURE_PORT/version" | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')"
+	echo "kube-apiserver $v, kubeconfig $KUBECONFIG_FILE"
+}
+
+svc_main "$@"
