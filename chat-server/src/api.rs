@@ -26,12 +26,18 @@ impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = Error;
 
     async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self> {
-        let header = parts.headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
         let query_token = parts.uri.query().and_then(|q| {
-            q.split('&').find_map(|kv| kv.strip_prefix("token=")).map(str::to_string)
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_string)
         });
-        let token = auth::bearer(header, query_token.as_deref())
-            .ok_or_else(|| Error::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into()))?;
+        let token = auth::bearer(header, query_token.as_deref()).ok_or_else(|| {
+            Error::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into())
+        })?;
         Ok(Caller(st.auth.verify(&token)?))
     }
 }
@@ -44,7 +50,9 @@ fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {
 fn parse_id(s: &str, what: &str) -> Result<u64> {
     match s.parse::<u64>() {
         Ok(id) if id > 0 && id <= MAX_ID => Ok(id),
-        _ => Err(Error::invalid(format!("{what} must be a positive integer below 2^53"))),
+        _ => Err(Error::invalid(format!(
+            "{what} must be a positive integer below 2^53"
+        ))),
     }
 }
 
@@ -52,7 +60,10 @@ fn query_u64(q: &HashMap<String, String>, key: &str) -> Result<Option<u64>> {
     match q.get(key) {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| Error::invalid(format!("{key} must be a non-negative integer"))),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| Error::invalid(format!("{key} must be a non-negative integer"))),
     }
 }
 
@@ -77,47 +88,73 @@ async fn chat_with_members(st: &AppState, chat: Chat) -> Result<Value> {
     let members = st.store.members(chat.chat_id).await?;
     let mut c = chat;
     c.members = Some(members);
-    Ok(serde_json::to_value(c).map_err(Error::internal)?)
+    serde_json::to_value(c).map_err(Error::internal)
 }
 
-pub async fn create_chat(State(st): State<Arc<AppState>>, Caller(me): Caller, body: Bytes) -> Result<Response> {
+pub async fn create_chat(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    body: Bytes,
+) -> Result<Response> {
     let req: CreateChat = json_body(&body)?;
     check_user_ids(&req.members)?;
     match ChatType::parse(&req.kind) {
         Some(ChatType::Direct) => {
             let [other] = req.members[..] else {
-                return Err(Error::invalid("a direct chat needs exactly one other member: {\"type\":\"direct\",\"members\":[B]}"));
+                return Err(Error::invalid(
+                    "a direct chat needs exactly one other member: {\"type\":\"direct\",\"members\":[B]}",
+                ));
             };
             if other == me {
                 return Err(Error::invalid("a direct chat needs another user"));
             }
             let (chat, created) = st.store.create_direct(me, other).await?;
-            let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok((status, Json(chat_with_members(&st, chat).await?)).into_response())
         }
         Some(ChatType::Group) => {
-            if let Some(t) = &req.title {
-                if t.chars().count() > 200 {
-                    return Err(Error::invalid("title is limited to 200 characters"));
-                }
+            if let Some(t) = &req.title
+                && t.chars().count() > 200
+            {
+                return Err(Error::invalid("title is limited to 200 characters"));
             }
-            let chat = st.store.create_group(me, req.title, req.members, st.cfg.group_limit).await?;
-            Ok((StatusCode::CREATED, Json(chat_with_members(&st, chat).await?)).into_response())
+            let chat = st
+                .store
+                .create_group(me, req.title, req.members, st.cfg.group_limit)
+                .await?;
+            Ok((
+                StatusCode::CREATED,
+                Json(chat_with_members(&st, chat).await?),
+            )
+                .into_response())
         }
         None => Err(Error::invalid("type must be \"direct\" or \"group\"")),
     }
 }
 
-pub async fn list_chats(State(st): State<Arc<AppState>>, Caller(me): Caller) -> Result<Json<Value>> {
+pub async fn list_chats(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+) -> Result<Json<Value>> {
     let chats = st.store.user_chats(me).await?;
     let pending = st.receipts.lock();
     let out: Vec<Chat> = chats
         .into_iter()
         .map(|uc| {
             let mut c = uc.chat;
-            let read = pending.get(c.chat_id, me).map_or(uc.read_seq, |(_, r)| r.max(uc.read_seq));
+            let read = pending
+                .get(c.chat_id, me)
+                .map_or(uc.read_seq, |(_, r)| r.max(uc.read_seq));
             c.read_seq = Some(read);
-            c.unread = Some(if read > uc.read_seq { uc.unread.min(c.last_seq.saturating_sub(read)) } else { uc.unread });
+            c.unread = Some(if read > uc.read_seq {
+                uc.unread.min(c.last_seq.saturating_sub(read))
+            } else {
+                uc.unread
+            });
             c
         })
         .collect();
@@ -125,12 +162,20 @@ pub async fn list_chats(State(st): State<Arc<AppState>>, Caller(me): Caller) -> 
 }
 
 async fn member_chat(st: &AppState, chat_id: ChatId, me: UserId) -> Result<Chat> {
-    let chat = st.store.chat(chat_id).await?.ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
+    let chat = st
+        .store
+        .chat(chat_id)
+        .await?
+        .ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
     st.members.require(st.store.as_ref(), chat_id, me).await?;
     Ok(chat)
 }
 
-pub async fn get_chat(State(st): State<Arc<AppState>>, Caller(me): Caller, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn get_chat(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let chat = member_chat(&st, parse_id(&id, "chat id")?, me).await?;
     Ok(Json(chat_with_members(&st, chat).await?))
 }
@@ -148,7 +193,10 @@ async fn require_admin(st: &AppState, chat: &Chat, me: UserId) -> Result<()> {
     match members.iter().find(|m| m.user_id == me) {
         Some(m) if m.role == crate::model::Role::Admin => Ok(()),
         Some(_) => Err(Error::forbidden("only a group admin can do that")),
-        None => Err(Error::forbidden(format!("you are not a member of chat {}", chat.chat_id))),
+        None => Err(Error::forbidden(format!(
+            "you are not a member of chat {}",
+            chat.chat_id
+        ))),
     }
 }
 
@@ -165,7 +213,9 @@ pub async fn add_members(
     }
     check_user_ids(&req.user_ids)?;
     require_admin(&st, &chat, me).await?;
-    st.store.add_members(chat.chat_id, req.user_ids, st.cfg.group_limit).await?;
+    st.store
+        .add_members(chat.chat_id, req.user_ids, st.cfg.group_limit)
+        .await?;
     st.members.invalidate(chat.chat_id);
     Ok(Json(chat_with_members(&st, chat).await?))
 }
@@ -185,7 +235,10 @@ pub async fn remove_member(
         require_admin(&st, &chat, me).await?;
     }
     if !st.store.remove_member(chat.chat_id, user).await? {
-        return Err(Error::not_found(format!("user {user} is not a member of chat {}", chat.chat_id)));
+        return Err(Error::not_found(format!(
+            "user {user} is not a member of chat {}",
+            chat.chat_id
+        )));
     }
     st.members.invalidate(chat.chat_id);
     Ok(StatusCode::NO_CONTENT)
@@ -204,7 +257,11 @@ pub async fn list_messages(
         limit: protocol::page_limit(query_u64(&q, "limit")?),
     };
     let result = st.history(me, chat_id, page).await?;
-    let marks = if result.messages.iter().any(|m| m.sender_id == me) { st.marks(chat_id).await? } else { vec![] };
+    let marks = if result.messages.iter().any(|m| m.sender_id == me) {
+        st.marks(chat_id).await?
+    } else {
+        vec![]
+    };
     let views: Vec<_> = result
         .messages
         .iter()
@@ -225,14 +282,21 @@ pub async fn post_message(
 ) -> Result<Response> {
     let chat_id = parse_id(&id, "chat id")?;
     let mut v: Value = json_body(&body)?;
-    let Some(obj) = v.as_object_mut() else { return Err(Error::invalid("the body must be a JSON object")) };
+    let Some(obj) = v.as_object_mut() else {
+        return Err(Error::invalid("the body must be a JSON object"));
+    };
     obj.insert("chat_id".into(), json!(chat_id));
-    let f: SendFrame = serde_json::from_value(v).map_err(|e| Error::invalid(format!("bad message: {e}")))?;
-    let ack = st.send_and_wait(me, f).await?;
+    let f: SendFrame =
+        serde_json::from_value(v).map_err(|e| Error::invalid(format!("bad message: {e}")))?;
+    let ack = st.send_and_wait(me, f, None).await?;
     Ok((StatusCode::CREATED, Json(ack)).into_response())
 }
 
-pub async fn receipts(State(st): State<Arc<AppState>>, Caller(me): Caller, Path(id): Path<String>) -> Result<Json<Value>> {
+pub async fn receipts(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>> {
     let chat_id = parse_id(&id, "chat id")?;
     st.members.require(st.store.as_ref(), chat_id, me).await?;
     Ok(Json(json!({"members": st.marks(chat_id).await?})))
@@ -250,7 +314,10 @@ pub async fn presence(
         .map(|s| parse_id(s.trim(), "user_ids"))
         .collect::<Result<Vec<_>>>()?;
     if ids.len() > protocol::MAX_PRESENCE_IDS {
-        return Err(Error::invalid(format!("at most {} user_ids", protocol::MAX_PRESENCE_IDS)));
+        return Err(Error::invalid(format!(
+            "at most {} user_ids",
+            protocol::MAX_PRESENCE_IDS
+        )));
     }
     Ok(Json(json!({"presence": st.presence.get(&ids)})))
 }
@@ -262,7 +329,9 @@ struct DevToken {
 
 pub async fn dev_token(State(st): State<Arc<AppState>>, body: Bytes) -> Result<Json<Value>> {
     if !st.cfg.dev_auth {
-        return Err(Error::not_found("dev auth is off (start the server with --dev-auth)"));
+        return Err(Error::not_found(
+            "dev auth is off (start the server with --dev-auth)",
+        ));
     }
     let req: DevToken = json_body(&body)?;
     let id = protocol::check_id("user_id", req.user_id)?;
@@ -283,7 +352,10 @@ pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
 
 pub async fn metrics(State(st): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         st.metrics.render(),
     )
         .into_response()

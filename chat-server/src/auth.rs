@@ -36,7 +36,11 @@ impl Auth {
     /// Mint a token for `user_id` valid for `ttl_s` seconds.
     pub fn mint(&self, user_id: UserId, ttl_s: u64) -> Result<String> {
         let now = unix_now();
-        let claims = Claims { sub: user_id.to_string(), exp: now + ttl_s, iat: Some(now) };
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: now + ttl_s,
+            iat: Some(now),
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(Error::internal)
     }
@@ -72,10 +76,12 @@ fn unix_now() -> u64 {
 
 /// Pull a bearer token from an `Authorization` header value or a `token` query parameter.
 pub fn bearer(header: Option<&str>, query_token: Option<&str>) -> Option<String> {
-    if let Some(h) = header {
-        if let Some(t) = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")) {
-            return Some(t.trim().to_string());
-        }
+    if let Some(h) = header
+        && let Some(t) = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+    {
+        return Some(t.trim().to_string());
     }
     query_token.map(str::to_string)
 }
@@ -89,18 +95,34 @@ mod tests {
         let auth = Auth::new(b"secret");
         let t = auth.mint(42, 60).unwrap();
         assert_eq!(auth.verify(&t).unwrap(), 42);
-        assert_eq!(Auth::new(b"other").verify(&t).unwrap_err().code(), "unauthenticated");
+        assert_eq!(
+            Auth::new(b"other").verify(&t).unwrap_err().code(),
+            "unauthenticated"
+        );
         assert!(auth.verify("garbage").is_err());
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &Claims { sub: "42".into(), exp: unix_now() - 3600, iat: None },
+            &Claims {
+                sub: "42".into(),
+                exp: unix_now() - 3600,
+                iat: None,
+            },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert!(auth.verify(&expired).unwrap_err().to_string().contains("expired"));
+        assert!(
+            auth.verify(&expired)
+                .unwrap_err()
+                .to_string()
+                .contains("expired")
+        );
         let bad_sub = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &Claims { sub: "alice".into(), exp: unix_now() + 60, iat: None },
+            &Claims {
+                sub: "alice".into(),
+                exp: unix_now() + 60,
+                iat: None,
+            },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();

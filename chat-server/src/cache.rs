@@ -18,16 +18,20 @@ pub struct RecentCache {
 
 impl RecentCache {
     pub fn new(max_chats: usize) -> Self {
-        RecentCache { chats: Mutex::new(HashMap::new()), max_chats: max_chats.max(1) }
+        RecentCache {
+            chats: Mutex::new(HashMap::new()),
+            max_chats: max_chats.max(1),
+        }
     }
 
     /// Record a just-committed message (called in seq order per chat).
     pub fn push(&self, m: &SharedMessage) {
         let mut chats = self.chats.lock();
-        if !chats.contains_key(&m.chat_id) && chats.len() >= self.max_chats {
-            if let Some(victim) = chats.keys().next().copied() {
-                chats.remove(&victim);
-            }
+        if !chats.contains_key(&m.chat_id)
+            && chats.len() >= self.max_chats
+            && let Some(victim) = chats.keys().next().copied()
+        {
+            chats.remove(&victim);
         }
         let q = chats.entry(m.chat_id).or_default();
         if q.back().is_some_and(|last| last.seq + 1 != m.seq) {
@@ -41,14 +45,24 @@ impl RecentCache {
 
     /// Messages with `seq > after_seq`, at most `limit`, if the cache covers that range.
     /// `Some((messages, has_more))`, or `None` when the store must be asked.
-    pub fn after(&self, chat_id: ChatId, after_seq: Seq, limit: usize) -> Option<(Vec<SharedMessage>, bool)> {
+    pub fn after(
+        &self,
+        chat_id: ChatId,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Option<(Vec<SharedMessage>, bool)> {
         let chats = self.chats.lock();
         let q = chats.get(&chat_id)?;
         let first = q.front()?.seq;
         if after_seq + 1 < first {
             return None;
         }
-        let mut out: Vec<_> = q.iter().filter(|m| m.seq > after_seq).take(limit + 1).cloned().collect();
+        let mut out: Vec<_> = q
+            .iter()
+            .filter(|m| m.seq > after_seq)
+            .take(limit + 1)
+            .cloned()
+            .collect();
         let has_more = out.len() > limit;
         out.truncate(limit);
         Some((out, has_more))

@@ -25,13 +25,6 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
-    fn conn_id(&self) -> Option<ConnId> {
-        match self {
-            ReplyTo::Conn(c) => Some(c.id),
-            ReplyTo::Waiter(_) => None,
-        }
-    }
-
     fn answer(self, state: &AppState, result: Result<Ack>, client_msg_id: Option<&str>) {
         match self {
             ReplyTo::Conn(c) => {
@@ -54,6 +47,8 @@ impl ReplyTo {
 pub struct Submission {
     pub message: NewMessage,
     pub reply: ReplyTo,
+    /// The sending connection, if any: it gets the ack and not the message.
+    pub origin: Option<ConnId>,
     pub received: Instant,
 }
 
@@ -120,9 +115,12 @@ async fn process(state: &AppState, batch: &mut Vec<Submission>) {
                     match state.members.get(state.store.as_ref(), m.chat_id).await {
                         Ok(members) => {
                             let f = frame(protocol::message_frame(m));
-                            let n = state.hub.deliver(&members.users, &f, sub.reply.conn_id());
+                            let n = state.hub.deliver(&members.users, &f, sub.origin);
                             state.metrics.deliveries.inc_by(n as u64);
-                            state.metrics.delivery_latency.observe(sub.received.elapsed().as_secs_f64());
+                            state
+                                .metrics
+                                .delivery_latency
+                                .observe(sub.received.elapsed().as_secs_f64());
                         }
                         Err(e) => {
                             // Stored but not fanned out: members catch up with `sync`.
@@ -130,8 +128,12 @@ async fn process(state: &AppState, batch: &mut Vec<Submission>) {
                         }
                     }
                 }
-                state.metrics.ack_latency.observe(sub.received.elapsed().as_secs_f64());
-                sub.reply.answer(state, Ok(Ack::of(m)), client_msg_id.as_deref());
+                state
+                    .metrics
+                    .ack_latency
+                    .observe(sub.received.elapsed().as_secs_f64());
+                sub.reply
+                    .answer(state, Ok(Ack::of(m)), client_msg_id.as_deref());
             }
             Err(e) => sub.reply.answer(state, Err(e), client_msg_id.as_deref()),
         }

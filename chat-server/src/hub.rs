@@ -37,7 +37,11 @@ impl ConnHandle {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 if !self.kicked.is_cancelled() {
-                    tracing::warn!(conn = self.id, user_id = self.user_id, "slow consumer: send queue full, closing");
+                    tracing::warn!(
+                        conn = self.id,
+                        user_id = self.user_id,
+                        "slow consumer: send queue full, closing"
+                    );
                     self.kicked.cancel();
                 }
                 false
@@ -73,10 +77,16 @@ impl Hub {
         &self.shards[(user as usize) % SHARDS]
     }
 
-    /// Register a new connection; returns its handle and the receiving end of its queue.
-    /// The second value is the number of connections the user now has here.
-    pub fn register(&self, user_id: UserId) -> (ConnHandle, mpsc::Receiver<Frame>, usize) {
+    /// Register a new connection whose queue starts with `first` (the `hello`: nothing fanned
+    /// out can overtake it). Returns its handle, the receiving end of its queue, and the number
+    /// of connections the user now has here.
+    pub fn register(
+        &self,
+        user_id: UserId,
+        first: Frame,
+    ) -> (ConnHandle, mpsc::Receiver<Frame>, usize) {
         let (tx, rx) = mpsc::channel(self.queue_len);
+        tx.try_send(first).expect("a new queue has room");
         let handle = ConnHandle {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             user_id,
@@ -93,7 +103,9 @@ impl Hub {
     /// Remove a connection; returns how many the user still has here.
     pub fn unregister(&self, conn: &ConnHandle) -> usize {
         let mut shard = self.shard(conn.user_id).lock();
-        let Some(conns) = shard.get_mut(&conn.user_id) else { return 0 };
+        let Some(conns) = shard.get_mut(&conn.user_id) else {
+            return 0;
+        };
         conns.retain(|c| c.id != conn.id);
         let n = conns.len();
         if n == 0 {
@@ -125,7 +137,10 @@ impl Hub {
 
     /// Every live connection (for draining on shutdown).
     pub fn all(&self) -> Vec<ConnHandle> {
-        self.shards.iter().flat_map(|s| s.lock().values().flatten().cloned().collect::<Vec<_>>()).collect()
+        self.shards
+            .iter()
+            .flat_map(|s| s.lock().values().flatten().cloned().collect::<Vec<_>>())
+            .collect()
     }
 }
 
@@ -143,16 +158,18 @@ mod tests {
     #[test]
     fn fan_out_skips_the_sender_and_kicks_slow_consumers() {
         let hub = Hub::new(8);
-        let (a1, mut a1_rx, _) = hub.register(1);
-        let (_a2, mut a2_rx, n) = hub.register(1);
+        let (a1, mut a1_rx, _) = hub.register(1, frame("hello".into()));
+        let (_a2, mut a2_rx, n) = hub.register(1, frame("hello".into()));
         assert_eq!(n, 2);
-        let (b, _b_rx, _) = hub.register(2);
+        let (b, _b_rx, _) = hub.register(2, frame("hello".into()));
         let f = frame("x".into());
         assert_eq!(hub.deliver(&[1, 2], &f, Some(a1.id)), 2);
+        assert_eq!(a1_rx.try_recv().unwrap().as_str(), "hello");
         assert!(a1_rx.try_recv().is_err());
+        assert_eq!(a2_rx.try_recv().unwrap().as_str(), "hello");
         assert_eq!(a2_rx.try_recv().unwrap().as_str(), "x");
         // b never reads: after its queue (8) is full it is kicked, others unaffected.
-        for _ in 0..9 {
+        for _ in 0..8 {
             hub.deliver(&[2], &f, None);
         }
         assert!(b.kicked().is_cancelled());

@@ -81,8 +81,11 @@ pub struct FramesQuery {
 }
 
 fn authenticate(st: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<UserId> {
-    let h = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let token = auth::bearer(h, token).ok_or_else(|| Error::Unauthenticated("missing token".into()))?;
+    let h = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let token =
+        auth::bearer(h, token).ok_or_else(|| Error::Unauthenticated("missing token".into()))?;
     st.auth.verify(&token)
 }
 
@@ -101,11 +104,22 @@ fn events_json(cursor: Option<&str>, events: impl Iterator<Item = Frame>) -> Res
         body.push_str(e.as_str());
     }
     body.push_str("]}");
-    ([(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-store")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 /// `GET /v1/poll?cursor=…&timeout=…`
-pub async fn poll(State(st): State<Arc<AppState>>, Query(q): Query<PollQuery>, headers: HeaderMap) -> Response {
+pub async fn poll(
+    State(st): State<Arc<AppState>>,
+    Query(q): Query<PollQuery>,
+    headers: HeaderMap,
+) -> Response {
     let user = match authenticate(&st, &headers, q.token.as_deref()) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
@@ -114,7 +128,9 @@ pub async fn poll(State(st): State<Arc<AppState>>, Query(q): Query<PollQuery>, h
         Some((id, n)) => (Some(id), n),
         None => (None, 0),
     };
-    let existing = session_id.and_then(|id| st.longpoll.get(id)).filter(|s| s.user_id == user);
+    let existing = session_id
+        .and_then(|id| st.longpoll.get(id))
+        .filter(|s| s.user_id == user);
     let lp = match existing {
         Some(lp) => lp,
         None => match open(&st, user).await {
@@ -176,19 +192,26 @@ async fn open(st: &Arc<AppState>, user: UserId) -> Result<Arc<LpSession>> {
         session_id: session.session_id.clone(),
         kicked: session.conn.kicked().clone(),
         session: tokio::sync::Mutex::new(Some(session)),
-        queue: tokio::sync::Mutex::new(Queue { rx, buffer: VecDeque::new(), next: 1 }),
+        queue: tokio::sync::Mutex::new(Queue {
+            rx,
+            buffer: VecDeque::new(),
+            next: 1,
+        }),
         last_active: AtomicI64::new(now_ms()),
         polling: AtomicBool::new(false),
     });
-    st.longpoll.sessions.lock().insert(lp.session_id.clone(), lp.clone());
+    st.longpoll
+        .sessions
+        .lock()
+        .insert(lp.session_id.clone(), lp.clone());
     Ok(lp)
 }
 
 async fn expire(st: &AppState, id: &str) {
-    if let Some(lp) = st.longpoll.remove(id) {
-        if let Some(session) = lp.session.lock().await.take() {
-            session.close().await;
-        }
+    if let Some(lp) = st.longpoll.remove(id)
+        && let Some(session) = lp.session.lock().await.take()
+    {
+        session.close().await;
     }
 }
 
@@ -203,13 +226,20 @@ pub async fn frames(
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let Some(lp) = q.session.as_deref().and_then(|id| st.longpoll.get(id)).filter(|s| s.user_id == user) else {
-        return Error::not_found("unknown or expired session; start one with GET /v1/poll").into_response();
+    let Some(lp) = q
+        .session
+        .as_deref()
+        .and_then(|id| st.longpoll.get(id))
+        .filter(|s| s.user_id == user)
+    else {
+        return Error::not_found("unknown or expired session; start one with GET /v1/poll")
+            .into_response();
     };
     lp.last_active.store(now_ms(), Ordering::Release);
     let mut guard = lp.session.lock().await;
     let Some(session) = guard.as_mut() else {
-        return Error::not_found("the session has ended; start one with GET /v1/poll").into_response();
+        return Error::not_found("the session has ended; start one with GET /v1/poll")
+            .into_response();
     };
     let replies = session.handle(&body, AckMode::Return).await;
     drop(guard);
@@ -233,7 +263,8 @@ pub async fn sweep(st: Arc<AppState>) {
             .values()
             .filter(|s| {
                 s.kicked.is_cancelled()
-                    || (!s.polling.load(Ordering::Acquire) && now - s.last_active.load(Ordering::Acquire) > silence)
+                    || (!s.polling.load(Ordering::Acquire)
+                        && now - s.last_active.load(Ordering::Acquire) > silence)
             })
             .map(|s| s.session_id.clone())
             .collect();

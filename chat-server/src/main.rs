@@ -8,7 +8,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(t)) => {
-            anyhow::ensure!(t.user > 0 && t.user < (1 << 53), "--user must be a positive integer below 2^53");
+            anyhow::ensure!(
+                t.user > 0 && t.user < (1 << 53),
+                "--user must be a positive integer below 2^53"
+            );
             let (secret, _) = resolve_secret(t.jwt_secret.as_deref(), &t.data_dir)?;
             println!("{}", Auth::new(secret.as_bytes()).mint(t.user, t.ttl)?);
             Ok(())
@@ -20,10 +23,15 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("bad --log / RUST_LOG filter")?)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_new(&cfg.log)
+                .context("bad --log / RUST_LOG filter")?,
+        )
         .with_writer(std::io::stderr)
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let generated = cfg.jwt_secret.is_none();
         let data_dir = cfg.data_dir.clone();

@@ -27,7 +27,10 @@ pub struct MemberCache {
 
 impl MemberCache {
     pub fn new(max: usize) -> Self {
-        MemberCache { chats: Mutex::new(HashMap::new()), max }
+        MemberCache {
+            chats: Mutex::new(HashMap::new()),
+            max,
+        }
     }
 
     /// The chat's members; `not_found` if the chat does not exist.
@@ -35,9 +38,20 @@ impl MemberCache {
         if let Some(m) = self.chats.lock().get(&chat_id) {
             return Ok(m.clone());
         }
-        let chat = store.chat(chat_id).await?.ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
-        let users = store.members(chat_id).await?.into_iter().map(|m| m.user_id).collect();
-        let entry = Arc::new(ChatMembers { kind: chat.kind, users });
+        let chat = store
+            .chat(chat_id)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
+        let users = store
+            .members(chat_id)
+            .await?
+            .into_iter()
+            .map(|m| m.user_id)
+            .collect();
+        let entry = Arc::new(ChatMembers {
+            kind: chat.kind,
+            users,
+        });
         let mut chats = self.chats.lock();
         if chats.len() >= self.max {
             chats.clear();
@@ -47,12 +61,19 @@ impl MemberCache {
     }
 
     /// The members if `user` is one of them; `forbidden` otherwise.
-    pub async fn require(&self, store: &dyn Store, chat_id: ChatId, user: UserId) -> Result<Arc<ChatMembers>> {
+    pub async fn require(
+        &self,
+        store: &dyn Store,
+        chat_id: ChatId,
+        user: UserId,
+    ) -> Result<Arc<ChatMembers>> {
         let m = self.get(store, chat_id).await?;
         if m.contains(user) {
             Ok(m)
         } else {
-            Err(Error::forbidden(format!("you are not a member of chat {chat_id}")))
+            Err(Error::forbidden(format!(
+                "you are not a member of chat {chat_id}"
+            )))
         }
     }
 

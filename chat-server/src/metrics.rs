@@ -51,18 +51,63 @@ impl Metrics {
         ];
         let delivery_latency = Histogram::new(buckets);
         let ack_latency = Histogram::new(buckets);
-        let store_batch = Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]);
-        registry.register("chat_connections", "Live WebSocket connections and long-poll sessions", connections.clone());
-        registry.register("chat_connections_opened", "Connections opened, by transport", connections_opened.clone());
-        registry.register("chat_messages_stored", "Messages durably stored", messages_stored.clone());
-        registry.register("chat_messages_duplicate", "Idempotent re-sends answered with the original ack", messages_duplicate.clone());
-        registry.register("chat_deliveries", "Message frames queued to recipient connections", deliveries.clone());
-        registry.register("chat_errors", "Error answers, by protocol code", errors.clone());
-        registry.register("chat_slow_consumers", "Connections closed because their send queue was full", slow_consumers.clone());
-        registry.register("chat_receipts_flushed", "Receipt marks that advanced and were written", receipts_flushed.clone());
-        registry.register("chat_delivery_latency_seconds", "Send received to message queued for each recipient", delivery_latency.clone());
-        registry.register("chat_ack_latency_seconds", "Send received to durable ack", ack_latency.clone());
-        registry.register("chat_store_batch_messages", "Messages per group commit", store_batch.clone());
+        let store_batch =
+            Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]);
+        registry.register(
+            "chat_connections",
+            "Live WebSocket connections and long-poll sessions",
+            connections.clone(),
+        );
+        registry.register(
+            "chat_connections_opened",
+            "Connections opened, by transport",
+            connections_opened.clone(),
+        );
+        registry.register(
+            "chat_messages_stored",
+            "Messages durably stored",
+            messages_stored.clone(),
+        );
+        registry.register(
+            "chat_messages_duplicate",
+            "Idempotent re-sends answered with the original ack",
+            messages_duplicate.clone(),
+        );
+        registry.register(
+            "chat_deliveries",
+            "Message frames queued to recipient connections",
+            deliveries.clone(),
+        );
+        registry.register(
+            "chat_errors",
+            "Error answers, by protocol code",
+            errors.clone(),
+        );
+        registry.register(
+            "chat_slow_consumers",
+            "Connections closed because their send queue was full",
+            slow_consumers.clone(),
+        );
+        registry.register(
+            "chat_receipts_flushed",
+            "Receipt marks that advanced and were written",
+            receipts_flushed.clone(),
+        );
+        registry.register(
+            "chat_delivery_latency_seconds",
+            "Send received to message queued for each recipient",
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "chat_ack_latency_seconds",
+            "Send received to durable ack",
+            ack_latency.clone(),
+        );
+        registry.register(
+            "chat_store_batch_messages",
+            "Messages per group commit",
+            store_batch.clone(),
+        );
         Metrics {
             registry,
             connections,
@@ -85,7 +130,8 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode metrics");
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode metrics");
         out
     }
 }

@@ -85,7 +85,11 @@ impl Role {
         }
     }
     pub fn parse(s: &str) -> Self {
-        if s == "admin" { Role::Admin } else { Role::Member }
+        if s == "admin" {
+            Role::Admin
+        } else {
+            Role::Member
+        }
     }
 }
 
@@ -246,9 +250,21 @@ mod tests {
     #[test]
     fn status_needs_every_other_member() {
         let marks = [
-            Marks { user_id: 1, delivered_seq: 0, read_seq: 0 },
-            Marks { user_id: 2, delivered_seq: 5, read_seq: 3 },
-            Marks { user_id: 3, delivered_seq: 4, read_seq: 4 },
+            Marks {
+                user_id: 1,
+                delivered_seq: 0,
+                read_seq: 0,
+            },
+            Marks {
+                user_id: 2,
+                delivered_seq: 5,
+                read_seq: 3,
+            },
+            Marks {
+                user_id: 3,
+                delivered_seq: 4,
+                read_seq: 4,
+            },
         ];
         assert_eq!(message_status(3, 1, &marks), "read");
         assert_eq!(message_status(4, 1, &marks), "delivered");

@@ -40,8 +40,16 @@ impl UserPresence {
     pub fn view(&self, user_id: UserId) -> Presence {
         Presence {
             user_id,
-            status: if self.connections > 0 { PresenceStatus::Online } else { PresenceStatus::Offline },
-            last_seen: if self.connections > 0 { None } else { self.last_seen },
+            status: if self.connections > 0 {
+                PresenceStatus::Online
+            } else {
+                PresenceStatus::Offline
+            },
+            last_seen: if self.connections > 0 {
+                None
+            } else {
+                self.last_seen
+            },
         }
     }
 }
@@ -65,12 +73,19 @@ impl PresenceStore for LocalPresence {
     }
 
     fn disconnected(&self, user: UserId) -> Option<Presence> {
-        self.users.lock().entry(user).or_default().disconnect(user, now_ms())
+        self.users
+            .lock()
+            .entry(user)
+            .or_default()
+            .disconnect(user, now_ms())
     }
 
     fn get(&self, users: &[UserId]) -> Vec<Presence> {
         let map = self.users.lock();
-        users.iter().map(|u| map.get(u).copied().unwrap_or_default().view(*u)).collect()
+        users
+            .iter()
+            .map(|u| map.get(u).copied().unwrap_or_default().view(*u))
+            .collect()
     }
 }
 
@@ -106,7 +121,11 @@ impl Subscriptions {
     }
 
     pub fn watchers(&self, watched: UserId) -> Vec<UserId> {
-        self.watchers.lock().get(&watched).map(|m| m.keys().copied().collect()).unwrap_or_default()
+        self.watchers
+            .lock()
+            .get(&watched)
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
     }
 }
 

@@ -12,7 +12,12 @@ impl TokenBucket {
     /// `rate` tokens per second, at most `burst` saved up; starts full.
     pub fn new(rate: f64, burst: u32, now_s: f64) -> Self {
         let burst = f64::from(burst.max(1));
-        TokenBucket { rate: rate.max(0.0), burst, tokens: burst, last: now_s }
+        TokenBucket {
+            rate: rate.max(0.0),
+            burst,
+            tokens: burst,
+            last: now_s,
+        }
     }
 
     /// Take one token at time `now_s` (seconds); false if the bucket is empty.

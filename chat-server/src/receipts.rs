@@ -55,7 +55,11 @@ pub fn advance(stored: Marks, pending: (Seq, Seq), last_seq: Seq) -> Option<Adva
         announce.push((ReceiptKind::Read, read));
     }
     (!announce.is_empty()).then_some(Advance {
-        marks: Marks { user_id: stored.user_id, delivered_seq: delivered, read_seq: read },
+        marks: Marks {
+            user_id: stored.user_id,
+            delivered_seq: delivered,
+            read_seq: read,
+        },
         announce,
     })
 }
@@ -65,7 +69,11 @@ mod tests {
     use super::*;
 
     fn m(d: Seq, r: Seq) -> Marks {
-        Marks { user_id: 7, delivered_seq: d, read_seq: r }
+        Marks {
+            user_id: 7,
+            delivered_seq: d,
+            read_seq: r,
+        }
     }
 
     #[test]
@@ -85,7 +93,10 @@ mod tests {
         assert_eq!(advance(m(5, 5), (3, 2), 10), None);
         let a = advance(m(5, 2), (8, 4), 10).unwrap();
         assert_eq!(a.marks, m(8, 4));
-        assert_eq!(a.announce, vec![(ReceiptKind::Delivered, 8), (ReceiptKind::Read, 4)]);
+        assert_eq!(
+            a.announce,
+            vec![(ReceiptKind::Delivered, 8), (ReceiptKind::Read, 4)]
+        );
         // Beyond the last message: clamped.
         let a = advance(m(0, 0), (0, 99), 10).unwrap();
         assert_eq!(a.marks, m(10, 10));

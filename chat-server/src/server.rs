@@ -50,8 +50,11 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Resu
     if let Ok(s) = std::fs::read_to_string(&path) {
         return Ok((s.trim().to_string(), true));
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-    let secret: String = (0..32).map(|_| format!("{:02x}", rand::random::<u8>())).collect();
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect();
     {
         use std::io::Write;
         #[cfg(unix)]
@@ -60,7 +63,9 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Resu
         opts.write(true).create_new(true);
         #[cfg(unix)]
         opts.mode(0o600);
-        let mut f = opts.open(&path).with_context(|| format!("writing {}", path.display()))?;
+        let mut f = opts
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
         f.write_all(secret.as_bytes())?;
         f.sync_all()?;
     }
@@ -75,7 +80,9 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
         socket.set_reuse_port(true)?;
     }
     socket.set_nonblocking(true)?;
-    socket.bind(&addr.into()).with_context(|| format!("cannot listen on {addr} (in use? try --listen)"))?;
+    socket
+        .bind(&addr.into())
+        .with_context(|| format!("cannot listen on {addr} (in use? try --listen)"))?;
     socket.listen(4096)?;
     Ok(TcpListener::from_std(socket.into())?)
 }
@@ -86,13 +93,22 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chats", post(api::create_chat).get(api::list_chats))
         .route("/v1/chats/{id}", get(api::get_chat))
         .route("/v1/chats/{id}/members", post(api::add_members))
-        .route("/v1/chats/{id}/members/{user_id}", delete(api::remove_member))
-        .route("/v1/chats/{id}/messages", get(api::list_messages).post(api::post_message))
+        .route(
+            "/v1/chats/{id}/members/{user_id}",
+            delete(api::remove_member),
+        )
+        .route(
+            "/v1/chats/{id}/messages",
+            get(api::list_messages).post(api::post_message),
+        )
         .route("/v1/chats/{id}/receipts", get(api::receipts))
         .route("/v1/presence", get(api::presence))
         .route("/v1/dev/token", post(api::dev_token))
         .route("/v1/frames", post(longpoll::frames))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, timeout));
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            timeout,
+        ));
     Router::new()
         .merge(api)
         // Long polls and WebSockets outlive the request timeout by design.
@@ -119,12 +135,15 @@ impl Server {
         }
         let (secret, _) = resolve_secret(cfg.jwt_secret.as_deref(), &cfg.data_dir)?;
         let store = Arc::new(
-            SqliteStore::open(&cfg.data_dir, cfg.commit_batch)
-                .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", cfg.data_dir.display()))?,
+            SqliteStore::open(&cfg.data_dir, cfg.commit_batch).map_err(|e| {
+                anyhow::anyhow!("opening the store in {}: {e}", cfg.data_dir.display())
+            })?,
         );
         let listener = bind(cfg.listen, cfg.reuse_port)?;
         let addr = listener.local_addr()?;
-        let shards = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(2, 16);
+        let shards = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .clamp(2, 16);
         let (delivery, shard_rxs) = Delivery::new(shards, 16 * 1024);
         let state = Arc::new(AppState {
             auth: Auth::new(secret.as_bytes()),
@@ -155,7 +174,13 @@ impl Server {
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let accept = tokio::spawn(accept_loop(listener, app, state.clone(), graceful.clone()));
         state.ready.store(true, Ordering::Release);
-        Ok(Server { addr, state, store, accept, graceful })
+        Ok(Server {
+            addr,
+            state,
+            store,
+            accept,
+            graceful,
+        })
     }
 
     /// Drain and stop: refuse new connections, tell clients to reconnect (with jitter), wait
@@ -163,7 +188,10 @@ impl Server {
     /// stop every task and close the store.
     pub async fn shutdown(self) {
         let st = self.state.clone();
-        tracing::info!(connections = st.connections.load(Ordering::Acquire), "draining");
+        tracing::info!(
+            connections = st.connections.load(Ordering::Acquire),
+            "draining"
+        );
         st.draining.cancel();
         let _ = self.accept.await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(st.cfg.drain_timeout);
@@ -178,7 +206,10 @@ impl Server {
         }
         st.stop.cancel();
         st.tasks.close();
-        if tokio::time::timeout_at(deadline + Duration::from_secs(5), st.tasks.wait()).await.is_err() {
+        if tokio::time::timeout_at(deadline + Duration::from_secs(5), st.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("some tasks did not stop in time");
         }
         self.store.close().await;
@@ -214,7 +245,9 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _ = conn.await;

@@ -41,17 +41,23 @@ impl Session {
         slot: ConnSlot,
         transport: &'static str,
     ) -> (Session, mpsc::Receiver<Frame>) {
-        let (conn, rx, _) = state.hub.register(user_id);
         let session_id = uuid::Uuid::now_v7().to_string();
+        let hello = frame(protocol::hello(
+            user_id,
+            &session_id,
+            state.cfg.heartbeat_interval,
+        ));
+        let (conn, rx, _) = state.hub.register(user_id, hello);
         state
             .metrics
             .connections_opened
             .get_or_create(&crate::metrics::TransportLabel { transport })
             .inc();
-        conn.send(frame(protocol::hello(user_id, &session_id, state.cfg.heartbeat_interval)));
         if let Some(p) = state.presence.connected(user_id) {
             let st = state.clone();
-            state.tasks.spawn(async move { st.announce_presence(p).await });
+            state
+                .tasks
+                .spawn(async move { st.announce_presence(p).await });
         }
         match state.store.direct_partners(user_id).await {
             Ok(partners) if !partners.is_empty() => {
@@ -66,7 +72,11 @@ impl Session {
         let cfg = &state.cfg;
         let session = Session {
             messages: TokenBucket::new(cfg.rate_limit, cfg.rate_burst, 0.0),
-            frames: TokenBucket::new(cfg.rate_limit * 4.0 + 10.0, cfg.rate_burst.saturating_mul(4).max(40), 0.0),
+            frames: TokenBucket::new(
+                cfg.rate_limit * 4.0 + 10.0,
+                cfg.rate_burst.saturating_mul(4).max(40),
+                0.0,
+            ),
             state: state.clone(),
             conn,
             session_id,
@@ -87,7 +97,10 @@ impl Session {
     pub async fn handle(&mut self, text: &str, mode: AckMode) -> Vec<Frame> {
         let now = self.epoch.elapsed().as_secs_f64();
         if !self.frames.take(now) {
-            return vec![self.error(&Error::RateLimited("too many frames; slow down".into()), None)];
+            return vec![self.error(
+                &Error::RateLimited("too many frames; slow down".into()),
+                None,
+            )];
         }
         let parsed = match protocol::parse_client_frame(text) {
             Ok(f) => f,
@@ -111,35 +124,62 @@ impl Session {
                 match mode {
                     AckMode::Queue => {
                         let reply = ReplyTo::Conn(self.conn.clone());
-                        match st.send(user, f, reply, Instant::now()).await {
+                        match st
+                            .send(user, f, reply, Some(self.conn.id), Instant::now())
+                            .await
+                        {
                             Ok(()) => vec![],
                             Err(e) => vec![self.error(&e, cid.as_deref())],
                         }
                     }
-                    AckMode::Return => match st.send_and_wait(user, f).await {
+                    AckMode::Return => match st.send_and_wait(user, f, Some(self.conn.id)).await {
                         Ok(ack) => vec![frame(protocol::ack_frame(&ack))],
                         Err(e) => vec![self.error(&e, cid.as_deref())],
                     },
                 }
             }
-            ClientFrame::Delivered(m) => self.result(st.mark(user, m.chat_id, ReceiptKind::Delivered, m.seq).await),
-            ClientFrame::Read(m) => self.result(st.mark(user, m.chat_id, ReceiptKind::Read, m.seq).await),
+            ClientFrame::Delivered(m) => self.result(
+                st.mark(user, m.chat_id, ReceiptKind::Delivered, m.seq)
+                    .await,
+            ),
+            ClientFrame::Read(m) => {
+                self.result(st.mark(user, m.chat_id, ReceiptKind::Read, m.seq).await)
+            }
             ClientFrame::Sync(s) => {
                 let limit = protocol::page_limit(s.limit);
                 match st.sync(user, s.chat_id, s.after_seq, limit).await {
-                    Ok(page) => vec![frame(protocol::sync_frame(s.chat_id, &page.messages, page.has_more))],
+                    Ok(mut page) => {
+                        let cut = protocol::fit_sync_page(&mut page.messages);
+                        vec![frame(protocol::sync_frame(
+                            s.chat_id,
+                            &page.messages,
+                            page.has_more || cut,
+                        ))]
+                    }
                     Err(e) => vec![self.error(&e, None)],
                 }
             }
             ClientFrame::PresenceSubscribe(p) => {
-                let new: Vec<UserId> = p.user_ids.iter().copied().filter(|u| !self.subscribed.contains(u)).collect();
+                let new: Vec<UserId> = p
+                    .user_ids
+                    .iter()
+                    .copied()
+                    .filter(|u| !self.subscribed.contains(u))
+                    .collect();
                 if self.subscribed.len() + new.len() > protocol::MAX_PRESENCE_IDS {
-                    let e = Error::invalid(format!("at most {} presence subscriptions per connection", protocol::MAX_PRESENCE_IDS));
+                    let e = Error::invalid(format!(
+                        "at most {} presence subscriptions per connection",
+                        protocol::MAX_PRESENCE_IDS
+                    ));
                     return vec![self.error(&e, None)];
                 }
                 st.subs.add(user, &new);
                 self.subscribed.extend(&new);
-                st.presence.get(&p.user_ids).iter().map(|p| frame(protocol::presence_frame(p))).collect()
+                st.presence
+                    .get(&p.user_ids)
+                    .iter()
+                    .map(|p| frame(protocol::presence_frame(p)))
+                    .collect()
             }
             ClientFrame::Typing(t) => self.result(st.typing(user, t.chat_id).await),
             ClientFrame::Ping {} => vec![frame(protocol::pong_frame())],
@@ -179,5 +219,8 @@ fn client_msg_id_of(text: &str) -> Option<String> {
         return None;
     }
     let v: serde_json::Value = serde_json::from_str(text).ok()?;
-    v.get("client_msg_id")?.as_str().filter(|s| s.len() <= protocol::MAX_CLIENT_MSG_ID).map(str::to_string)
+    v.get("client_msg_id")?
+        .as_str()
+        .filter(|s| s.len() <= protocol::MAX_CLIENT_MSG_ID)
+        .map(str::to_string)
 }

@@ -6,7 +6,7 @@ use crate::cache::RecentCache;
 use crate::config::ServeConfig;
 use crate::delivery::{Delivery, ReplyTo, Submission};
 use crate::error::{Error, Result};
-use crate::hub::{Hub, frame};
+use crate::hub::{ConnId, Hub, frame};
 use crate::members::MemberCache;
 use crate::metrics::Metrics;
 use crate::model::{Ack, ChatId, Marks, NewMessage, Presence, ReceiptKind, Seq, UserId};
@@ -22,6 +22,9 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+/// Pending (delivered, read) marks of one member.
+type PendingPair = (Seq, Seq);
 
 pub struct AppState {
     pub cfg: ServeConfig,
@@ -59,7 +62,9 @@ impl AppState {
     /// Reserve a connection slot, or `unavailable` at the cap or while draining.
     pub fn acquire_slot(self: &Arc<Self>) -> Result<ConnSlot> {
         if self.draining.is_cancelled() {
-            return Err(Error::Unavailable("this node is draining; reconnect to another".into()));
+            return Err(Error::Unavailable(
+                "this node is draining; reconnect to another".into(),
+            ));
         }
         let n = self.connections.fetch_add(1, Ordering::AcqRel) + 1;
         self.metrics.connections.inc();
@@ -74,11 +79,23 @@ impl AppState {
     }
 
     /// Validate and queue a send; the ack/error goes to `reply`.
-    pub async fn send(&self, sender: UserId, f: SendFrame, reply: ReplyTo, received: Instant) -> Result<()> {
+    /// `origin` is the sending connection, which gets the ack instead of the message.
+    pub async fn send(
+        &self,
+        sender: UserId,
+        f: SendFrame,
+        reply: ReplyTo,
+        origin: Option<ConnId>,
+        received: Instant,
+    ) -> Result<()> {
         protocol::check_send(&f)?;
-        self.members.require(self.store.as_ref(), f.chat_id, sender).await?;
+        self.members
+            .require(self.store.as_ref(), f.chat_id, sender)
+            .await?;
         if let Some(id) = &f.media_id {
-            return Err(Error::invalid(format!("unknown media_id \"{id}\": upload it with POST /v1/media first")));
+            return Err(Error::invalid(format!(
+                "unknown media_id \"{id}\": upload it with POST /v1/media first"
+            )));
         }
         let message = NewMessage {
             chat_id: f.chat_id,
@@ -88,28 +105,61 @@ impl AppState {
             media: None,
             client_msg_id: f.client_msg_id,
         };
-        self.delivery.submit(Submission { message, reply, received }).await
+        self.delivery
+            .submit(Submission {
+                message,
+                reply,
+                origin,
+                received,
+            })
+            .await
     }
 
     /// Send and wait for the durable ack (HTTP and long-poll).
-    pub async fn send_and_wait(&self, sender: UserId, f: SendFrame) -> Result<Ack> {
+    pub async fn send_and_wait(
+        &self,
+        sender: UserId,
+        f: SendFrame,
+        origin: Option<ConnId>,
+    ) -> Result<Ack> {
         let (tx, rx) = oneshot::channel();
-        self.send(sender, f, ReplyTo::Waiter(tx), Instant::now()).await?;
-        rx.await.map_err(|_| Error::Unavailable("the server is shutting down; resend".into()))?
+        self.send(sender, f, ReplyTo::Waiter(tx), origin, Instant::now())
+            .await?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the server is shutting down; resend".into()))?
     }
 
     /// Messages after `after_seq` (the `sync` frame), from the recent cache when it covers them.
-    pub async fn sync(&self, user: UserId, chat_id: ChatId, after_seq: Seq, limit: usize) -> Result<MessagePage> {
-        self.members.require(self.store.as_ref(), chat_id, user).await?;
+    pub async fn sync(
+        &self,
+        user: UserId,
+        chat_id: ChatId,
+        after_seq: Seq,
+        limit: usize,
+    ) -> Result<MessagePage> {
+        self.members
+            .require(self.store.as_ref(), chat_id, user)
+            .await?;
         if let Some((messages, has_more)) = self.cache.after(chat_id, after_seq, limit) {
             return Ok(MessagePage { messages, has_more });
         }
-        self.store.messages(chat_id, Page { after_seq: Some(after_seq), before_seq: None, limit }).await
+        self.store
+            .messages(
+                chat_id,
+                Page {
+                    after_seq: Some(after_seq),
+                    before_seq: None,
+                    limit,
+                },
+            )
+            .await
     }
 
     /// A history page (HTTP), from the cache for the common "latest" and "after" reads.
     pub async fn history(&self, user: UserId, chat_id: ChatId, page: Page) -> Result<MessagePage> {
-        self.members.require(self.store.as_ref(), chat_id, user).await?;
+        self.members
+            .require(self.store.as_ref(), chat_id, user)
+            .await?;
         let cached = match (page.after_seq, page.before_seq) {
             (None, None) => self.cache.latest(chat_id, page.limit),
             (Some(after), None) => self.cache.after(chat_id, after, page.limit),
@@ -122,8 +172,16 @@ impl AppState {
     }
 
     /// Record a delivered/read mark; it is written and announced at the next flush.
-    pub async fn mark(&self, user: UserId, chat_id: ChatId, kind: ReceiptKind, seq: Seq) -> Result<()> {
-        self.members.require(self.store.as_ref(), chat_id, user).await?;
+    pub async fn mark(
+        &self,
+        user: UserId,
+        chat_id: ChatId,
+        kind: ReceiptKind,
+        seq: Seq,
+    ) -> Result<()> {
+        self.members
+            .require(self.store.as_ref(), chat_id, user)
+            .await?;
         self.receipts.lock().record(chat_id, user, kind, seq);
         Ok(())
     }
@@ -147,14 +205,17 @@ impl AppState {
         if pending.is_empty() {
             return;
         }
-        let mut by_chat: HashMap<ChatId, Vec<(UserId, (Seq, Seq))>> = HashMap::new();
+        let mut by_chat: HashMap<ChatId, Vec<(UserId, PendingPair)>> = HashMap::new();
         for ((chat, user), p) in pending {
             by_chat.entry(chat).or_default().push((user, p));
         }
         let mut writes = Vec::new();
         let mut announcements = Vec::new();
         for (chat_id, users) in by_chat {
-            let (chat, stored) = match tokio::try_join!(self.store.chat(chat_id), self.store.marks(chat_id)) {
+            let (chat, stored) = match tokio::try_join!(
+                self.store.chat(chat_id),
+                self.store.marks(chat_id)
+            ) {
                 Ok((Some(c), s)) => (c, s),
                 Ok((None, _)) => continue,
                 Err(e) => {
@@ -168,7 +229,9 @@ impl AppState {
                 }
             };
             for (user, p) in users {
-                let Some(current) = stored.iter().find(|m| m.user_id == user) else { continue };
+                let Some(current) = stored.iter().find(|m| m.user_id == user) else {
+                    continue;
+                };
                 if let Some(adv) = receipts::advance(*current, p, chat.last_seq) {
                     writes.push((chat_id, adv.marks));
                     announcements.push((chat_id, user, adv.announce));
@@ -187,8 +250,15 @@ impl AppState {
         }
         self.metrics.receipts_flushed.inc_by(n as u64);
         for (chat_id, user, announce) in announcements {
-            let Ok(members) = self.members.get(self.store.as_ref(), chat_id).await else { continue };
-            let others: Vec<UserId> = members.users.iter().copied().filter(|u| *u != user).collect();
+            let Ok(members) = self.members.get(self.store.as_ref(), chat_id).await else {
+                continue;
+            };
+            let others: Vec<UserId> = members
+                .users
+                .iter()
+                .copied()
+                .filter(|u| *u != user)
+                .collect();
             for (kind, seq) in announce {
                 let f = frame(protocol::receipt_frame(chat_id, user, kind, seq));
                 self.hub.deliver(&others, &f, None);
@@ -198,9 +268,18 @@ impl AppState {
 
     /// Relay `typing` to the other members.
     pub async fn typing(&self, user: UserId, chat_id: ChatId) -> Result<()> {
-        let members = self.members.require(self.store.as_ref(), chat_id, user).await?;
-        let others: Vec<UserId> = members.users.iter().copied().filter(|u| *u != user).collect();
-        self.hub.deliver(&others, &frame(protocol::typing_frame(chat_id, user)), None);
+        let members = self
+            .members
+            .require(self.store.as_ref(), chat_id, user)
+            .await?;
+        let others: Vec<UserId> = members
+            .users
+            .iter()
+            .copied()
+            .filter(|u| *u != user)
+            .collect();
+        self.hub
+            .deliver(&others, &frame(protocol::typing_frame(chat_id, user)), None);
         Ok(())
     }
 
@@ -209,11 +288,13 @@ impl AppState {
         let mut to = self.subs.watchers(p.user_id);
         match self.store.direct_partners(p.user_id).await {
             Ok(partners) => to.extend(partners),
-            Err(e) => tracing::warn!(cause = %e, user_id = p.user_id, "presence: cannot list direct partners"),
+            Err(e) => {
+                tracing::warn!(cause = %e, user_id = p.user_id, "presence: cannot list direct partners")
+            }
         }
         to.sort_unstable();
         to.dedup();
-        self.hub.deliver(&to, &frame(protocol::presence_frame(&p)), None);
+        self.hub
+            .deliver(&to, &frame(protocol::presence_frame(&p)), None);
     }
-
 }

@@ -29,6 +29,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 64;
 /// Close code for a connection that missed two heartbeats.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
+const SLOW: (u16, &str) = (CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync");
 /// Close code sent when the node drains (after the `reconnect` frame).
 pub const CLOSE_SERVICE_RESTART: u16 = 1012;
 
@@ -38,9 +39,12 @@ pub async fn handler(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let header = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let Some(token) = auth::bearer(header, q.token.as_deref()) else {
-        return Error::Unauthenticated("missing token: connect to /ws?token=<jwt>".into()).into_response();
+        return Error::Unauthenticated("missing token: connect to /ws?token=<jwt>".into())
+            .into_response();
     };
     let user = match st.auth.verify(&token) {
         Ok(u) => u,
@@ -54,7 +58,7 @@ pub async fn handler(
     let tracked = st.clone();
     ws.read_buffer_size(4096)
         .write_buffer_size(0)
-        .max_write_buffer_size(max * 4 + 64 * 1024)
+        .max_write_buffer_size(crate::protocol::MAX_SYNC_BYTES * 2 + max * 4)
         .max_message_size(max)
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(cause = %e, "websocket upgrade failed"))
@@ -64,7 +68,11 @@ pub async fn handler(
         })
 }
 
-async fn run(mut session: Session, mut rx: tokio::sync::mpsc::Receiver<crate::hub::Frame>, mut socket: WebSocket) {
+async fn run(
+    mut session: Session,
+    mut rx: tokio::sync::mpsc::Receiver<crate::hub::Frame>,
+    mut socket: WebSocket,
+) {
     let st = session.state.clone();
     let silence = Duration::from_secs(st.cfg.heartbeat_interval * 2);
     let mut deadline = Instant::now() + silence;
@@ -72,10 +80,7 @@ async fn run(mut session: Session, mut rx: tokio::sync::mpsc::Receiver<crate::hu
     let close: Option<(u16, &str)> = loop {
         tokio::select! {
             biased;
-            _ = kicked.cancelled() => {
-                st.metrics.slow_consumers.inc();
-                break Some((CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync"));
-            }
+            _ = kicked.cancelled() => break Some(SLOW),
             _ = st.draining.cancelled() => {
                 let after = rand::random_range(0..=st.cfg.reconnect_jitter_ms);
                 let _ = timeout(WRITE_TIMEOUT, socket.send(Message::Text(protocol::reconnect_frame(after).into()))).await;
@@ -93,10 +98,15 @@ async fn run(mut session: Session, mut rx: tokio::sync::mpsc::Receiver<crate::hu
                     }
                     socket.flush().await
                 };
-                match timeout(WRITE_TIMEOUT, write).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    Err(_) => break Some((CLOSE_SLOW_CONSUMER, "write timed out: reconnect and sync")),
+                // A client that stops reading blocks this write; the kick (its queue filled
+                // meanwhile) or the timeout ends it.
+                tokio::select! {
+                    r = timeout(WRITE_TIMEOUT, write) => match r {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        Err(_) => break Some(SLOW),
+                    },
+                    _ = kicked.cancelled() => break Some(SLOW),
                 }
             }
             incoming = socket.recv() => {
@@ -135,9 +145,17 @@ async fn run(mut session: Session, mut rx: tokio::sync::mpsc::Receiver<crate::hu
             }
         }
     };
+    if close == Some(SLOW) {
+        st.metrics.slow_consumers.inc();
+    }
     if let Some((code, reason)) = close {
-        let frame = CloseFrame { code, reason: reason.into() };
-        let _ = timeout(Duration::from_secs(2), socket.send(Message::Close(Some(frame)))).await;
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A slow consumer may still be draining what the kernel buffered; give the close frame
+        // time to reach it (bounded) so it learns why and resyncs.
+        let _ = timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     }
     session.close().await;
 }

@@ -64,8 +64,12 @@ pub trait Store: Send + Sync + 'static {
     async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>>;
     async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>>;
     /// Adds the users not yet members as `member`s; returns the ones added.
-    async fn add_members(&self, chat_id: ChatId, user_ids: Vec<UserId>, limit: usize)
-    -> Result<Vec<UserId>>;
+    async fn add_members(
+        &self,
+        chat_id: ChatId,
+        user_ids: Vec<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>>;
     /// Removes a member. If the last admin leaves a group, the longest-standing member is made
     /// admin. Returns false if the user was not a member.
     async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool>;

@@ -106,11 +106,15 @@ impl SqliteStore {
         let path = dir.join("tern.db");
         let conn = open(&path, false)?;
         conn.execute_batch(SCHEMA)?;
-        let version: Option<i64> =
-            conn.query_row("SELECT version FROM schema_version", [], |r| r.get(0)).optional()?;
+        let version: Option<i64> = conn
+            .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+            .optional()?;
         match version {
             None => {
-                conn.execute("INSERT INTO schema_version (version) VALUES (?1)", [SCHEMA_VERSION])?;
+                conn.execute(
+                    "INSERT INTO schema_version (version) VALUES (?1)",
+                    [SCHEMA_VERSION],
+                )?;
             }
             Some(v) if v > SCHEMA_VERSION => {
                 return Err(Error::internal(format!(
@@ -125,7 +129,13 @@ impl SqliteStore {
         let batch = commit_batch.max(1);
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || Writer { conn, seqs: HashMap::new() }.run(rx, batch))
+            .spawn(move || {
+                Writer {
+                    conn,
+                    seqs: HashMap::new(),
+                }
+                .run(rx, batch)
+            })
             .map_err(Error::internal)?;
         Ok(SqliteStore {
             writer: tx,
@@ -145,16 +155,14 @@ impl SqliteStore {
         }
     }
 
-    async fn write<T: Send + 'static>(
-        &self,
-        op: impl FnOnce(Reply<T>) -> WriteOp,
-    ) -> Result<T> {
+    async fn write<T: Send + 'static>(&self, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
         let (tx, rx) = oneshot::channel();
         self.writer
             .send(op(tx))
             .await
             .map_err(|_| Error::Unavailable("the store is shutting down".into()))?;
-        rx.await.map_err(|_| Error::internal("the store writer stopped"))?
+        rx.await
+            .map_err(|_| Error::internal("the store writer stopped"))?
     }
 
     async fn read<T: Send + 'static>(
@@ -186,7 +194,10 @@ enum Done {
     Group(Reply<Chat>, Result<Chat>),
     Added(Reply<Vec<UserId>>, Result<Vec<UserId>>),
     Removed(Reply<bool>, Result<bool>),
-    Appended(oneshot::Sender<Vec<Result<Appended>>>, Vec<Result<Appended>>),
+    Appended(
+        oneshot::Sender<Vec<Result<Appended>>>,
+        Vec<Result<Appended>>,
+    ),
     Marks(Reply<()>, Result<()>),
 }
 
@@ -227,7 +238,9 @@ impl Writer {
         let mut ops = Vec::with_capacity(batch);
         loop {
             ops.clear();
-            let Some(first) = rx.blocking_recv() else { return };
+            let Some(first) = rx.blocking_recv() else {
+                return;
+            };
             ops.push(first);
             while ops.len() < batch {
                 match rx.try_recv() {
@@ -252,7 +265,8 @@ impl Writer {
                     tracing::error!(cause = %e, "sqlite COMMIT failed; the batch is rejected");
                     let _ = self.conn.execute_batch("ROLLBACK");
                     self.seqs.clear();
-                    done.into_iter().for_each(|d| d.fail("the write could not be committed"));
+                    done.into_iter()
+                        .for_each(|d| d.fail("the write could not be committed"));
                 }
             }
             if shutdown {
@@ -266,12 +280,18 @@ impl Writer {
     /// Run one operation inside its own savepoint.
     fn apply(&mut self, op: WriteOp) -> Done {
         match op {
-            WriteOp::CreateDirect(a, b, tx) => Done::Direct(tx, self.savepoint(|w| w.create_direct(a, b))),
+            WriteOp::CreateDirect(a, b, tx) => {
+                Done::Direct(tx, self.savepoint(|w| w.create_direct(a, b)))
+            }
             WriteOp::CreateGroup(c, t, m, l, tx) => {
                 Done::Group(tx, self.savepoint(|w| w.create_group(c, t, m, l)))
             }
-            WriteOp::AddMembers(c, u, l, tx) => Done::Added(tx, self.savepoint(|w| w.add_members(c, &u, l))),
-            WriteOp::RemoveMember(c, u, tx) => Done::Removed(tx, self.savepoint(|w| w.remove_member(c, u))),
+            WriteOp::AddMembers(c, u, l, tx) => {
+                Done::Added(tx, self.savepoint(|w| w.add_members(c, &u, l)))
+            }
+            WriteOp::RemoveMember(c, u, tx) => {
+                Done::Removed(tx, self.savepoint(|w| w.remove_member(c, u)))
+            }
             WriteOp::Append(batch, tx) => {
                 let results = batch
                     .into_iter()
@@ -287,7 +307,9 @@ impl Writer {
                     .collect();
                 Done::Appended(tx, results)
             }
-            WriteOp::SaveMarks(marks, tx) => Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks))),
+            WriteOp::SaveMarks(marks, tx) => {
+                Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks)))
+            }
             WriteOp::Shutdown => unreachable!("handled by run"),
         }
     }
@@ -332,7 +354,10 @@ impl Writer {
             .query_row([&key], |r| r.get::<_, i64>(0))
             .optional()?
         {
-            return Ok((load_chat(&self.conn, chat_id as u64)?.expect("exists"), false));
+            return Ok((
+                load_chat(&self.conn, chat_id as u64)?.expect("exists"),
+                false,
+            ));
         }
         let id = self.next_chat_id()?;
         let now = now_ms();
@@ -383,7 +408,12 @@ impl Writer {
         Ok(load_chat(&self.conn, id)?.expect("just created"))
     }
 
-    fn add_members(&mut self, chat_id: ChatId, users: &[UserId], limit: usize) -> Result<Vec<UserId>> {
+    fn add_members(
+        &mut self,
+        chat_id: ChatId,
+        users: &[UserId],
+        limit: usize,
+    ) -> Result<Vec<UserId>> {
         let count: i64 = self
             .conn
             .prepare_cached("SELECT COUNT(*) FROM members WHERE chat_id = ?1")?
@@ -451,7 +481,10 @@ impl Writer {
                 })
                 .optional()?;
             if let Some(original) = existing {
-                return Ok(Appended { message: Arc::new(original), duplicate: true });
+                return Ok(Appended {
+                    message: Arc::new(original),
+                    duplicate: true,
+                });
             }
         }
         let last = match self.seqs.get(&m.chat_id) {
@@ -499,7 +532,10 @@ impl Writer {
         if self.seqs.len() > 200_000 {
             self.seqs.clear();
         }
-        Ok(Appended { message: Arc::new(message), duplicate: false })
+        Ok(Appended {
+            message: Arc::new(message),
+            duplicate: false,
+        })
     }
 
     fn save_marks(&mut self, marks: &[(ChatId, Marks)]) -> Result<()> {
@@ -571,7 +607,8 @@ impl Store for SqliteStore {
         members: Vec<UserId>,
         limit: usize,
     ) -> Result<Chat> {
-        self.write(|tx| WriteOp::CreateGroup(creator, title, members, limit, tx)).await
+        self.write(|tx| WriteOp::CreateGroup(creator, title, members, limit, tx))
+            .await
     }
 
     async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
@@ -625,30 +662,44 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn add_members(&self, chat_id: ChatId, user_ids: Vec<UserId>, limit: usize) -> Result<Vec<UserId>> {
-        self.write(|tx| WriteOp::AddMembers(chat_id, user_ids, limit, tx)).await
+    async fn add_members(
+        &self,
+        chat_id: ChatId,
+        user_ids: Vec<UserId>,
+        limit: usize,
+    ) -> Result<Vec<UserId>> {
+        self.write(|tx| WriteOp::AddMembers(chat_id, user_ids, limit, tx))
+            .await
     }
 
     async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
-        self.write(|tx| WriteOp::RemoveMember(chat_id, user_id, tx)).await
+        self.write(|tx| WriteOp::RemoveMember(chat_id, user_id, tx))
+            .await
     }
 
     async fn append_batch(&self, batch: Vec<NewMessage>) -> Vec<Result<Appended>> {
         let n = batch.len();
         let (tx, rx) = oneshot::channel();
         if self.writer.send(WriteOp::Append(batch, tx)).await.is_err() {
-            return (0..n).map(|_| Err(Error::Unavailable("the store is shutting down".into()))).collect();
+            return (0..n)
+                .map(|_| Err(Error::Unavailable("the store is shutting down".into())))
+                .collect();
         }
         match rx.await {
             Ok(r) => r,
-            Err(_) => (0..n).map(|_| Err(Error::internal("the store writer stopped"))).collect(),
+            Err(_) => (0..n)
+                .map(|_| Err(Error::internal("the store writer stopped")))
+                .collect(),
         }
     }
 
     async fn messages(&self, chat_id: ChatId, page: Page) -> Result<MessagePage> {
         self.read(move |c| {
             let limit = page.limit.max(1);
-            let before = page.before_seq.unwrap_or(i64::MAX as u64).min(i64::MAX as u64) as i64;
+            let before = page
+                .before_seq
+                .unwrap_or(i64::MAX as u64)
+                .min(i64::MAX as u64) as i64;
             let mut out = Vec::with_capacity(limit + 1);
             if let Some(after) = page.after_seq {
                 let mut stmt = c.prepare_cached(&format!(
@@ -664,20 +715,29 @@ impl Store for SqliteStore {
                 }
                 let has_more = out.len() > limit;
                 out.truncate(limit);
-                Ok(MessagePage { messages: out, has_more })
+                Ok(MessagePage {
+                    messages: out,
+                    has_more,
+                })
             } else {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND seq < ?2 \
                      ORDER BY seq DESC LIMIT ?3"
                 ))?;
-                let rows = stmt.query_map(params![chat_id as i64, before, (limit + 1) as i64], row_message)?;
+                let rows = stmt.query_map(
+                    params![chat_id as i64, before, (limit + 1) as i64],
+                    row_message,
+                )?;
                 for r in rows {
                     out.push(r?);
                 }
                 let has_more = out.len() > limit;
                 out.truncate(limit);
                 out.reverse();
-                Ok(MessagePage { messages: out, has_more })
+                Ok(MessagePage {
+                    messages: out,
+                    has_more,
+                })
             }
         })
         .await
