@@ -292,21 +292,7 @@ impl Writer {
             WriteOp::RemoveMember(c, u, tx) => {
                 Done::Removed(tx, self.savepoint(|w| w.remove_member(c, u)))
             }
-            WriteOp::Append(batch, tx) => {
-                let results = batch
-                    .into_iter()
-                    .map(|m| {
-                        let chat_id = m.chat_id;
-                        let r = self.savepoint(|w| w.append(m));
-                        if r.is_err() {
-                            // The savepoint rolled back; the cached seq may be ahead of the DB.
-                            self.seqs.remove(&chat_id);
-                        }
-                        r
-                    })
-                    .collect();
-                Done::Appended(tx, results)
-            }
+            WriteOp::Append(batch, tx) => Done::Appended(tx, self.append_batch(&batch)),
             WriteOp::SaveMarks(marks, tx) => {
                 Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks)))
             }
@@ -458,35 +444,13 @@ impl Writer {
         Ok(true)
     }
 
-    fn append(&mut self, m: NewMessage) -> Result<Appended> {
-        if let Some(cid) = &m.client_msg_id {
-            let existing = self
-                .conn
-                .prepare_cached(
-                    "SELECT seq, message_id, content, media_url, media, created_at FROM messages \
-                     WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3",
-                )?
-                .query_row(params![m.chat_id as i64, m.sender_id as i64, cid], |r| {
-                    Ok(Message {
-                        seq: r.get::<_, i64>(0)? as u64,
-                        message_id: r.get(1)?,
-                        content: r.get(2)?,
-                        media_url: r.get(3)?,
-                        media: parse_media(r.get::<_, Option<String>>(4)?),
-                        created_at: r.get(5)?,
-                        chat_id: m.chat_id,
-                        sender_id: m.sender_id,
-                        client_msg_id: m.client_msg_id.clone(),
-                    })
-                })
-                .optional()?;
-            if let Some(original) = existing {
-                return Ok(Appended {
-                    message: Arc::new(original),
-                    duplicate: true,
-                });
-            }
-        }
+    /// Append one message inside the current transaction. `touched` collects each chat's new
+    /// last seq; [`Writer::bump_chats`] writes them once per batch.
+    fn append_one(
+        &mut self,
+        m: &NewMessage,
+        touched: &mut HashMap<ChatId, (Seq, i64)>,
+    ) -> Result<Appended> {
         let last = match self.seqs.get(&m.chat_id) {
             Some(s) => *s,
             None => self
@@ -498,44 +462,116 @@ impl Writer {
         };
         let seq = last + 1;
         let now = now_ms();
-        let message = Message {
-            message_id: uuid::Uuid::now_v7().to_string(),
-            chat_id: m.chat_id,
-            seq,
-            sender_id: m.sender_id,
-            content: m.content,
-            media_url: m.media_url,
-            media: m.media,
-            client_msg_id: m.client_msg_id,
-            created_at: now,
-        };
-        self.conn
+        let message_id = uuid::Uuid::now_v7().to_string();
+        let media = m.media.as_ref().map(|v| v.to_string());
+        // The unique idempotency index turns a resend into a no-op insert (0 rows).
+        let inserted = self
+            .conn
             .prepare_cached(
-                "INSERT INTO messages (chat_id, seq, message_id, sender_id, content, media_url, media, \
-                 client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT OR IGNORE INTO messages (chat_id, seq, message_id, sender_id, content, media_url, \
+                 media, client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
-                message.chat_id as i64,
+                m.chat_id as i64,
                 seq as i64,
-                message.message_id,
-                message.sender_id as i64,
-                message.content,
-                message.media_url,
-                message.media.as_ref().map(|v| v.to_string()),
-                message.client_msg_id,
+                message_id,
+                m.sender_id as i64,
+                m.content,
+                m.media_url,
+                media,
+                m.client_msg_id,
                 now
             ])?;
-        self.conn
-            .prepare_cached("UPDATE chats SET last_seq = ?2, updated_at = ?3 WHERE chat_id = ?1")?
-            .execute(params![message.chat_id as i64, seq as i64, now])?;
-        self.seqs.insert(message.chat_id, seq);
+        if inserted == 0 {
+            let original = match &m.client_msg_id {
+                Some(cid) => self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+                    ))?
+                    .query_row(params![m.chat_id as i64, m.sender_id as i64, cid], row_message)
+                    .optional()?,
+                None => None,
+            };
+            return match original {
+                Some(message) => Ok(Appended {
+                    message,
+                    duplicate: true,
+                }),
+                None => Err(Error::internal(format!(
+                    "seq {seq} of chat {} already taken",
+                    m.chat_id
+                ))),
+            };
+        }
+        self.seqs.insert(m.chat_id, seq);
+        touched.insert(m.chat_id, (seq, now));
+        Ok(Appended {
+            message: Arc::new(Message {
+                message_id,
+                chat_id: m.chat_id,
+                seq,
+                sender_id: m.sender_id,
+                content: m.content.clone(),
+                media_url: m.media_url.clone(),
+                media: m.media.clone(),
+                client_msg_id: m.client_msg_id.clone(),
+                created_at: now,
+            }),
+            duplicate: false,
+        })
+    }
+
+    fn bump_chats(&mut self, touched: &HashMap<ChatId, (Seq, i64)>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("UPDATE chats SET last_seq = ?2, updated_at = ?3 WHERE chat_id = ?1")?;
+        for (chat, (seq, at)) in touched {
+            stmt.execute(params![*chat as i64, *seq as i64, *at])?;
+        }
+        drop(stmt);
         if self.seqs.len() > 200_000 {
             self.seqs.clear();
         }
-        Ok(Appended {
-            message: Arc::new(message),
-            duplicate: false,
-        })
+        Ok(())
+    }
+
+    /// Append a batch: all in one savepoint (the fast path), or, if anything in it fails, one
+    /// savepoint per message so one bad message fails alone.
+    fn append_batch(&mut self, batch: &[NewMessage]) -> Vec<Result<Appended>> {
+        let mut touched = HashMap::new();
+        let fast = self.savepoint(|w| {
+            let out = batch
+                .iter()
+                .map(|m| w.append_one(m, &mut touched))
+                .collect::<Result<Vec<_>>>()?;
+            w.bump_chats(&touched)?;
+            Ok(out)
+        });
+        match fast {
+            Ok(all) => all.into_iter().map(Ok).collect(),
+            Err(_) => {
+                // Rolled back: the cached seqs of those chats are ahead of the database.
+                for chat in touched.keys() {
+                    self.seqs.remove(chat);
+                }
+                batch
+                    .iter()
+                    .map(|m| {
+                        let mut one = HashMap::new();
+                        let r = self.savepoint(|w| {
+                            let a = w.append_one(m, &mut one)?;
+                            w.bump_chats(&one)?;
+                            Ok(a)
+                        });
+                        if r.is_err() {
+                            self.seqs.remove(&m.chat_id);
+                        }
+                        r
+                    })
+                    .collect()
+            }
+        }
     }
 
     fn save_marks(&mut self, marks: &[(ChatId, Marks)]) -> Result<()> {
