@@ -373,7 +373,7 @@ impl SweepReport {
             .steps
             .iter()
             .map(|s| {
-                let mark = if Some(s.target_rate) == knee { " <- knee" } else { "" };
+                let mark = if Some(s.target_rate) == knee { "<- knee" } else { "" };
                 vec![
                     fmt_num(s.target_rate),
                     fmt_num(s.deliveries_per_s),
@@ -384,12 +384,13 @@ impl SweepReport {
                     fmt_ms(s.ack.p99_us),
                     s.lost.to_string(),
                     s.errors.values().sum::<u64>().to_string(),
-                    format!("{}{mark}", if s.drained { "yes" } else { "no" }),
+                    (if s.drained { "yes" } else { "no" }).to_owned(),
+                    mark.to_owned(),
                 ]
             })
             .collect();
         let mut out = render_table(
-            &["rate msg/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "ack p99", "lost", "errors", "drained"],
+            &["rate msg/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "ack p99", "lost", "errors", "drained", ""],
             &body,
         );
         out.push('\n');
@@ -453,6 +454,63 @@ latency (ms)  count    p50    p90    p99  p99.9    max
 delivery      1,500  0.450  0.900  2.100  15.00  120.0
 ";
         assert_eq!(t, want);
+    }
+
+    fn step(rate: f64, p99_us: u64) -> LoadReport {
+        LoadReport {
+            scenario: "sweep",
+            target: "http://127.0.0.1:1".into(),
+            connections: 2,
+            senders: 2,
+            recipients_per_message: 1,
+            target_rate: rate,
+            per_sender_rate: rate / 2.0,
+            duration_s: 10.0,
+            warmup_s: 2.0,
+            sent_per_s: rate,
+            deliveries_per_s: rate,
+            sent: 10,
+            acked: 10,
+            rejected: 0,
+            send_failures: 0,
+            delivered: 10,
+            expected_deliveries: 10,
+            lost: 0,
+            unacked: 0,
+            duplicate_or_reordered: 0,
+            errors: BTreeMap::new(),
+            drained: true,
+            drain_s: 0.1,
+            dropped_connections: 0,
+            delivery: LatencySummary { count: 10, p99_us, ..Default::default() },
+            delivery_from_send: LatencySummary::default(),
+            ack: LatencySummary::default(),
+            send_lag: LatencySummary::default(),
+        }
+    }
+
+    #[test]
+    fn sweep_table_marks_the_knee() {
+        let r = SweepReport {
+            scenario: "sweep",
+            p99_limit_ms: 50.0,
+            knee_rate: Some(2000.0),
+            best_rate: Some(1000.0),
+            steps: vec![step(1000.0, 3_000), step(2000.0, 75_000)],
+        };
+        let t = r.render();
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("rate msg/s  delivered/s"));
+        assert!(lines[2].starts_with("1,000") && !lines[2].contains("knee"), "{t}");
+        assert!(lines[3].starts_with("2,000") && lines[3].ends_with("<- knee"), "{t}");
+        assert!(lines[3].contains("75.00"), "{t}");
+        assert!(t.contains("knee: 2,000 msg/s (p99 > 50 ms); highest rate within the limit: 1,000 msg/s"), "{t}");
+        let none = SweepReport { knee_rate: None, best_rate: Some(2000.0), ..r };
+        assert!(none.render().contains("no knee"));
+        // The JSON has every step.
+        let v: serde_json::Value = serde_json::to_value(&none).unwrap();
+        assert_eq!(v["steps"].as_array().unwrap().len(), 2);
+        assert_eq!(v["steps"][1]["delivery"]["p99_us"], 75_000);
     }
 
     #[test]

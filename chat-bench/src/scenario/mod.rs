@@ -203,13 +203,16 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
         progress(
             bench.started,
             &format!(
-                "{what}: {} sent/s, {} delivered/s, {} acked, {} errors, delivery p50 {} p99 {} ms, {} open",
+                "{what}: {} sent/s, {} delivered/s, {} acked, {} errors, delivery {}, {} open",
                 fmt_num((sent - last.1) as f64 / dt),
                 fmt_num((del - last.2) as f64 / dt),
                 stats.acked.get(),
                 stats.errors.total(),
-                fmt_ms(d.p50_us),
-                fmt_ms(d.p99_us),
+                if d.count == 0 {
+                    "p50/p99 not yet measured".to_owned()
+                } else {
+                    format!("p50 {} p99 {} ms", fmt_ms(d.p50_us), fmt_ms(d.p99_us))
+                },
                 shared.fleet.open.get()
             ),
         );
