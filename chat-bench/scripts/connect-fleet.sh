@@ -72,7 +72,7 @@ done
 
 deadline=$(( $(date +%s) + RAMP_TIMEOUT ))
 while :; do
-  done_count=$(grep -l "ramp done" "$work"/bench-*.log 2>/dev/null | wc -l)
+  done_count=$( (grep -l "ramp done" "$work"/bench-*.log 2>/dev/null || true) | wc -l)
   (( done_count >= ${#bench_pids[@]} )) && break
   (( $(date +%s) < deadline )) || die "ramps did not finish within ${RAMP_TIMEOUT}s"
   sleep 0.5
@@ -82,7 +82,9 @@ sleep 3
 rss_after=$(rss_sum)
 established_sockets=$(ss -Htn state established "( sport = :$PORT )" | wc -l)
 per_server=$(for p in "${server_pids[@]}"; do ls "/proc/$p/fd" | wc -l; done | tr '\n' ' ')
-echo "all ramps done in $(echo "$t1 - $t0" | bc) s; server-side established sockets: $established_sockets"
+ramp_s=$(echo "$t1 - $t0" | bc)
+echo "all ramps done in $ramp_s s: $established_sockets established sockets on :$PORT" \
+  "(includes each bench's one HTTP connection), $(echo "$established_sockets / $ramp_s" | bc) handshakes/s overall"
 echo "open files per server: $per_server"
 echo "server RSS: $(( rss_before / 1024 )) MiB before, $(( rss_after / 1024 )) MiB after"
 if (( established_sockets > 0 )); then
