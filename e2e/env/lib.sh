@@ -73,17 +73,29 @@ svc_init() {
 	mkdir -p "$CONF_DIR" "$DATA_DIR" "$LOG_DIR" "$TERN_BIN" "$TERN_PKG" "$TERN_CACHE/locks"
 }
 
-# pid_of PIDFILE: print the pid if the file names a live process, else nothing (and return 1).
+# proc_starttime PID: the kernel's start time of PID (clock ticks since boot), to tell a live
+# service from an unrelated process that got the same pid after a reboot.
+proc_starttime() {
+	local stat
+	stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+	stat="${stat##*) }"
+	# fields after "comm)": state(3) ppid(4) … starttime(22) -> index 19 here
+	awk '{ print $20 }' <<<"$stat"
+}
+
+# pid_of PIDFILE: print the pid if the file names a live process (and, when recorded, the same
+# process start time), else nothing and return 1. File format: "PID [STARTTIME]".
 pid_of() {
-	local f="$1" pid
+	local f="$1" pid start now
 	[[ -s "$f" ]] || return 1
-	pid="$(cat "$f")"
+	read -r pid start <"$f" || true
 	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
-	if kill -0 "$pid" 2>/dev/null; then
-		echo "$pid"
-		return 0
+	kill -0 "$pid" 2>/dev/null || return 1
+	if [[ -n "${start:-}" ]]; then
+		now="$(proc_starttime "$pid")" || return 1
+		[[ "$now" == "$start" ]] || return 1
 	fi
-	return 1
+	echo "$pid"
 }
 
 # is_running [PIDFILE]: true if our pid file (default $PID_FILE) names a live process.
@@ -127,6 +139,9 @@ start_daemon() {
 		sleep 0.1
 	done
 	[[ -s "$PID_FILE" ]] || die "could not start $1 (no pid file)"
+	local pid st
+	pid="$(cat "$PID_FILE")"
+	st="$(proc_starttime "$pid")" && echo "$pid $st" >"$PID_FILE"
 	log "started $(basename "$1") pid $(cat "$PID_FILE"), log $logfile"
 }
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Apache Cassandra 5.0 (a CQL server; ScyllaDB speaks the same protocol) from Maven Central
 # jars on JDK 17. Single node: CQL 127.0.0.1:19042, storage 17000, local-only JMX 17199.
-# Start-up takes ~20-40 s on 2 cores (JVM + schema + token allocation); see
-# docs/e2e-environment.md. TERN_CASSANDRA_FAST=0 turns the start-up shortcuts off.
+# Start-up takes ~20-30 s on 2 cores (JVM + system keyspace/schema init); see
+# docs/e2e-environment.md. TERN_CASSANDRA_FAST=1 turns on start-up shortcuts.
 set -euo pipefail
 # shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -152,14 +152,26 @@ jvm_opts() {
 		-Dcassandra.jmx.local.port="$CASSANDRA_JMX_PORT"
 		-Djava.rmi.server.hostname=127.0.0.1
 	)
-	if [[ "${TERN_CASSANDRA_FAST:-1}" == 1 ]]; then
-		# Single-node start-up shortcuts: no waiting for gossip to settle or for the ring.
+	if [[ "${TERN_CASSANDRA_FAST:-0}" == 1 ]]; then
+		# Start-up shortcuts (opt-in, see docs/e2e-environment.md for what they buy):
+		# single-node gossip/ring waits off, C1-only JIT (faster warm-up, slower steady
+		# state: not for benchmarks) and an AppCDS archive of the loaded classes, written
+		# at the first clean stop and mapped at later starts.
+		# One archive per JVM build (a mismatched archive is rejected by the JVM, never misused).
+		local jsa
+		jsa="$CASSANDRA_HOME/cassandra-$("$(java_bin)" -version 2>&1 | md5sum | cut -c1-8).jsa"
 		JVM_OPTS+=(
 			-Dcassandra.skip_wait_for_gossip_to_settle=0
 			-Dcassandra.ring_delay_ms=0
 			-Dcassandra.superuser_setup_delay_ms=0
-			-Dcassandra.load_ring_state=false
+			-XX:TieredStopAtLevel=1
+			-XX:+UnlockDiagnosticVMOptions -XX:+AllowArchivingWithJavaAgent
 		)
+		if [[ -s "$jsa" ]]; then
+			JVM_OPTS+=(-XX:SharedArchiveFile="$jsa")
+		else
+			JVM_OPTS+=(-XX:ArchiveClassesAtExit="$jsa")
+		fi
 	fi
 }
 
