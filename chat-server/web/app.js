@@ -239,9 +239,12 @@ function userAvatar(uid) {
 // ---- toasts ------------------------------------------------------------------------------
 
 function toast(text, { error = false, timeout = 6000 } = {}) {
+  // The same text again while it is still shown: do not stack it.
+  for (const t of $('toasts').children) if (t.dataset.text === text) return;
   const el = h('div', { class: `toast${error ? ' error' : ''}`, role: error ? 'alert' : 'status' },
     h('span', { class: 'toast-text' }, text),
     h('button', { type: 'button', 'aria-label': 'Dismiss', onclick: () => el.remove() }, '✕'));
+  el.dataset.text = text;
   $('toasts').append(el);
   while ($('toasts').children.length > 4) $('toasts').firstChild.remove();
   if (timeout) setTimeout(() => el.remove(), timeout);
@@ -594,8 +597,12 @@ const conn = {
 
 // ---- frames from the server --------------------------------------------------------------
 
+const recentFrames = []; // the last frames received, for debugging (window.tern.frames)
+
 function handleFrame(f) {
   if (!f || typeof f !== 'object') return;
+  recentFrames.push([new Date().toISOString(), f]);
+  if (recentFrames.length > 200) recentFrames.shift();
   switch (f.type) {
     case 'hello': onHello(f); break;
     case 'message': onMessages(f.chat_id, [f], 'live'); break;
@@ -851,6 +858,10 @@ function typingText(chatId) {
 }
 
 function onErrorFrame(f) {
+  if (f.code === 'forbidden' || f.code === 'not_found') {
+    // Probably removed from a chat: the list tells which (and marks the open one read-only).
+    loadChats().catch(() => {});
+  }
   if (f.client_msg_id) {
     for (const [chatId, log] of S.logs) {
       const p = log.pending.get(f.client_msg_id);
@@ -863,6 +874,7 @@ function onErrorFrame(f) {
       }
     }
   }
+  if (f.code === 'forbidden' || f.code === 'not_found') return; // typing/marks/sync in such a chat
   if (f.code === 'unauthenticated') {
     signOut(f.message || 'Signed out by the server.');
     return;
@@ -1026,7 +1038,7 @@ function setMediaSupported(ok) {
   S.mediaSupported = ok;
   const btn = $('attach-btn');
   const voice = $('voice-btn');
-  btn.disabled = !ok;
+  btn.disabled = !ok || !!S.chats.get(S.openChatId)?.gone;
   btn.title = ok ? 'Attach a file' : 'This server does not accept media uploads';
   voice.hidden = !ok || typeof MediaRecorder === 'undefined' || !navigator.mediaDevices?.getUserMedia;
 }
@@ -1139,7 +1151,7 @@ function renderMedia(media, mediaUrl, pending) {
   }
   if (type.startsWith('image/')) {
     const thumb = mediaSrc(m.thumbnail_url) || src;
-    const img = h('img', { class: 'thumb', src: thumb, alt: m.name || 'Image', loading: 'lazy', tabindex: '0', role: 'button' });
+    const img = h('img', { class: 'thumb', src: thumb, alt: m.name || 'Image', tabindex: '0', role: 'button', onload: keepPinned });
     if (m.width && m.height) {
       img.width = Math.min(m.width, 320);
       img.style.aspectRatio = `${m.width} / ${m.height}`;
@@ -1150,10 +1162,12 @@ function renderMedia(media, mediaUrl, pending) {
     img.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); open(); } });
     box.append(img);
   } else if (type.startsWith('video/')) {
-    const v = h('video', { controls: true, preload: 'metadata', playsinline: true, src });
+    const v = h('video', { controls: true, preload: 'metadata', playsinline: true, src, onloadedmetadata: keepPinned });
     const poster = mediaSrc(m.thumbnail_url);
     if (poster) v.poster = poster;
-    if (m.width && m.height) v.style.aspectRatio = `${m.width} / ${m.height}`;
+    // A stable box before (or without) metadata: known size, else 16:9.
+    v.style.width = `${Math.min(m.width || 360, 360)}px`;
+    v.style.aspectRatio = m.width && m.height ? `${m.width} / ${m.height}` : '16 / 9';
     box.append(v);
   } else if (type.startsWith('audio/')) {
     const dur = h('span', { class: 'dur' }, m.duration_ms ? fmtDuration(m.duration_ms) : '');
@@ -1271,11 +1285,21 @@ function mergeChats(list) {
     }
     chat.serverOrder = list.indexOf(c);
   }
-  for (const id of [...S.chats.keys()]) {
-    if (!seen.has(id)) {
+  for (const [id, chat] of [...S.chats]) {
+    if (seen.has(id)) {
+      if (chat.gone) {
+        chat.gone = false;
+        if (id === S.openChatId) renderComposerState();
+      }
+    } else if (id === S.openChatId) {
+      // Removed from the chat we are looking at: keep it on screen, read-only.
+      if (!chat.gone) {
+        chat.gone = true;
+        renderComposerState();
+      }
+    } else {
       S.chats.delete(id);
       S.logs.delete(id);
-      if (S.openChatId === id) closeChat();
     }
   }
   fillChatDetails();
@@ -1425,14 +1449,39 @@ function subscribePresence(ids) {
 
 // ---- open / close a chat -----------------------------------------------------------------
 
+function dropIfGone(chatId) {
+  const chat = S.chats.get(chatId);
+  if (chat?.gone) {
+    S.chats.delete(chatId);
+    S.logs.delete(chatId);
+  }
+}
+
+function renderComposerState() {
+  const chat = S.chats.get(S.openChatId);
+  const gone = !!chat?.gone;
+  const ta = $('composer-input');
+  ta.disabled = gone;
+  ta.placeholder = gone ? 'You are no longer a member of this chat' : 'Message';
+  $('send-btn').disabled = gone;
+  $('attach-btn').disabled = gone || S.mediaSupported === false;
+  $('voice-btn').disabled = gone;
+  render.header();
+}
+
 function openChat(chatId) {
   const chat = S.chats.get(chatId);
   if (!chat) return;
   if (S.openChatId !== chatId) {
+    if (S.openChatId) {
+      drafts.set(S.openChatId, $('composer-input').value);
+      dropIfGone(S.openChatId);
+    }
     S.openChatId = chatId;
     msgView.reset();
     $('composer-input').value = drafts.get(chatId) || '';
     autosize();
+    renderComposerState();
   }
   $('no-chat').hidden = true;
   $('chat-view').hidden = false;
@@ -1461,8 +1510,11 @@ function openChat(chatId) {
 }
 
 function closeChat() {
-  if (S.openChatId) drafts.set(S.openChatId, $('composer-input').value);
+  const was = S.openChatId;
+  if (was) drafts.set(was, $('composer-input').value);
   S.openChatId = null;
+  if (was) dropIfGone(was);
+  renderComposerState();
   msgView.reset();
   $('chat-view').hidden = true;
   $('no-chat').hidden = false;
@@ -1603,9 +1655,11 @@ function renderHeader() {
   const sub = $('chat-sub');
   const typing = typingText(chat.chat_id);
   sub.className = 'chat-sub';
-  if (typing) {
+  if (chat.gone) {
+    sub.textContent = chat.type === 'group' ? 'You are no longer a member of this group' : 'Not available';
+  } else if (typing) {
     sub.textContent = typing;
-    sub.classList.add('typing');
+    sub.classList.add('is-typing');
   } else if (chat.type === 'direct') {
     const p = S.presence.get(partnerOf(chat));
     sub.textContent = p ? lastSeenText(p) : '';
@@ -1671,7 +1725,9 @@ function appendLinkified(parent, text) {
 /** The keyed message list of the open chat. */
 const msgView = {
   nodes: new Map(), // key -> element
+  pinned: true, // the view follows the newest message (the user is at the bottom)
   reset() {
+    this.pinned = true;
     this.nodes.clear();
     $('msg-list').replaceChildren();
     $('older').hidden = true;
@@ -1736,7 +1792,10 @@ function renderMessages(toBottom) {
     let node = msgView.nodes.get(w.key);
     if (node && node._sig !== w.sig) {
       const fresh = w.make();
-      node.replaceWith(fresh);
+      if (node.parentNode === list) {
+        if (cursor === node) cursor = fresh;
+        node.replaceWith(fresh);
+      }
       node = fresh;
     } else if (node && w.tick && node._tick !== w.tick) {
       node.querySelector('.ticks')?.replaceWith(ticksEl(w.tick));
@@ -1746,6 +1805,7 @@ function renderMessages(toBottom) {
     node._tick = w.tick;
     node.dataset.key = w.key;
     msgView.nodes.set(w.key, node);
+    if (cursor && cursor.parentNode !== list) cursor = null;
     if (node !== cursor) list.insertBefore(node, cursor);
     else cursor = cursor.nextSibling;
   }
@@ -1769,7 +1829,10 @@ function renderMessages(toBottom) {
     for (const n of [...list.children]) if (!n.dataset.key) n.remove();
   }
 
-  if (toBottom || atBottom) box.scrollTop = box.scrollHeight;
+  if (toBottom || atBottom || msgView.pinned) {
+    box.scrollTop = box.scrollHeight;
+    msgView.pinned = true;
+  }
   updateJumpButton();
 }
 
@@ -1800,6 +1863,11 @@ function messageEl(chatId, m, { mine, cont, showSender, pending, status }) {
       h('button', { type: 'button', class: 'discard', onclick: () => discardPending(chatId, pending.client_msg_id) }, 'Delete')));
   }
   return el;
+}
+
+/** Media that finished loading grew the list: stay at the bottom if we were there. */
+function keepPinned() {
+  if (msgView.pinned) $('messages').scrollTop = $('messages').scrollHeight;
 }
 
 function updateJumpButton() {
@@ -2054,7 +2122,7 @@ let lastTypingSent = { chatId: null, at: 0 };
 function onComposerInput() {
   autosize();
   const chatId = S.openChatId;
-  if (!chatId || !$('composer-input').value.trim()) return;
+  if (!chatId || !$('composer-input').value.trim() || S.chats.get(chatId)?.gone) return;
   if (lastTypingSent.chatId !== chatId || now() - lastTypingSent.at >= 3000) {
     if (conn.send({ type: 'typing', chat_id: chatId })) lastTypingSent = { chatId, at: now() };
   }
@@ -2194,6 +2262,7 @@ function wire() {
   });
   $('messages').addEventListener('scroll', () => {
     const box = $('messages');
+    msgView.pinned = box.scrollHeight - box.scrollTop - box.clientHeight < 60;
     if (box.scrollTop < 120) loadOlder();
     updateJumpButton();
     maybeMarkRead();
@@ -2272,7 +2341,7 @@ function wire() {
 }
 
 // Debug handle (handy in the console and for tests).
-window.tern = { state: S, conn };
+window.tern = { state: S, conn, frames: recentFrames, handleFrame };
 
 wire();
 const saved = localStorage.getItem(LS_TOKEN);

@@ -8,9 +8,10 @@
 //
 // Environment:
 //   TERN_URL        server base URL (default http://127.0.0.1:18081)
-//   TERN_LOCAL_WEB  1 (default): serve index.html/app.js/app.css from this checkout instead of the
-//                   copies embedded in the server binary (so the test checks the files on disk);
-//                   0: test what the server serves.
+//   TERN_LOCAL_WEB  1 (default): the browsers talk to a small local proxy that serves
+//                   index.html/app.js/app.css from this checkout and forwards everything else
+//                   (HTTP and WebSocket upgrades) to TERN_URL, so the test checks the files on
+//                   disk even when the server binary embeds older copies; 0: use TERN_URL directly.
 //   TERN_SHOTS      directory for screenshots (default: a new temp dir, printed at the end)
 //   CHROMIUM        browser path (default /usr/bin/chromium)
 //   HEADFUL=1       show the browsers
@@ -18,6 +19,9 @@
 import { chromium } from 'playwright-core';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import nodeHttp from 'node:http';
+import net from 'node:net';
+import zlib from 'node:zlib';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -63,18 +67,6 @@ async function newUser(label, { viewport = { width: 1100, height: 720 }, query =
     ].filter((a) => a !== '--headless' || !process.env.HEADFUL),
   });
   browsers.push(ctx);
-  if (LOCAL_WEB) {
-    const files = {
-      '/': ['index.html', 'text/html; charset=utf-8'],
-      '/index.html': ['index.html', 'text/html; charset=utf-8'],
-      '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-      '/app.css': ['app.css', 'text/css; charset=utf-8'],
-    };
-    await ctx.route((url) => url.origin === new URL(BASE).origin && url.pathname in files, (route) => {
-      const [file, type] = files[new URL(route.request().url()).pathname];
-      return route.fulfill({ status: 200, contentType: type, body: readFileSync(join(WEB_DIR, file)) });
-    });
-  }
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.setDefaultTimeout(T);
   const errors = [];
@@ -82,7 +74,7 @@ async function newUser(label, { viewport = { width: 1100, height: 720 }, query =
   page.on('console', (m) => {
     if (m.type() === 'error') errors.push(`console: ${m.text()}`);
   });
-  await page.goto(`${BASE}/${query}`);
+  await page.goto(`${APP_URL}/${query}`);
   return { label, ctx, page, errors };
 }
 
@@ -112,6 +104,119 @@ async function waitText(locator, re, timeout = T) {
   await locator.filter({ hasText: re }).first().waitFor({ timeout });
 }
 
+
+// ---- media fixtures (served by the proxy; made here, no files) --------------------------------
+
+function crc32(buf) {
+  let c = ~0;
+  for (const x of buf) {
+    c ^= x;
+    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
+  }
+  return ~c >>> 0;
+}
+
+function makePng(w, h) {
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const td = Buffer.concat([Buffer.from(type), data]);
+    const crc = Buffer.alloc(4);
+    crc.writeUInt32BE(crc32(td));
+    return Buffer.concat([len, td, crc]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const raw = Buffer.alloc((w * 3 + 1) * h);
+  for (let y = 0; y < h; y++) {
+    for (let x = 0; x < w; x++) {
+      const o = y * (w * 3 + 1) + 1 + x * 3;
+      raw[o] = Math.round((255 * x) / w);
+      raw[o + 1] = Math.round((255 * y) / h);
+      raw[o + 2] = 200;
+    }
+  }
+  return Buffer.concat([
+    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0)),
+  ]);
+}
+
+function makeWav(ms, rate = 8000) {
+  const n = Math.round((rate * ms) / 1000);
+  const b = Buffer.alloc(44 + n * 2);
+  b.write('RIFF', 0); b.writeUInt32LE(36 + n * 2, 4); b.write('WAVE', 8); b.write('fmt ', 12);
+  b.writeUInt32LE(16, 16); b.writeUInt16LE(1, 20); b.writeUInt16LE(1, 22); b.writeUInt32LE(rate, 24);
+  b.writeUInt32LE(rate * 2, 28); b.writeUInt16LE(2, 32); b.writeUInt16LE(16, 34); b.write('data', 36); b.writeUInt32LE(n * 2, 40);
+  for (let i = 0; i < n; i++) b.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)), 44 + i * 2);
+  return b;
+}
+
+const FIXTURES = {
+  '/test-media/picture.png': ['image/png', makePng(320, 200)],
+  '/test-media/voice.wav': ['audio/wav', makeWav(2300)],
+};
+
+// ---- local proxy: web files from disk, the rest to the server --------------------------------
+
+let APP_URL = BASE;
+let proxyServer = null;
+
+async function startProxy() {
+  const target = new URL(BASE);
+  const files = {
+    '/': ['index.html', 'text/html; charset=utf-8'],
+    '/index.html': ['index.html', 'text/html; charset=utf-8'],
+    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
+    '/app.css': ['app.css', 'text/css; charset=utf-8'],
+  };
+  proxyServer = nodeHttp.createServer((req, res) => {
+    const path = req.url.split('?')[0];
+    if (path in FIXTURES) {
+      const [type, body] = FIXTURES[path];
+      res.writeHead(200, { 'Content-Type': type, 'Content-Length': body.length });
+      res.end(body);
+      return;
+    }
+    if (req.method === 'GET' && files[path]) {
+      const [file, type] = files[path];
+      res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store' });
+      res.end(readFileSync(join(WEB_DIR, file)));
+      return;
+    }
+    const up = nodeHttp.request({
+      host: target.hostname, port: target.port || 80, method: req.method, path: req.url,
+      headers: { ...req.headers, host: target.host },
+    }, (r) => {
+      res.writeHead(r.statusCode, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', (e) => { res.writeHead(502); res.end(String(e)); });
+    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
+    req.pipe(up);
+  });
+  proxyServer.on('upgrade', (req, socket, head) => {
+    const up = net.connect(Number(target.port || 80), target.hostname, () => {
+      const lines = [`${req.method} ${req.url} HTTP/1.1`];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        const k = req.rawHeaders[i];
+        lines.push(`${k}: ${k.toLowerCase() === 'host' ? target.host : req.rawHeaders[i + 1]}`);
+      }
+      up.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head?.length) up.write(head);
+      up.pipe(socket);
+      socket.pipe(up);
+    });
+    up.on('error', () => socket.destroy());
+    socket.on('error', () => up.destroy());
+  });
+  await new Promise((r) => proxyServer.listen(0, '127.0.0.1', r));
+  APP_URL = `http://127.0.0.1:${proxyServer.address().port}`;
+}
+
 async function main() {
   const health = await fetch(`${BASE}/healthz`).then((r) => r.ok, () => false);
   if (!health) {
@@ -119,6 +224,8 @@ async function main() {
     console.log('0 passed, 1 failed');
     process.exit(1);
   }
+  if (LOCAL_WEB) await startProxy();
+  console.log(`server ${BASE}; browsers use ${APP_URL}${LOCAL_WEB ? ' (web files from this checkout)' : ''}`);
   const stamp = Date.now().toString(36);
   const text1 = `hello from user 1 <b>not bold</b> ${stamp}`;
   const text2 = `hi back from user 2 ${stamp}`;
@@ -244,6 +351,29 @@ async function main() {
     await shot(a, '09-user1-group');
   });
 
+  await step('group ticks: ✓✓ once both members got the message, blue once both read it', async () => {
+    const ticks = a.page.locator('.msg.mine').filter({ hasText: `group hello ${stamp}` }).locator('.ticks');
+    try {
+      await a.page.locator('.msg.mine').filter({ hasText: `group hello ${stamp}` }).locator('.ticks[data-status=delivered]').waitFor({ timeout: 8000 });
+    } catch (e) {
+      const dump = await a.page.evaluate(() => {
+        const t = window.tern.state;
+        const c = t.chats.get(t.openChatId);
+        return JSON.stringify({ marksLoaded: c.marksLoaded, marks: [...c.marks.values()], members: c.members });
+      });
+      throw new Error(`ticks ${await ticks.getAttribute('data-status')}; ${dump}`);
+    }
+    if (process.env.DEBUG_FRAMES) {
+      for (const [u, n] of [[a, 'u1'], [b, 'u2']]) {
+        const fr = await u.page.evaluate(() => window.tern.frames.filter(([, f]) => f.type !== 'pong' && f.type !== 'presence').map(([t, f]) => `${t} ${JSON.stringify(f).slice(0, 120)}`).slice(-15));
+        console.log(n, fr.join('\n   '));
+      }
+    }
+    // User 2 opens the group: now everyone has read it.
+    await b.page.locator('.chat-item').filter({ hasText: groupTitle }).click();
+    await a.page.locator('.msg.mine').filter({ hasText: `group hello ${stamp}` }).locator('.ticks[data-status=read]').waitFor({ timeout: 8000 });
+  });
+
   await step('the group header counts online members', async () => {
     await waitText(a.page.locator('#chat-sub'), /3 members, 2 online/);
   });
@@ -275,9 +405,51 @@ async function main() {
     await b.page.keyboard.press('Enter');
     await b.page.locator('.msg.failed .fail-row').waitFor();
     await b.page.locator('.msg.failed .retry').waitFor();
+    // The client learns it was removed: the chat stays on screen, read-only.
+    await waitText(b.page.locator('#chat-sub'), /no longer a member/);
+    if (!(await b.page.locator('#composer-input').isDisabled())) throw new Error('composer still enabled');
     await shot(b, '10-user2-failed');
     await b.page.locator('.msg.failed .discard').click();
     await b.page.locator('.msg.failed').waitFor({ state: 'detached' });
+  });
+
+  await step('media: attach follows server support; image, video and voice messages render', async () => {
+    const status = await fetch(`${BASE}/v1/media`).then((r) => r.status);
+    const disabled = await a.page.locator('#attach-btn').isDisabled();
+    if ((status === 404) !== disabled) throw new Error(`GET /v1/media answers ${status} but the attach button is ${disabled ? 'disabled' : 'enabled'}`);
+    if (!LOCAL_WEB) return; // the fixtures come from the local proxy
+    await a.page.locator('.chat-item').filter({ hasText: 'User 2' }).first().click();
+    await a.page.evaluate((stamp) => {
+      const t = window.tern;
+      const chatId = t.state.openChatId;
+      const log = t.state.logs.get(chatId);
+      let seq = log.max;
+      const base = { type: 'message', chat_id: chatId, sender_id: 2, media_url: null, created_at: new Date().toISOString() };
+      const msgs = [
+        { content: `a picture ${stamp}`, media: { media_id: 'm-img', url: '/test-media/picture.png', content_type: 'image/png', size: 1234, width: 320, height: 200 } },
+        { content: '', media: { media_id: 'm-voice', url: '/test-media/voice.wav', content_type: 'audio/wav', size: 36844, duration_ms: 2300 } },
+        { content: 'a clip', media: { media_id: 'm-vid', url: '/test-media/clip.mp4', content_type: 'video/mp4', size: 99999, width: 640, height: 360 } },
+        { content: 'bad url', media: { media_id: 'm-js', url: 'javascript:alert(1)', content_type: 'image/png' } },
+      ];
+      // Injected as if the server sent them (after the last seq, so no gap).
+      for (const m of msgs) t.handleFrame({ ...base, ...m, seq: ++seq, message_id: `inj-${stamp}-${seq}` });
+    }, stamp);
+    const img = a.page.locator('.msg .media img.thumb').last();
+    await img.waitFor();
+    await a.page.waitForFunction(() => [...document.querySelectorAll('.msg .media img.thumb')].some((i) => i.complete && i.naturalWidth === 320));
+    await waitText(a.page.locator('.msg .media .dur').last(), /^0:02$/);
+    await a.page.locator('.msg .media audio').last().waitFor({ state: 'attached' });
+    await a.page.locator('.msg .media video[controls]').last().waitFor();
+    if (await a.page.locator('.media [src^="javascript:"], .media [href^="javascript:"]').count()) throw new Error('a javascript: URL was rendered');
+    await waitText(a.page.locator('.chat-item[aria-current=true] .chat-preview'), /bad url/);
+    // Late-loading media keeps the newest message in view.
+    await a.page.waitForFunction(() => { const b = document.getElementById('messages'); return b.scrollHeight - b.scrollTop - b.clientHeight < 4; });
+    await shot(a, '11a-media-messages');
+    await a.page.locator('.msg .media img.thumb').last().click();
+    await a.page.locator('#lightbox[open]').waitFor();
+    await shot(a, '11b-media-lightbox');
+    await a.page.keyboard.press('Escape');
+    await a.page.locator('#lightbox[open]').waitFor({ state: 'detached' });
   });
 
   await step('narrow screen: one pane at a time with a back button', async () => {
@@ -285,6 +457,8 @@ async function main() {
     await b.page.evaluate(() => { location.hash = ''; });
     await b.page.locator('.chat-item').filter({ hasText: 'User 1' }).first().click();
     await b.page.locator('#back-btn').waitFor({ state: 'visible' });
+    // Leaving the removed group's view drops it from the list.
+    if (await b.page.locator('.chat-item').filter({ hasText: `Soon gone ${stamp}` }).count()) throw new Error('removed group still listed');
     if (await b.page.locator('.sidebar').isVisible()) throw new Error('sidebar visible next to the chat on a narrow screen');
     await shot(b, '11-user2-mobile-chat');
     await b.page.locator('#back-btn').click();
@@ -316,6 +490,8 @@ try {
 } finally {
   for (const b of browsers) await b.close().catch(() => {});
   for (const d of profiles) rmSync(d, { recursive: true, force: true });
+  proxyServer?.closeAllConnections?.();
+  proxyServer?.close();
   console.log(`screenshots: ${SHOTS}`);
   if (failures.length) console.log(`failed: ${failures.join('; ')}`);
   console.log(`${passed} passed, ${failed} failed`);
