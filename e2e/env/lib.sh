@@ -83,6 +83,15 @@ proc_starttime() {
 	awk '{ print $20 }' <<<"$stat"
 }
 
+# proc_alive PID: running and not a zombie (PID 1 on these machines reaps orphans only every
+# ~2 s, and a zombie still answers kill -0).
+proc_alive() {
+	kill -0 "$1" 2>/dev/null || return 1
+	local st
+	st="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)" || return 1
+	[[ -n "$st" && "$st" != Z ]]
+}
+
 # pid_of PIDFILE: print the pid if the file names a live process (and, when recorded, the same
 # process start time), else nothing and return 1. File format: "PID [STARTTIME]".
 pid_of() {
@@ -90,7 +99,7 @@ pid_of() {
 	[[ -s "$f" ]] || return 1
 	read -r pid start <"$f" || true
 	[[ "$pid" =~ ^[0-9]+$ ]] || return 1
-	kill -0 "$pid" 2>/dev/null || return 1
+	proc_alive "$pid" || return 1
 	if [[ -n "${start:-}" ]]; then
 		now="$(proc_starttime "$pid")" || return 1
 		[[ "$now" == "$start" ]] || return 1
@@ -142,7 +151,7 @@ start_daemon() {
 	local pid st
 	pid="$(cat "$PID_FILE")"
 	st="$(proc_starttime "$pid")" && echo "$pid $st" >"$PID_FILE"
-	log "started $(basename "$1") pid $(cat "$PID_FILE"), log $logfile"
+	log "started $(basename "$1") pid $pid, log $logfile"
 }
 
 # stop_pidfile [PIDFILE] [TIMEOUT]: SIGTERM, wait, then SIGKILL. Removes the pid file.
@@ -156,10 +165,10 @@ stop_pidfile() {
 	log "stopping pid $pid (SIGTERM, up to ${timeout}s)"
 	kill -TERM "$pid" 2>/dev/null || true
 	for ((i = 0; i < timeout * 10; i++)); do
-		kill -0 "$pid" 2>/dev/null || break
+		proc_alive "$pid" || break
 		sleep 0.1
 	done
-	if kill -0 "$pid" 2>/dev/null; then
+	if proc_alive "$pid"; then
 		warn "pid $pid still alive after ${timeout}s: SIGKILL"
 		kill -KILL "$pid" 2>/dev/null || true
 		sleep 0.5
