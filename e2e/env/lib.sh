@@ -237,6 +237,23 @@ rss_of() {
 # ---------------------------------------------------------------------------------------
 # install helpers
 
+# heartbeat_start WHAT / heartbeat_stop: print "still WHAT (Ns)" every 60 s during a long step.
+HEARTBEAT_PID=""
+heartbeat_start() {
+	local what="$1" t0=$SECONDS
+	(
+		while sleep 60; do log "... still $what ($((SECONDS - t0)) s)"; done
+	) &
+	HEARTBEAT_PID=$!
+}
+heartbeat_stop() {
+	if [[ -n "$HEARTBEAT_PID" ]]; then
+		kill "$HEARTBEAT_PID" 2>/dev/null || true
+		wait "$HEARTBEAT_PID" 2>/dev/null || true
+		HEARTBEAT_PID=""
+	fi
+}
+
 # with_lock NAME CMD...: run CMD holding an exclusive lock (two `up.sh` at once don't collide).
 with_lock() {
 	local name="$1"
@@ -378,6 +395,7 @@ go_build_module() {
 	local work="$1" modver="$2" out="$3" pkg="$4"
 	go_env
 	mkdir -p "$work"
+	heartbeat_start "building $pkg"
 	(
 		cd "$work"
 		[[ -f go.mod ]] || go mod init tern.local/e2e-build >/dev/null 2>&1
@@ -386,9 +404,11 @@ go_build_module() {
 		nice -n 10 go build -trimpath -ldflags "-s -w ${GO_LDFLAGS_EXTRA:-}" -o "$out.tmp" "$pkg" >>build.log 2>&1
 		mv "$out.tmp" "$out"
 	) || {
+		heartbeat_stop
 		log_tail "$work/build.log" 40
 		die "go build of $pkg failed (log: $work/build.log)"
 	}
+	heartbeat_stop
 }
 
 # ---------------------------------------------------------------------------------------

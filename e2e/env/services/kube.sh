@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # kube-apiserver (envtest style: a real API server on etcd, no kubelet, no controllers),
 # kubectl and helm, all built from their Go modules into $TERN_CACHE/bin.
+# Admission: the defaults minus ServiceAccount (no token controller creates `default` SAs)
+# and StorageObjectInUseProtection (its finalizers would keep deleted PVCs/PVs Terminating
+# for ever: the controller that removes them is not running).
 # Secure port 127.0.0.1:16443; admin token in group system:masters; kubeconfig at
 # $TERN_CACHE/run/kube/kubeconfig. Starts etcd first if needed.
 set -euo pipefail
@@ -28,6 +31,7 @@ _install_kube() {
 	t0="$(now_s)"
 	log "building kube-apiserver + kubectl $KUBERNETES_VERSION from k8s.io/kubernetes (first time: ~10-20 min on 2 cores, nice 10)"
 	mkdir -p "$KUBE_BUILD"
+	heartbeat_start "building kube-apiserver + kubectl"
 	(
 		cd "$KUBE_BUILD"
 		: >build.log
@@ -66,9 +70,11 @@ _install_kube() {
 			mv "$TERN_BIN/$cmd.tmp" "$TERN_BIN/$cmd"
 		done
 	) || {
+		heartbeat_stop
 		log_tail "$KUBE_BUILD/build.log" 40
 		die "building kube-apiserver/kubectl failed (log: $KUBE_BUILD/build.log)"
 	}
+	heartbeat_stop
 	stamp_set "$KUBE_BUILD" "$key"
 	log "kube-apiserver + kubectl built in $(elapsed_since "$t0")s"
 }
@@ -166,7 +172,7 @@ do_launch() {
 		--service-account-signing-key-file="$PKI_DIR/sa.key" \
 		--service-cluster-ip-range=10.0.0.0/24 \
 		--allow-privileged=true \
-		--disable-admission-plugins=ServiceAccount \
+		--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection \
 		--profiling=false \
 		--v="${TERN_KUBE_VERBOSITY:-1}"
 }
