@@ -157,6 +157,7 @@ function chatRecord(c) {
     members: c.members ?? null, // [{user_id, role, joined_at}]
     marks: new Map(), // user_id -> {user_id, delivered_seq, read_seq}
     marksLoaded: false,
+    liveUnread: new Set(), // seqs of others' messages counted as unread here (not yet in a list answer)
     lastMsg: null,
     previewRequested: false,
     detailsRequested: false,
@@ -721,6 +722,7 @@ function onMessages(chatId, list, source) {
     }
     if (source === 'live' && m.seq > chat.last_seq && m.sender_id !== S.me && !isReading(chatId)) {
       chat.unread += 1;
+      chat.liveUnread.add(m.seq);
     }
     chat.last_seq = Math.max(chat.last_seq, m.seq);
     if (!chat.lastMsg || m.seq >= chat.lastMsg.seq) chat.lastMsg = m;
@@ -950,6 +952,7 @@ function maybeMarkRead() {
   if (seq > 0 && (seq > chat.read_seq || chat.unread > 0)) {
     chat.read_seq = Math.max(chat.read_seq, seq);
     chat.unread = 0;
+    chat.liveUnread.clear();
     marks.queue('read', chatId, seq);
     render.list();
   }
@@ -1267,20 +1270,29 @@ function mergeChats(list) {
     if (!Number.isSafeInteger(c.chat_id)) continue;
     seen.add(c.chat_id);
     let chat = S.chats.get(c.chat_id);
+    // Messages counted live after the server computed this answer are not in its `unread`.
+    const serverLast = c.last_seq ?? 0;
+    const counted = (old) => [...old.liveUnread].filter((seq) => seq > serverLast && seq > (c.read_seq ?? 0));
     if (!chat || chat.placeholder) {
       const old = chat;
       chat = chatRecord(c);
       if (old) {
         chat.lastMsg = old.lastMsg;
         chat.marks = old.marks;
+        chat.liveUnread = new Set(counted(old));
+        chat.last_seq = Math.max(chat.last_seq, old.last_seq);
+        chat.unread += chat.liveUnread.size;
       }
       S.chats.set(c.chat_id, chat);
     } else {
       chat.type = c.type;
       chat.title = c.title ?? chat.title;
-      chat.last_seq = Math.max(chat.last_seq, c.last_seq ?? 0);
+      chat.last_seq = Math.max(chat.last_seq, serverLast);
       chat.read_seq = Math.max(chat.read_seq, c.read_seq ?? 0);
-      if (c.unread != null) chat.unread = c.chat_id === S.openChatId && isReading(c.chat_id) ? 0 : c.unread;
+      chat.liveUnread = new Set(counted(chat));
+      if (c.unread != null) {
+        chat.unread = c.chat_id === S.openChatId && isReading(c.chat_id) ? 0 : c.unread + chat.liveUnread.size;
+      }
       if (c.members) chat.members = c.members;
     }
     chat.serverOrder = list.indexOf(c);

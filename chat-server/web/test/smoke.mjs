@@ -54,7 +54,7 @@ async function step(name, fn) {
 const profiles = [];
 const browsers = [];
 
-async function newUser(label, { viewport = { width: 1100, height: 720 }, query = '' } = {}) {
+async function newUser(label, { viewport = { width: 1100, height: 720 }, query = '', fakeMedia = false } = {}) {
   const dir = mkdtempSync(join(tmpdir(), `tern-web-profile-${label}-`));
   profiles.push(dir);
   const ctx = await chromium.launchPersistentContext(dir, {
@@ -67,6 +67,20 @@ async function newUser(label, { viewport = { width: 1100, height: 720 }, query =
     ].filter((a) => a !== '--headless' || !process.env.HEADFUL),
   });
   browsers.push(ctx);
+  if (fakeMedia) {
+    // The server has no media API yet: answer POST /v1/media in the browser so the client's
+    // upload path runs (the server then refuses the unknown media_id with an error frame).
+    await ctx.route((url) => url.pathname === '/v1/media', (route) => {
+      const req = route.request();
+      if (req.method() !== 'POST') return route.fulfill({ status: 405, body: '' });
+      const size = req.postDataBuffer()?.length || 0;
+      return route.fulfill({
+        status: 201,
+        contentType: 'application/json',
+        body: JSON.stringify({ media_id: `fake-${Date.now()}`, url: '/test-media/picture.png', content_type: req.headers()['content-type'], size, width: 320, height: 200 }),
+      });
+    });
+  }
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.setDefaultTimeout(T);
   const errors = [];
@@ -98,6 +112,12 @@ async function http(method, path, body, token) {
   const text = await res.text();
   if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
   return text ? JSON.parse(text) : null;
+}
+
+/** The chat list entry whose title is exactly `title`. */
+function chatItem(page, title) {
+  const re = new RegExp(`^${title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
+  return page.locator('.chat-item').filter({ has: page.locator('.chat-name', { hasText: re }) }).first();
 }
 
 async function waitText(locator, re, timeout = T) {
@@ -271,7 +291,7 @@ async function main() {
   });
 
   await step('user 2 sees the new chat with an unread badge', async () => {
-    const item = b.page.locator('.chat-item').filter({ hasText: 'User 1' }).first();
+    const item = chatItem(b.page, 'User 1');
     await item.waitFor();
     await item.locator('.badge').waitFor();
     await waitText(item.locator('.chat-preview'), new RegExp(stamp));
@@ -279,7 +299,7 @@ async function main() {
   });
 
   await step('user 2 opens the chat and sees the message', async () => {
-    await b.page.locator('.chat-item').filter({ hasText: 'User 1' }).first().click();
+    await chatItem(b.page, 'User 1').click();
     await b.page.locator('.msg:not(.mine)').filter({ hasText: text1 }).last().waitFor();
     await waitText(b.page.locator('#chat-sub'), /^online$/);
     // The badge goes once read.
@@ -313,6 +333,7 @@ async function main() {
   });
 
   let groupTitle;
+  let mediaStatus;
   await step('user 1 creates a group with users 2 and 3; members dialog shows roles', async () => {
     groupTitle = `Smoke group ${stamp}`;
     await a.page.locator('#new-chat-btn').click();
@@ -335,10 +356,11 @@ async function main() {
   });
 
   await step('user 3 on long-poll (?transport=longpoll) gets the group message and replies', async () => {
-    c = await newUser('u3', { query: '?transport=longpoll' });
+    mediaStatus = await fetch(`${BASE}/v1/media`).then((r) => r.status);
+    c = await newUser('u3', { query: '?transport=longpoll', fakeMedia: mediaStatus === 404 });
     await devSignIn(c, 3);
     await c.page.locator('#conn-state[data-state=longpoll]').waitFor();
-    const item = c.page.locator('.chat-item').filter({ hasText: groupTitle });
+    const item = chatItem(c.page, groupTitle);
     await item.waitFor();
     await item.click();
     await c.page.locator('.msg').filter({ hasText: `group hello ${stamp}` }).waitFor();
@@ -349,6 +371,25 @@ async function main() {
     await a.page.locator('.msg:not(.mine) .sender').filter({ hasText: 'User 3' }).first().waitFor();
     await shot(c, '08-user3-longpoll');
     await shot(a, '09-user1-group');
+  });
+
+  await step('attach: upload a picture from the file picker', async () => {
+    await c.page.locator('#attach-btn:not([disabled])').waitFor();
+    const png = FIXTURES['/test-media/picture.png'][1];
+    await c.page.locator('#file-input').setInputFiles({ name: 'picture.png', mimeType: 'image/png', buffer: png });
+    const bubble = c.page.locator('.msg.mine').filter({ has: c.page.locator('img.thumb') }).last();
+    await bubble.waitFor();
+    if (mediaStatus === 404) {
+      // Faked upload; the server refuses the media_id: the bubble fails, with Retry.
+      await bubble.locator('.fail-row').filter({ hasText: /media/ }).waitFor();
+      await shot(c, '08b-user3-upload-refused');
+      await bubble.locator('.discard').click();
+    } else {
+      await bubble.locator('.ticks:not([data-status=pending])').waitFor({ timeout: 20000 });
+      await a.page.locator('.msg:not(.mine) .media img.thumb').last().waitFor();
+      await a.page.waitForFunction(() => [...document.querySelectorAll('.msg .media img.thumb')].some((i) => i.complete && i.naturalWidth > 0));
+      await shot(a, '08b-user1-got-picture');
+    }
   });
 
   await step('group ticks: ✓✓ once both members got the message, blue once both read it', async () => {
@@ -370,20 +411,41 @@ async function main() {
       }
     }
     // User 2 opens the group: now everyone has read it.
-    await b.page.locator('.chat-item').filter({ hasText: groupTitle }).click();
+    await chatItem(b.page, groupTitle).click();
     await a.page.locator('.msg.mine').filter({ hasText: `group hello ${stamp}` }).locator('.ticks[data-status=read]').waitFor({ timeout: 8000 });
   });
 
+  await step('history pages: 60 messages, the newest 50 first, older ones on scrolling up', async () => {
+    const { token } = await http('POST', '/v1/dev/token', { user_id: 2 });
+    const g = await http('POST', '/v1/chats', { type: 'group', title: `Long history ${stamp}`, members: [1] }, token);
+    for (let i = 1; i <= 60; i++) {
+      await http('POST', `/v1/chats/${g.chat_id}/messages`, { content: `history ${i} ${stamp}`, client_msg_id: `h-${stamp}-${i}` }, token);
+    }
+    const item = a.page.locator('.chat-item').filter({ hasText: `Long history ${stamp}` });
+    await item.waitFor();
+    await waitText(item.locator('.badge'), /^60$/);
+    await item.click();
+    await a.page.locator('.msg').filter({ hasText: `history 60 ${stamp}` }).waitFor();
+    await a.page.waitForFunction((n) => document.querySelectorAll('#msg-list .msg').length === n, 50);
+    await a.page.locator('#messages').evaluate((el) => { el.scrollTop = 0; });
+    await a.page.locator('.msg').filter({ hasText: `history 1 ${stamp}` }).waitFor();
+    const seqs = await a.page.locator('#msg-list .msg').evaluateAll((els) => els.map((e) => Number(e.dataset.seq)));
+    const want = Array.from({ length: 60 }, (_, i) => i + 1);
+    if (JSON.stringify(seqs) !== JSON.stringify(want)) throw new Error(`seqs ${seqs.join(',')}`);
+    if (!(await a.page.locator('#older').isHidden())) throw new Error('"load older" still offered');
+  });
+
   await step('the group header counts online members', async () => {
+    await chatItem(a.page, groupTitle).click();
     await waitText(a.page.locator('#chat-sub'), /3 members, 2 online/);
   });
 
   await step('reconnect: user 2 loses the WebSocket, misses a message, and catches up', async () => {
-    await b.page.locator('.chat-item').filter({ hasText: 'User 1' }).first().click();
+    await chatItem(b.page, 'User 1').click();
     // Kill the socket from inside the page (as a network drop would).
     await b.page.evaluate(() => window.tern.conn.ws.close());
     await b.page.locator('#conn-state:not([data-state=connected])').waitFor();
-    await a.page.locator('.chat-item').filter({ hasText: 'User 2' }).first().click();
+    await chatItem(a.page, 'User 2').click();
     await a.page.locator('#composer-input').fill(`while you were away ${stamp}`);
     await a.page.keyboard.press('Enter');
     await b.page.locator('#conn-state[data-state=connected]').waitFor({ timeout: 20000 });
@@ -400,9 +462,12 @@ async function main() {
     await item.waitFor();
     await item.click();
     await b.page.locator('.msg').filter({ hasText: `you will be removed ${stamp}` }).waitFor();
-    await http('DELETE', `/v1/chats/${g.chat_id}/members/2`, undefined, token);
+    // Type while still a member (the typing frame goes out now), let the client's catch-up sync
+    // answer arrive, then remove user 2 and send.
     await b.page.locator('#composer-input').fill('this must fail');
-    await b.page.keyboard.press('Enter');
+    await b.page.waitForFunction((id) => window.tern.frames.some(([, f]) => f.type === 'sync' && f.chat_id === id), g.chat_id);
+    await http('DELETE', `/v1/chats/${g.chat_id}/members/2`, undefined, token);
+    await b.page.locator('#composer-input').press('Enter');
     await b.page.locator('.msg.failed .fail-row').waitFor();
     await b.page.locator('.msg.failed .retry').waitFor();
     // The client learns it was removed: the chat stays on screen, read-only.
@@ -418,7 +483,7 @@ async function main() {
     const disabled = await a.page.locator('#attach-btn').isDisabled();
     if ((status === 404) !== disabled) throw new Error(`GET /v1/media answers ${status} but the attach button is ${disabled ? 'disabled' : 'enabled'}`);
     if (!LOCAL_WEB) return; // the fixtures come from the local proxy
-    await a.page.locator('.chat-item').filter({ hasText: 'User 2' }).first().click();
+    await chatItem(a.page, 'User 2').click();
     await a.page.evaluate((stamp) => {
       const t = window.tern;
       const chatId = t.state.openChatId;
@@ -455,7 +520,7 @@ async function main() {
   await step('narrow screen: one pane at a time with a back button', async () => {
     await b.page.setViewportSize({ width: 390, height: 760 });
     await b.page.evaluate(() => { location.hash = ''; });
-    await b.page.locator('.chat-item').filter({ hasText: 'User 1' }).first().click();
+    await chatItem(b.page, 'User 1').click();
     await b.page.locator('#back-btn').waitFor({ state: 'visible' });
     // Leaving the removed group's view drops it from the list.
     if (await b.page.locator('.chat-item').filter({ hasText: `Soon gone ${stamp}` }).count()) throw new Error('removed group still listed');
