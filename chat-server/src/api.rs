@@ -109,6 +109,20 @@ pub async fn create_chat(
                 return Err(Error::invalid("a direct chat needs another user"));
             }
             let (chat, created) = st.store.create_direct(me, other).await?;
+            if created {
+                st.partners.invalidate(me);
+                st.partners.invalidate(other);
+                // New partners learn each other's presence now, not at the next change.
+                for (to, about) in [(me, other), (other, me)] {
+                    for p in st.presence.get(&[about]) {
+                        st.hub.deliver(
+                            &[to],
+                            &crate::hub::frame(protocol::presence_frame(&p)),
+                            None,
+                        );
+                    }
+                }
+            }
             let status = if created {
                 StatusCode::CREATED
             } else {

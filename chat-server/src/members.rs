@@ -81,3 +81,36 @@ impl MemberCache {
         self.chats.lock().remove(&chat_id);
     }
 }
+
+/// Direct-chat partners per user (who gets whose presence without subscribing). Read on every
+/// connect and every presence change; dropped for both users when a direct chat is created.
+pub struct PartnerCache {
+    users: Mutex<HashMap<UserId, Arc<Vec<UserId>>>>,
+    max: usize,
+}
+
+impl PartnerCache {
+    pub fn new(max: usize) -> Self {
+        PartnerCache {
+            users: Mutex::new(HashMap::new()),
+            max,
+        }
+    }
+
+    pub async fn get(&self, store: &dyn Store, user: UserId) -> Result<Arc<Vec<UserId>>> {
+        if let Some(p) = self.users.lock().get(&user) {
+            return Ok(p.clone());
+        }
+        let partners = Arc::new(store.direct_partners(user).await?);
+        let mut users = self.users.lock();
+        if users.len() >= self.max {
+            users.clear();
+        }
+        users.insert(user, partners.clone());
+        Ok(partners)
+    }
+
+    pub fn invalidate(&self, user: UserId) {
+        self.users.lock().remove(&user);
+    }
+}

@@ -152,6 +152,7 @@ impl Server {
             presence: Arc::new(LocalPresence::default()),
             subs: Subscriptions::default(),
             members: MemberCache::new(100_000),
+            partners: crate::members::PartnerCache::new(1_000_000),
             cache: RecentCache::new(20_000),
             receipts: Default::default(),
             metrics: Metrics::new(),

@@ -59,7 +59,7 @@ impl Session {
                 .tasks
                 .spawn(async move { st.announce_presence(p).await });
         }
-        match state.store.direct_partners(user_id).await {
+        match state.partners.get(state.store.as_ref(), user_id).await {
             Ok(partners) if !partners.is_empty() => {
                 for p in state.presence.get(&partners) {
                     conn.send(frame(protocol::presence_frame(&p)));

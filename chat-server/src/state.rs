@@ -34,6 +34,7 @@ pub struct AppState {
     pub presence: Arc<dyn PresenceStore>,
     pub subs: Subscriptions,
     pub members: MemberCache,
+    pub partners: crate::members::PartnerCache,
     pub cache: RecentCache,
     pub receipts: Mutex<PendingMarks>,
     pub metrics: Metrics,
@@ -286,8 +287,8 @@ impl AppState {
     /// Send a presence change to watchers and direct-chat partners.
     pub async fn announce_presence(&self, p: Presence) {
         let mut to = self.subs.watchers(p.user_id);
-        match self.store.direct_partners(p.user_id).await {
-            Ok(partners) => to.extend(partners),
+        match self.partners.get(self.store.as_ref(), p.user_id).await {
+            Ok(partners) => to.extend(partners.iter().copied()),
             Err(e) => {
                 tracing::warn!(cause = %e, user_id = p.user_id, "presence: cannot list direct partners")
             }

@@ -9,6 +9,10 @@
 //! - Marks only grow: [`Store::save_marks`] keeps the maximum of stored and given values.
 //! - Membership changes are atomic: an add that would exceed the limit adds nobody.
 
+#[cfg(feature = "distributed")]
+pub mod scylla;
+#[cfg(feature = "distributed")]
+pub mod scylla_schema;
 pub mod sqlite;
 
 use crate::error::Result;

@@ -78,3 +78,24 @@ async fn silent_connection_goes_offline_within_two_heartbeats() {
     assert_eq!(a.close_code(Duration::from_secs(2)).await, Some(4000));
     b.assert_alive().await;
 }
+
+#[tokio::test]
+async fn a_new_direct_chat_shares_presence_at_once() {
+    let s = TestServer::start().await;
+    let mut a = s.ws(1).await;
+    let mut b = s.ws(2).await;
+    s.api(1).direct(2).await;
+    let p = a.expect("presence").await;
+    assert_eq!(
+        (p["user_id"].as_u64(), p["status"].as_str()),
+        (Some(2), Some("online"))
+    );
+    let p = b.expect("presence").await;
+    assert_eq!(
+        (p["user_id"].as_u64(), p["status"].as_str()),
+        (Some(1), Some("online"))
+    );
+    // And later changes flow without subscribing.
+    b.stream.close(None).await.unwrap();
+    assert_eq!(a.expect("presence").await["status"], "offline");
+}

@@ -16,226 +16,10 @@
 //   CHROMIUM        browser path (default /usr/bin/chromium)
 //   HEADFUL=1       show the browsers
 
-import { chromium } from 'playwright-core';
-import { mkdtempSync, mkdirSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import nodeHttp from 'node:http';
-import net from 'node:net';
-import zlib from 'node:zlib';
-import { join, dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { harness, FIXTURES } from './lib.mjs';
 
-const BASE = (process.env.TERN_URL || 'http://127.0.0.1:18081').replace(/\/$/, '');
-const LOCAL_WEB = process.env.TERN_LOCAL_WEB !== '0';
-const WEB_DIR = join(dirname(fileURLToPath(import.meta.url)), '..');
-const SHOTS = process.env.TERN_SHOTS || mkdtempSync(join(tmpdir(), 'tern-web-shots-'));
-const EXE = process.env.CHROMIUM || '/usr/bin/chromium';
-const T = 15000; // default wait
-
-mkdirSync(SHOTS, { recursive: true });
-
-let passed = 0;
-let failed = 0;
-const failures = [];
-
-async function step(name, fn) {
-  const t0 = Date.now();
-  try {
-    await fn();
-    passed += 1;
-    console.log(`ok   ${name} (${Date.now() - t0} ms)`);
-  } catch (e) {
-    failed += 1;
-    failures.push(name);
-    console.log(`FAIL ${name}: ${String(e?.message || e).split('\n').slice(0, 6).join('\n     ')}`);
-  }
-}
-
-const profiles = [];
-const browsers = [];
-
-async function newUser(label, { viewport = { width: 1100, height: 720 }, query = '', fakeMedia = false } = {}) {
-  const dir = mkdtempSync(join(tmpdir(), `tern-web-profile-${label}-`));
-  profiles.push(dir);
-  const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: EXE,
-    headless: !process.env.HEADFUL,
-    viewport,
-    args: [
-      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    ].filter((a) => a !== '--headless' || !process.env.HEADFUL),
-  });
-  browsers.push(ctx);
-  if (fakeMedia) {
-    // The server has no media API yet: answer POST /v1/media in the browser so the client's
-    // upload path runs (the server then refuses the unknown media_id with an error frame).
-    await ctx.route((url) => url.pathname === '/v1/media', (route) => {
-      const req = route.request();
-      if (req.method() !== 'POST') return route.fulfill({ status: 405, body: '' });
-      const size = req.postDataBuffer()?.length || 0;
-      return route.fulfill({
-        status: 201,
-        contentType: 'application/json',
-        body: JSON.stringify({ media_id: `fake-${Date.now()}`, url: '/test-media/picture.png', content_type: req.headers()['content-type'], size, width: 320, height: 200 }),
-      });
-    });
-  }
-  const page = ctx.pages()[0] || (await ctx.newPage());
-  page.setDefaultTimeout(T);
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(`console: ${m.text()}`);
-  });
-  await page.goto(`${APP_URL}/${query}`);
-  return { label, ctx, page, errors };
-}
-
-async function shot(u, name) {
-  const path = join(SHOTS, `${name}.png`);
-  await u.page.screenshot({ path });
-  return path;
-}
-
-async function devSignIn(u, id) {
-  await u.page.locator('#dev-user').fill(String(id));
-  await u.page.locator('#dev-form button[type=submit]').click();
-  await u.page.locator('#app').waitFor({ state: 'visible' });
-}
-
-async function http(method, path, body, token) {
-  const headers = {};
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const res = await fetch(`${BASE}${path}`, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: HTTP ${res.status} ${text}`);
-  return text ? JSON.parse(text) : null;
-}
-
-/** The chat list entry whose title is exactly `title`. */
-function chatItem(page, title) {
-  const re = new RegExp(`^${title.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`);
-  return page.locator('.chat-item').filter({ has: page.locator('.chat-name', { hasText: re }) }).first();
-}
-
-async function waitText(locator, re, timeout = T) {
-  await locator.filter({ hasText: re }).first().waitFor({ timeout });
-}
-
-
-// ---- media fixtures (served by the proxy; made here, no files) --------------------------------
-
-function crc32(buf) {
-  let c = ~0;
-  for (const x of buf) {
-    c ^= x;
-    for (let k = 0; k < 8; k++) c = (c >>> 1) ^ (0xedb88320 & -(c & 1));
-  }
-  return ~c >>> 0;
-}
-
-function makePng(w, h) {
-  const chunk = (type, data) => {
-    const len = Buffer.alloc(4);
-    len.writeUInt32BE(data.length);
-    const td = Buffer.concat([Buffer.from(type), data]);
-    const crc = Buffer.alloc(4);
-    crc.writeUInt32BE(crc32(td));
-    return Buffer.concat([len, td, crc]);
-  };
-  const ihdr = Buffer.alloc(13);
-  ihdr.writeUInt32BE(w, 0);
-  ihdr.writeUInt32BE(h, 4);
-  ihdr[8] = 8; // bit depth
-  ihdr[9] = 2; // RGB
-  const raw = Buffer.alloc((w * 3 + 1) * h);
-  for (let y = 0; y < h; y++) {
-    for (let x = 0; x < w; x++) {
-      const o = y * (w * 3 + 1) + 1 + x * 3;
-      raw[o] = Math.round((255 * x) / w);
-      raw[o + 1] = Math.round((255 * y) / h);
-      raw[o + 2] = 200;
-    }
-  }
-  return Buffer.concat([
-    Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
-    chunk('IHDR', ihdr), chunk('IDAT', zlib.deflateSync(raw)), chunk('IEND', Buffer.alloc(0)),
-  ]);
-}
-
-function makeWav(ms, rate = 8000) {
-  const n = Math.round((rate * ms) / 1000);
-  const b = Buffer.alloc(44 + n * 2);
-  b.write('RIFF', 0); b.writeUInt32LE(36 + n * 2, 4); b.write('WAVE', 8); b.write('fmt ', 12);
-  b.writeUInt32LE(16, 16); b.writeUInt16LE(1, 20); b.writeUInt16LE(1, 22); b.writeUInt32LE(rate, 24);
-  b.writeUInt32LE(rate * 2, 28); b.writeUInt16LE(2, 32); b.writeUInt16LE(16, 34); b.write('data', 36); b.writeUInt32LE(n * 2, 40);
-  for (let i = 0; i < n; i++) b.writeInt16LE(Math.round(8000 * Math.sin((2 * Math.PI * 440 * i) / rate)), 44 + i * 2);
-  return b;
-}
-
-const FIXTURES = {
-  '/test-media/picture.png': ['image/png', makePng(320, 200)],
-  '/test-media/voice.wav': ['audio/wav', makeWav(2300)],
-};
-
-// ---- local proxy: web files from disk, the rest to the server --------------------------------
-
-let APP_URL = BASE;
-let proxyServer = null;
-
-async function startProxy() {
-  const target = new URL(BASE);
-  const files = {
-    '/': ['index.html', 'text/html; charset=utf-8'],
-    '/index.html': ['index.html', 'text/html; charset=utf-8'],
-    '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
-    '/app.css': ['app.css', 'text/css; charset=utf-8'],
-  };
-  proxyServer = nodeHttp.createServer((req, res) => {
-    const path = req.url.split('?')[0];
-    if (path in FIXTURES) {
-      const [type, body] = FIXTURES[path];
-      res.writeHead(200, { 'Content-Type': type, 'Content-Length': body.length });
-      res.end(body);
-      return;
-    }
-    if (req.method === 'GET' && files[path]) {
-      const [file, type] = files[path];
-      res.writeHead(200, { 'Content-Type': type, 'Cache-Control': 'no-store' });
-      res.end(readFileSync(join(WEB_DIR, file)));
-      return;
-    }
-    const up = nodeHttp.request({
-      host: target.hostname, port: target.port || 80, method: req.method, path: req.url,
-      headers: { ...req.headers, host: target.host },
-    }, (r) => {
-      res.writeHead(r.statusCode, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', (e) => { res.writeHead(502); res.end(String(e)); });
-    res.on('close', () => { if (!res.writableFinished) up.destroy(); });
-    req.pipe(up);
-  });
-  proxyServer.on('upgrade', (req, socket, head) => {
-    const up = net.connect(Number(target.port || 80), target.hostname, () => {
-      const lines = [`${req.method} ${req.url} HTTP/1.1`];
-      for (let i = 0; i < req.rawHeaders.length; i += 2) {
-        const k = req.rawHeaders[i];
-        lines.push(`${k}: ${k.toLowerCase() === 'host' ? target.host : req.rawHeaders[i + 1]}`);
-      }
-      up.write(`${lines.join('\r\n')}\r\n\r\n`);
-      if (head?.length) up.write(head);
-      up.pipe(socket);
-      socket.pipe(up);
-    });
-    up.on('error', () => socket.destroy());
-    socket.on('error', () => up.destroy());
-  });
-  await new Promise((r) => proxyServer.listen(0, '127.0.0.1', r));
-  APP_URL = `http://127.0.0.1:${proxyServer.address().port}`;
-}
+const H = harness();
+const { BASE, LOCAL_WEB, counts, step, newUser, shot, devSignIn, http, chatItem, waitText, startProxy } = H;
 
 async function main() {
   const health = await fetch(`${BASE}/healthz`).then((r) => r.ok, () => false);
@@ -245,7 +29,7 @@ async function main() {
     process.exit(1);
   }
   if (LOCAL_WEB) await startProxy();
-  console.log(`server ${BASE}; browsers use ${APP_URL}${LOCAL_WEB ? ' (web files from this checkout)' : ''}`);
+  console.log(`server ${BASE}; browsers use ${H.appUrl}${LOCAL_WEB ? ' (web files from this checkout)' : ''}`);
   const stamp = Date.now().toString(36);
   const text1 = `hello from user 1 <b>not bold</b> ${stamp}`;
   const text2 = `hi back from user 2 ${stamp}`;
@@ -550,15 +334,8 @@ async function main() {
 try {
   await main();
 } catch (e) {
-  failed += 1;
+  counts.failed += 1;
   console.log(`FAIL setup: ${e?.stack || e}`);
 } finally {
-  for (const b of browsers) await b.close().catch(() => {});
-  for (const d of profiles) rmSync(d, { recursive: true, force: true });
-  proxyServer?.closeAllConnections?.();
-  proxyServer?.close();
-  console.log(`screenshots: ${SHOTS}`);
-  if (failures.length) console.log(`failed: ${failures.join('; ')}`);
-  console.log(`${passed} passed, ${failed} failed`);
-  process.exit(failed ? 1 : 0);
+  process.exit((await H.finish()) ? 1 : 0);
 }

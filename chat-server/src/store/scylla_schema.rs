@@ -1,0 +1,380 @@
+//! The CQL schema of the distributed store and its idempotent, versioned setup.
+//!
+//! [`setup`] creates the keyspace and every table with `IF NOT EXISTS`, then records the schema
+//! version and the message bucket size in `schema_version` (an LWT insert, so the first setup
+//! wins and later ones only check). Running it again is harmless; running it against a
+//! keyspace written by a newer binary fails instead of guessing. `chat-server setup` calls it;
+//! [`ScyllaStore::connect`](super::scylla::ScyllaStore::connect) refuses a keyspace that has
+//! not been set up. The tables, their keys and the access path each serves are described in
+//! `docs/schema.md`.
+
+use crate::error::{Error, Result};
+use scylla::client::session::Session;
+use scylla::statement::Consistency;
+use scylla::value::CqlTimestamp;
+use std::fmt;
+use std::str::FromStr;
+
+/// The schema version this binary writes and understands.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Messages per partition of `messages` by default: partition key `(chat_id, seq / 10_000)`.
+pub const DEFAULT_BUCKET_SIZE: u64 = 10_000;
+
+/// How long an idempotency key (`chat_id, sender_id, client_msg_id → seq`) is kept: resends
+/// within this window get the original `seq` back.
+pub const IDEMPOTENCY_TTL_SECS: u32 = 48 * 3600;
+
+/// Keyspace replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replication {
+    /// `SimpleStrategy`: one data centre; tests and single-DC development.
+    Simple { factor: u32 },
+    /// `NetworkTopologyStrategy`: replicas per data centre. Production (with `LOCAL_QUORUM`).
+    NetworkTopology(Vec<(String, u32)>),
+}
+
+impl Replication {
+    /// The CQL map of `CREATE KEYSPACE … WITH replication = <this>`.
+    pub fn to_cql(&self) -> String {
+        match self {
+            Replication::Simple { factor } => {
+                format!("{{'class': 'SimpleStrategy', 'replication_factor': {factor}}}")
+            }
+            Replication::NetworkTopology(dcs) => {
+                let mut s = String::from("{'class': 'NetworkTopologyStrategy'");
+                for (dc, n) in dcs {
+                    s.push_str(&format!(", '{}': {n}", dc.replace('\'', "''")));
+                }
+                s.push('}');
+                s
+            }
+        }
+    }
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Replication::Simple { factor: 1 }
+    }
+}
+
+/// `simple:3` or `dc1:3,dc2:3` (NetworkTopologyStrategy).
+impl FromStr for Replication {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            Error::invalid(format!(
+                "replication {s:?}: expected `simple:N` or `dc1:N,dc2:M` (NetworkTopologyStrategy)"
+            ))
+        };
+        let pairs: Vec<(String, u32)> = s
+            .split(',')
+            .map(|p| {
+                let (name, n) = p.trim().split_once(':').ok_or_else(bad)?;
+                let n: u32 = n.trim().parse().map_err(|_| bad())?;
+                if n == 0 || name.trim().is_empty() {
+                    return Err(bad());
+                }
+                Ok((name.trim().to_string(), n))
+            })
+            .collect::<Result<_>>()?;
+        match &pairs[..] {
+            [(name, n)] if name.eq_ignore_ascii_case("simple") => {
+                Ok(Replication::Simple { factor: *n })
+            }
+            _ if pairs.iter().any(|(n, _)| n.eq_ignore_ascii_case("simple")) => Err(bad()),
+            _ => Ok(Replication::NetworkTopology(pairs)),
+        }
+    }
+}
+
+impl fmt::Display for Replication {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Replication::Simple { factor } => write!(f, "simple:{factor}"),
+            Replication::NetworkTopology(dcs) => {
+                let parts: Vec<String> = dcs.iter().map(|(d, n)| format!("{d}:{n}")).collect();
+                write!(f, "{}", parts.join(","))
+            }
+        }
+    }
+}
+
+/// Choices fixed when a keyspace is first set up.
+#[derive(Debug, Clone, Copy)]
+pub struct SetupOptions {
+    /// Messages per `messages` partition. Recorded at the first setup and read back by every
+    /// store; it can never change for a keyspace (the bucket of a `seq` must stay put).
+    pub bucket_size: u64,
+}
+
+impl Default for SetupOptions {
+    fn default() -> Self {
+        SetupOptions {
+            bucket_size: DEFAULT_BUCKET_SIZE,
+        }
+    }
+}
+
+/// Keyspace names are used unquoted in CQL: allow only what CQL allows unquoted.
+pub fn check_keyspace_name(keyspace: &str) -> Result<()> {
+    let ok = !keyspace.is_empty()
+        && keyspace.len() <= 48
+        && keyspace.starts_with(|c: char| c.is_ascii_alphabetic())
+        && keyspace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "keyspace name {keyspace:?}: use 1–48 letters, digits or '_', starting with a letter"
+        )))
+    }
+}
+
+/// The tables of schema version 1, in creation order (`{ks}` is the keyspace).
+pub fn table_statements(keyspace: &str) -> Vec<String> {
+    let ttl = IDEMPOTENCY_TTL_SECS;
+    [
+        "CREATE TABLE IF NOT EXISTS {ks}.schema_version (
+            component   text PRIMARY KEY,
+            version     int,
+            bucket_size bigint,
+            applied_at  timestamp)",
+        // One row per chat. last_seq/updated_at are written only with USING TIMESTAMP = last_seq,
+        // which makes them a max register: a late or repeated write can never move them back.
+        "CREATE TABLE IF NOT EXISTS {ks}.chats (
+            chat_id    bigint PRIMARY KEY,
+            kind       text,
+            title      text,
+            created_at timestamp,
+            last_seq   bigint,
+            updated_at timestamp)",
+        // Direct-pair uniqueness: pair = 'lo:hi', claimed with INSERT … IF NOT EXISTS.
+        "CREATE TABLE IF NOT EXISTS {ks}.direct_chats (
+            pair       text PRIMARY KEY,
+            chat_id    bigint,
+            created_at timestamp)",
+        // Members by chat. Every change is a conditional batch on the static `version`, so
+        // membership changes of one chat are linearizable (group limit, last-admin promotion).
+        // `epoch` is fresh for every membership and keys the member's receipt marks.
+        "CREATE TABLE IF NOT EXISTS {ks}.members (
+            chat_id   bigint,
+            user_id   bigint,
+            role      text,
+            joined_at timestamp,
+            epoch     bigint,
+            version   bigint STATIC,
+            PRIMARY KEY (chat_id, user_id))",
+        // Chats by user: the user's chat list, and direct partners (peer is set for direct chats).
+        "CREATE TABLE IF NOT EXISTS {ks}.user_chats (
+            user_id bigint,
+            chat_id bigint,
+            peer    bigint,
+            epoch   bigint,
+            PRIMARY KEY (user_id, chat_id))",
+        // Receipt marks: each cell is written USING TIMESTAMP = its value (a max register).
+        "CREATE TABLE IF NOT EXISTS {ks}.receipt_marks (
+            chat_id       bigint,
+            user_id       bigint,
+            epoch         bigint,
+            delivered_seq bigint,
+            read_seq      bigint,
+            PRIMARY KEY (chat_id, user_id, epoch))",
+        // History: one partition per (chat, seq / bucket_size), clustered by seq.
+        "CREATE TABLE IF NOT EXISTS {ks}.messages (
+            chat_id       bigint,
+            bucket        bigint,
+            seq           bigint,
+            message_id    text,
+            sender_id     bigint,
+            content       text,
+            media_url     text,
+            media         text,
+            client_msg_id text,
+            created_at    timestamp,
+            PRIMARY KEY ((chat_id, bucket), seq))
+          WITH CLUSTERING ORDER BY (seq ASC)",
+        // Idempotency keys of accepted messages, kept for IDEMPOTENCY_TTL_SECS.
+        "CREATE TABLE IF NOT EXISTS {ks}.idempotency (
+            chat_id       bigint,
+            sender_id     bigint,
+            client_msg_id text,
+            seq           bigint,
+            message_id    text,
+            PRIMARY KEY ((chat_id, sender_id, client_msg_id)))
+          WITH default_time_to_live = {ttl}",
+    ]
+    .iter()
+    .map(|s| {
+        s.replace("{ks}", keyspace)
+            .replace("{ttl}", &ttl.to_string())
+    })
+    .collect()
+}
+
+/// Create (or check) the keyspace and its tables with the default options; see [`setup_with`].
+pub async fn setup(session: &Session, keyspace: &str, replication: &Replication) -> Result<()> {
+    setup_with(session, keyspace, replication, SetupOptions::default()).await
+}
+
+/// Create the keyspace and tables if missing and record [`SCHEMA_VERSION`] and the bucket size.
+/// Idempotent. Fails if the keyspace holds a newer schema, or was set up with another bucket
+/// size (that can never change). An existing keyspace keeps its replication: change that with
+/// `ALTER KEYSPACE` and a repair, not here.
+pub async fn setup_with(
+    session: &Session,
+    keyspace: &str,
+    replication: &Replication,
+    options: SetupOptions,
+) -> Result<()> {
+    check_keyspace_name(keyspace)?;
+    if options.bucket_size == 0 || options.bucket_size > i64::MAX as u64 {
+        return Err(Error::invalid("bucket size must be at least 1"));
+    }
+    let ddl = |cql: String| async move {
+        session
+            .query_unpaged(cql.as_str(), ())
+            .await
+            .map_err(|e| Error::internal(format!("cql schema setup: {e}; statement: {cql}")))
+    };
+    ddl(format!(
+        "CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {} AND durable_writes = true",
+        replication.to_cql()
+    ))
+    .await?;
+    for cql in table_statements(keyspace) {
+        ddl(cql).await?;
+    }
+    session
+        .await_schema_agreement()
+        .await
+        .map_err(|e| Error::internal(format!("cql schema agreement: {e}")))?;
+
+    let mut claim = scylla::statement::Statement::new(format!(
+        "INSERT INTO {keyspace}.schema_version (component, version, bucket_size, applied_at) \
+         VALUES ('store', ?, ?, ?) IF NOT EXISTS"
+    ));
+    claim.set_consistency(Consistency::Quorum);
+    let now = CqlTimestamp(crate::model::now_ms());
+    session
+        .query_unpaged(claim, (SCHEMA_VERSION, options.bucket_size as i64, now))
+        .await
+        .map_err(|e| Error::internal(format!("cql schema setup: recording the version: {e}")))?;
+    let recorded = read_version(session, keyspace).await?.ok_or_else(|| {
+        Error::internal("cql schema setup: the version row is missing right after writing it")
+    })?;
+    if recorded.version > SCHEMA_VERSION {
+        return Err(Error::internal(format!(
+            "keyspace {keyspace} has schema version {}, newer than this binary's \
+             {SCHEMA_VERSION}; run a newer chat-server",
+            recorded.version
+        )));
+    }
+    if recorded.bucket_size != options.bucket_size {
+        return Err(Error::invalid(format!(
+            "keyspace {keyspace} was set up with a message bucket size of {}, not {}; the \
+             bucket size of a keyspace cannot change",
+            recorded.bucket_size, options.bucket_size
+        )));
+    }
+    // Versions older than SCHEMA_VERSION would be migrated here; version 1 is the first.
+    Ok(())
+}
+
+/// What `schema_version` records for the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchemaInfo {
+    pub version: i32,
+    pub bucket_size: u64,
+}
+
+/// The recorded schema of `keyspace`, `None` when it was never set up.
+pub async fn read_version(session: &Session, keyspace: &str) -> Result<Option<SchemaInfo>> {
+    check_keyspace_name(keyspace)?;
+    let mut q = scylla::statement::Statement::new(format!(
+        "SELECT version, bucket_size FROM {keyspace}.schema_version WHERE component = 'store'"
+    ));
+    q.set_consistency(Consistency::Quorum);
+    let result = match session.query_unpaged(q, ()).await {
+        Ok(r) => r,
+        // A missing keyspace or table means "never set up".
+        Err(e) if is_invalid_request(&e) => return Ok(None),
+        Err(e) => {
+            return Err(Error::internal(format!(
+                "cql reading the schema version: {e}"
+            )));
+        }
+    };
+    let row = result
+        .into_rows_result()
+        .map_err(|e| Error::internal(format!("cql reading the schema version: {e}")))?
+        .maybe_first_row::<(Option<i32>, Option<i64>)>()
+        .map_err(|e| Error::internal(format!("cql reading the schema version: {e}")))?;
+    Ok(row.map(|(v, b)| SchemaInfo {
+        version: v.unwrap_or(0),
+        bucket_size: b.unwrap_or(DEFAULT_BUCKET_SIZE as i64) as u64,
+    }))
+}
+
+fn is_invalid_request(e: &scylla::errors::ExecutionError) -> bool {
+    use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+    matches!(
+        e,
+        ExecutionError::LastAttemptError(RequestAttemptError::DbError(DbError::Invalid, _))
+    ) || matches!(e, ExecutionError::PrepareError(_))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_parses_and_prints() {
+        let simple: Replication = "simple:1".parse().unwrap();
+        assert_eq!(simple, Replication::Simple { factor: 1 });
+        assert_eq!(
+            simple.to_cql(),
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}"
+        );
+        let nts: Replication = "eu-west:3, us-east:2".parse().unwrap();
+        assert_eq!(
+            nts.to_cql(),
+            "{'class': 'NetworkTopologyStrategy', 'eu-west': 3, 'us-east': 2}"
+        );
+        assert_eq!(nts.to_string(), "eu-west:3,us-east:2");
+        for bad in ["", "simple", "simple:0", "dc1:x", "simple:1,dc1:3", ":3"] {
+            assert!(
+                bad.parse::<Replication>().is_err(),
+                "{bad:?} should not parse"
+            );
+        }
+    }
+
+    #[test]
+    fn keyspace_names_are_plain_identifiers() {
+        assert!(check_keyspace_name("tern").is_ok());
+        assert!(check_keyspace_name("tern_test_01").is_ok());
+        for bad in ["", "1tern", "tern-x", "tern;drop", "a\"b"] {
+            assert!(check_keyspace_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn every_table_is_created_if_missing_in_the_keyspace() {
+        let stmts = table_statements("ks1");
+        assert_eq!(stmts.len(), 8);
+        for s in &stmts {
+            assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
+            assert!(!s.contains("{ks}") && !s.contains("{ttl}"), "{s}");
+        }
+        assert!(
+            stmts
+                .last()
+                .unwrap()
+                .contains("default_time_to_live = 172800")
+        );
+    }
+}
