@@ -338,6 +338,7 @@ const conn = {
   setState(state) {
     this.state = state;
     renderConnState();
+    render.header();
   },
 
   wsUrl() {
@@ -1672,6 +1673,9 @@ function renderHeader() {
   } else if (typing) {
     sub.textContent = typing;
     sub.classList.add('is-typing');
+  } else if (!conn.ready && conn.hellos > 0) {
+    // What we know of others' presence is stale while we are disconnected.
+    sub.textContent = conn.state === 'offline' ? 'waiting for network…' : 'connecting…';
   } else if (chat.type === 'direct') {
     const p = S.presence.get(partnerOf(chat));
     sub.textContent = p ? lastSeenText(p) : '';

@@ -120,6 +120,7 @@ async function main() {
       if (!(await frameTypes(u)).includes('reconnect')) throw new Error(`${u.label} got no reconnect frame`);
     }
     await a.page.locator('#conn-state[data-state=reconnecting]').waitFor();
+    await waitText(a.page.locator('#chat-sub'), /connecting/); // not a stale "online"
     await shot(a, 'r1-reconnecting');
   });
 
