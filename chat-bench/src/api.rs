@@ -32,7 +32,11 @@ impl Api {
             .pool_max_idle_per_host(64)
             .build()
             .context("building the HTTP client")?;
-        Ok(Api { http, base: http_base.trim_end_matches('/').to_owned(), mint: TokenMint::new(jwt_secret) })
+        Ok(Api {
+            http,
+            base: http_base.trim_end_matches('/').to_owned(),
+            mint: TokenMint::new(jwt_secret),
+        })
     }
 
     /// `POST /v1/chats` as `as_user`; returns the chat id (201 new, 200 existing direct chat).
@@ -42,18 +46,32 @@ impl Api {
         let mut delay = Duration::from_millis(100);
         let mut last_err = String::new();
         for _ in 0..ATTEMPTS {
-            match self.http.post(&url).bearer_auth(&token).json(&body).send().await {
+            match self
+                .http
+                .post(&url)
+                .bearer_auth(&token)
+                .json(&body)
+                .send()
+                .await
+            {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
-                        let c: ChatCreated = resp.json().await.context("chat object without chat_id")?;
+                        let c: ChatCreated =
+                            resp.json().await.context("chat object without chat_id")?;
                         return Ok(c.chat_id);
                     }
                     let text = resp.text().await.unwrap_or_default();
                     if status.as_u16() != 429 && !status.is_server_error() {
-                        bail!("POST /v1/chats as user {as_user}: HTTP {status}: {}", text.chars().take(300).collect::<String>());
+                        bail!(
+                            "POST /v1/chats as user {as_user}: HTTP {status}: {}",
+                            text.chars().take(300).collect::<String>()
+                        );
                     }
-                    last_err = format!("HTTP {status}: {}", text.chars().take(200).collect::<String>());
+                    last_err = format!(
+                        "HTTP {status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    );
                 }
                 Err(e) => last_err = e.to_string(),
             }
@@ -73,7 +91,9 @@ impl Api {
     ) -> anyhow::Result<Vec<u64>> {
         futures::stream::iter(pairs.iter().copied())
             .map(|(a, b)| async move {
-                let id = self.create_chat(a, json!({"type": "direct", "members": [b]})).await;
+                let id = self
+                    .create_chat(a, json!({"type": "direct", "members": [b]}))
+                    .await;
                 done.fetch_add(1, Ordering::Relaxed);
                 id
             })
@@ -83,13 +103,28 @@ impl Api {
     }
 
     /// A group created by `creator` with `others` as members.
-    pub async fn create_group(&self, creator: u64, others: &[u64], title: &str) -> anyhow::Result<u64> {
-        self.create_chat(creator, json!({"type": "group", "title": title, "members": others})).await
+    pub async fn create_group(
+        &self,
+        creator: u64,
+        others: &[u64],
+        title: &str,
+    ) -> anyhow::Result<u64> {
+        self.create_chat(
+            creator,
+            json!({"type": "group", "title": title, "members": others}),
+        )
+        .await
     }
 
     /// The gauge `name` from `/metrics` (summed over label sets); `None` if unavailable.
     pub async fn gauge(&self, name: &str) -> Option<f64> {
-        let resp = self.http.get(format!("{}/metrics", self.base)).timeout(Duration::from_secs(5)).send().await.ok()?;
+        let resp = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .ok()?;
         if !resp.status().is_success() {
             return None;
         }

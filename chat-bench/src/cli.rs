@@ -214,7 +214,11 @@ pub struct SweepArgs {
     pub load: LoadArgs,
 
     /// Rates to try, in order (msg/s, comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "1000,2000,5000,10000,20000,30000,40000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,2000,5000,10000,20000,30000,40000"
+    )]
     pub rates: Vec<f64>,
 
     /// The knee is the first rate whose delivery p99 exceeds this.
@@ -237,15 +241,23 @@ pub struct SweepArgs {
 /// `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (`1.5`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let v: f64 = num.parse().map_err(|_| format!("bad duration {s:?} (try 500ms, 10s, 2m)"))?;
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (try 500ms, 10s, 2m)"))?;
     let secs = match unit.trim() {
         "" | "s" => v,
         "ms" => v / 1000.0,
         "m" | "min" => v * 60.0,
         "h" => v * 3600.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?} (use ms, s, m or h)"
+            ));
+        }
     };
     if !secs.is_finite() || !(0.0..=7.0 * 86_400.0).contains(&secs) {
         return Err(format!("duration {s:?} out of range"));
@@ -279,12 +291,31 @@ mod tests {
     #[test]
     fn sweep_defaults_parse() {
         let cli = Cli::try_parse_from(["chat-bench", "sweep", "--jwt-secret", "s"]).unwrap();
-        let Command::Sweep(a) = cli.command else { panic!("not sweep") };
-        assert_eq!(a.rates, vec![1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0]);
+        let Command::Sweep(a) = cli.command else {
+            panic!("not sweep")
+        };
+        assert_eq!(
+            a.rates,
+            vec![1000.0, 2000.0, 5000.0, 10000.0, 20000.0, 30000.0, 40000.0]
+        );
         assert_eq!(a.p99_limit_ms, 50.0);
         assert_eq!(a.common.user_offset, 1_000_000);
-        let cli = Cli::try_parse_from(["chat-bench", "idle", "--jwt-secret", "s", "--server-pid", "1,2", "--server-pid", "3", "--source-ips", "127.0.0.2-127.0.0.3"]).unwrap();
-        let Command::Connect(a) = cli.command else { panic!("idle is connect") };
+        let cli = Cli::try_parse_from([
+            "chat-bench",
+            "idle",
+            "--jwt-secret",
+            "s",
+            "--server-pid",
+            "1,2",
+            "--server-pid",
+            "3",
+            "--source-ips",
+            "127.0.0.2-127.0.0.3",
+        ])
+        .unwrap();
+        let Command::Connect(a) = cli.command else {
+            panic!("idle is connect")
+        };
         assert_eq!(a.server_pids, vec![1, 2, 3]);
         assert_eq!(a.common.source_ips.unwrap().all().len(), 2);
     }

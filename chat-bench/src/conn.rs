@@ -42,14 +42,20 @@ impl DialError {
             DialError::Socket(e) => format!("socket: {:?}", e.kind()),
             DialError::Bind(_, e) => format!("bind: {:?}", e.kind()),
             DialError::Connect(e) => match e.raw_os_error() {
-                Some(libc::EADDRNOTAVAIL) => "tcp_connect: AddrNotAvailable (out of source ports? use --source-ips)".into(),
-                Some(libc::EMFILE) | Some(libc::ENFILE) => "tcp_connect: too many open files".into(),
+                Some(libc::EADDRNOTAVAIL) => {
+                    "tcp_connect: AddrNotAvailable (out of source ports? use --source-ips)".into()
+                }
+                Some(libc::EMFILE) | Some(libc::ENFILE) => {
+                    "tcp_connect: too many open files".into()
+                }
                 _ => format!("tcp_connect: {:?}", e.kind()),
             },
             DialError::Http(s) => format!("http {s}"),
             DialError::Handshake(e) => match e {
                 tungstenite::Error::Io(io) => format!("ws_handshake: io {:?}", io.kind()),
-                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => "ws_handshake: closed".into(),
+                tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
+                    "ws_handshake: closed".into()
+                }
                 other => format!("ws_handshake: {}", short(&other.to_string())),
             },
             DialError::NoHello(why) => format!("no_hello: {why}"),
@@ -82,15 +88,21 @@ pub struct DialTimings {
 
 /// A non-blocking TCP socket, bound to `source` (port chosen at connect time, so one address
 /// serves many destinations' worth of ports) when given.
-fn client_socket(dest: SocketAddr, source: Option<IpAddr>) -> Result<tokio::net::TcpSocket, DialError> {
-    let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP)).map_err(DialError::Socket)?;
+fn client_socket(
+    dest: SocketAddr,
+    source: Option<IpAddr>,
+) -> Result<tokio::net::TcpSocket, DialError> {
+    let socket = Socket::new(Domain::for_address(dest), Type::STREAM, Some(Protocol::TCP))
+        .map_err(DialError::Socket)?;
     socket.set_nonblocking(true).map_err(DialError::Socket)?;
     socket.set_tcp_nodelay(true).map_err(DialError::Socket)?;
     if let Some(ip) = source {
         if ip.is_ipv4() {
             bind_address_no_port(&socket);
         }
-        socket.bind(&SocketAddr::new(ip, 0).into()).map_err(|e| DialError::Bind(ip, e))?;
+        socket
+            .bind(&SocketAddr::new(ip, 0).into())
+            .map_err(|e| DialError::Bind(ip, e))?;
     }
     let std_stream: std::net::TcpStream = socket.into();
     Ok(tokio::net::TcpSocket::from_std_stream(std_stream))
@@ -122,7 +134,10 @@ pub async fn dial(
     token: &str,
 ) -> Result<(Ws, DialTimings), DialError> {
     let start = Instant::now();
-    let stream = client_socket(dest, source)?.connect(dest).await.map_err(DialError::Connect)?;
+    let stream = client_socket(dest, source)?
+        .connect(dest)
+        .await
+        .map_err(DialError::Connect)?;
     let tcp_connect = start.elapsed();
     let url = format!("{ws_url}?token={token}");
     let (mut ws, _response) = client_async_with_config(url.as_str(), stream, Some(ws_config()))
@@ -135,7 +150,9 @@ pub async fn dial(
         match ws.next().await {
             Some(Ok(Message::Text(t))) => match frame::parse(&t) {
                 Some(Inbound::Hello { .. }) => break,
-                Some(Inbound::Error { code, .. }) => return Err(DialError::NoHello(format!("error {code}"))),
+                Some(Inbound::Error { code, .. }) => {
+                    return Err(DialError::NoHello(format!("error {code}")));
+                }
                 _ => continue,
             },
             Some(Ok(Message::Close(_))) | None => return Err(DialError::NoHello("closed".into())),
@@ -143,5 +160,11 @@ pub async fn dial(
             Some(Err(e)) => return Err(DialError::NoHello(short(&e.to_string()))),
         }
     }
-    Ok((ws, DialTimings { tcp_connect, to_hello: start.elapsed() }))
+    Ok((
+        ws,
+        DialTimings {
+            tcp_connect,
+            to_hello: start.elapsed(),
+        },
+    ))
 }

@@ -49,7 +49,13 @@ pub struct Fleet {
 
 impl Fleet {
     pub fn new(shared: Arc<Shared>, mint: TokenMint, interrupt: CancellationToken) -> Fleet {
-        Fleet { shared, mint: Arc::new(mint), tracker: TaskTracker::new(), dials_done: Arc::default(), interrupt }
+        Fleet {
+            shared,
+            mint: Arc::new(mint),
+            tracker: TaskTracker::new(),
+            dials_done: Arc::default(),
+            interrupt,
+        }
     }
 
     /// Start dialing `specs` in order; returns at once. Watch `dials_done` for progress.
@@ -86,18 +92,30 @@ impl Fleet {
                     }
                     return;
                 }
-                let (shared, mint, opts, done) = (shared.clone(), mint.clone(), opts.clone(), done.clone());
+                let (shared, mint, opts, done) =
+                    (shared.clone(), mint.clone(), opts.clone(), done.clone());
                 tracker.spawn(async move {
                     let token = mint.mint(spec.user_id);
                     let fleet = &shared.fleet;
                     fleet.attempts.inc();
-                    let source = opts.source_ips.as_ref().map(|s| s.pick(spec.index as usize));
-                    let outcome = timeout(opts.timeout, conn::dial(opts.addr, &opts.ws_url, source, &token)).await;
+                    let source = opts
+                        .source_ips
+                        .as_ref()
+                        .map(|s| s.pick(spec.index as usize));
+                    let outcome = timeout(
+                        opts.timeout,
+                        conn::dial(opts.addr, &opts.ws_url, source, &token),
+                    )
+                    .await;
                     match outcome {
                         Ok(Ok((ws, t))) => {
                             fleet.established.inc();
-                            fleet.handshake.record(spec.index as usize, t.to_hello.as_micros() as u64);
-                            fleet.tcp_connect.record(spec.index as usize, t.tcp_connect.as_micros() as u64);
+                            fleet
+                                .handshake
+                                .record(spec.index as usize, t.to_hello.as_micros() as u64);
+                            fleet
+                                .tcp_connect
+                                .record(spec.index as usize, t.tcp_connect.as_micros() as u64);
                             match opts.after_hello {
                                 AfterHello::Hold => {
                                     drop(permit);
@@ -136,7 +154,11 @@ impl Fleet {
         self.tracker.close();
         let bound = self.shared.close_grace * 2 + Duration::from_secs(3);
         if timeout(bound, self.tracker.wait()).await.is_err() {
-            eprintln!("warning: {} connection tasks still running after {:?}; exiting anyway", self.tracker.len(), bound);
+            eprintln!(
+                "warning: {} connection tasks still running after {:?}; exiting anyway",
+                self.tracker.len(),
+                bound
+            );
         }
     }
 }

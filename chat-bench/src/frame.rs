@@ -15,8 +15,13 @@ struct MessageFrame<'a> {
 }
 
 pub fn encode_message(chat_id: u64, content: &str, client_msg_id: &str) -> String {
-    serde_json::to_string(&MessageFrame { kind: "message", chat_id, content, client_msg_id })
-        .expect("a struct of strings and integers always serializes")
+    serde_json::to_string(&MessageFrame {
+        kind: "message",
+        chat_id,
+        content,
+        client_msg_id,
+    })
+    .expect("a struct of strings and integers always serializes")
 }
 
 pub const PING: &str = r#"{"type":"ping"}"#;
@@ -45,15 +50,29 @@ struct RawFrame<'a> {
 /// A server frame, reduced to what the bench measures.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Inbound<'a> {
-    Hello { user_id: Option<u64> },
+    Hello {
+        user_id: Option<u64>,
+    },
     /// The sender's confirmation that a message is durable.
-    Ack { client_msg_id: Option<Cow<'a, str>>, seq: Option<u64> },
+    Ack {
+        client_msg_id: Option<Cow<'a, str>>,
+        seq: Option<u64>,
+    },
     /// A message delivered to a member. `stamp_text` is the `client_msg_id` if the server
     /// echoed it, else the content.
-    Message { chat_id: Option<u64>, seq: Option<u64>, stamp_text: Option<Cow<'a, str>> },
-    Error { code: Cow<'a, str>, client_msg_id: Option<Cow<'a, str>> },
+    Message {
+        chat_id: Option<u64>,
+        seq: Option<u64>,
+        stamp_text: Option<Cow<'a, str>>,
+    },
+    Error {
+        code: Cow<'a, str>,
+        client_msg_id: Option<Cow<'a, str>>,
+    },
     Pong,
-    Reconnect { after_ms: Option<u64> },
+    Reconnect {
+        after_ms: Option<u64>,
+    },
     /// presence, receipt, typing, sync…: counted, not measured.
     Other,
 }
@@ -63,11 +82,23 @@ pub fn parse(text: &str) -> Option<Inbound<'_>> {
     let f: RawFrame<'_> = serde_json::from_str(text).ok()?;
     Some(match f.kind.as_ref() {
         "hello" => Inbound::Hello { user_id: f.user_id },
-        "ack" => Inbound::Ack { client_msg_id: f.client_msg_id, seq: f.seq },
-        "message" => Inbound::Message { chat_id: f.chat_id, seq: f.seq, stamp_text: f.client_msg_id.or(f.content) },
-        "error" => Inbound::Error { code: f.code.unwrap_or(Cow::Borrowed("unknown")), client_msg_id: f.client_msg_id },
+        "ack" => Inbound::Ack {
+            client_msg_id: f.client_msg_id,
+            seq: f.seq,
+        },
+        "message" => Inbound::Message {
+            chat_id: f.chat_id,
+            seq: f.seq,
+            stamp_text: f.client_msg_id.or(f.content),
+        },
+        "error" => Inbound::Error {
+            code: f.code.unwrap_or(Cow::Borrowed("unknown")),
+            client_msg_id: f.client_msg_id,
+        },
         "pong" => Inbound::Pong,
-        "reconnect" => Inbound::Reconnect { after_ms: f.after_ms },
+        "reconnect" => Inbound::Reconnect {
+            after_ms: f.after_ms,
+        },
         _ => Inbound::Other,
     })
 }
@@ -93,20 +124,52 @@ mod tests {
             Some(Inbound::Hello { user_id: Some(5) })
         );
         assert_eq!(
-            parse(r#"{"type":"ack","client_msg_id":"c1","message_id":"m","chat_id":1,"seq":9,"created_at":"t"}"#),
-            Some(Inbound::Ack { client_msg_id: Some("c1".into()), seq: Some(9) })
+            parse(
+                r#"{"type":"ack","client_msg_id":"c1","message_id":"m","chat_id":1,"seq":9,"created_at":"t"}"#
+            ),
+            Some(Inbound::Ack {
+                client_msg_id: Some("c1".into()),
+                seq: Some(9)
+            })
         );
         let m = r#"{"type":"message","message_id":"m","chat_id":3,"seq":4,"sender_id":1,"content":"body","media_url":null,"media":null,"created_at":"t"}"#;
-        assert_eq!(parse(m), Some(Inbound::Message { chat_id: Some(3), seq: Some(4), stamp_text: Some("body".into()) }));
-        let m = r#"{"type":"message","chat_id":3,"seq":4,"content":"body","client_msg_id":"id"}"#;
-        assert_eq!(parse(m), Some(Inbound::Message { chat_id: Some(3), seq: Some(4), stamp_text: Some("id".into()) }));
         assert_eq!(
-            parse(r#"{"type":"error","code":"rate_limited","message":"slow down","client_msg_id":"c2"}"#),
-            Some(Inbound::Error { code: "rate_limited".into(), client_msg_id: Some("c2".into()) })
+            parse(m),
+            Some(Inbound::Message {
+                chat_id: Some(3),
+                seq: Some(4),
+                stamp_text: Some("body".into())
+            })
+        );
+        let m = r#"{"type":"message","chat_id":3,"seq":4,"content":"body","client_msg_id":"id"}"#;
+        assert_eq!(
+            parse(m),
+            Some(Inbound::Message {
+                chat_id: Some(3),
+                seq: Some(4),
+                stamp_text: Some("id".into())
+            })
+        );
+        assert_eq!(
+            parse(
+                r#"{"type":"error","code":"rate_limited","message":"slow down","client_msg_id":"c2"}"#
+            ),
+            Some(Inbound::Error {
+                code: "rate_limited".into(),
+                client_msg_id: Some("c2".into())
+            })
         );
         assert_eq!(parse(r#"{"type":"pong"}"#), Some(Inbound::Pong));
-        assert_eq!(parse(r#"{"type":"reconnect","after_ms":500}"#), Some(Inbound::Reconnect { after_ms: Some(500) }));
-        assert_eq!(parse(r#"{"type":"presence","user_id":2,"status":"online"}"#), Some(Inbound::Other));
+        assert_eq!(
+            parse(r#"{"type":"reconnect","after_ms":500}"#),
+            Some(Inbound::Reconnect {
+                after_ms: Some(500)
+            })
+        );
+        assert_eq!(
+            parse(r#"{"type":"presence","user_id":2,"status":"online"}"#),
+            Some(Inbound::Other)
+        );
     }
 
     #[test]

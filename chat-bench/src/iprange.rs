@@ -44,13 +44,21 @@ impl FromStr for SourceIps {
         for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             match item.split_once('-') {
                 Some((a, b)) => {
-                    let a: Ipv4Addr = a.trim().parse().map_err(|_| format!("bad address {a:?} in {item:?}"))?;
-                    let b: Ipv4Addr = b.trim().parse().map_err(|_| format!("bad address {b:?} in {item:?}"))?;
+                    let a: Ipv4Addr = a
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad address {a:?} in {item:?}"))?;
+                    let b: Ipv4Addr = b
+                        .trim()
+                        .parse()
+                        .map_err(|_| format!("bad address {b:?} in {item:?}"))?;
                     let (lo, hi) = (u32::from(a), u32::from(b));
                     if lo > hi {
                         return Err(format!("range {item:?} runs backwards"));
                     }
-                    if (hi - lo) as usize >= MAX_ADDRESSES || out.len() + (hi - lo) as usize >= MAX_ADDRESSES {
+                    if (hi - lo) as usize >= MAX_ADDRESSES
+                        || out.len() + (hi - lo) as usize >= MAX_ADDRESSES
+                    {
                         return Err(format!("more than {MAX_ADDRESSES} source addresses"));
                     }
                     out.extend((lo..=hi).map(|n| IpAddr::V4(Ipv4Addr::from(n))));
@@ -104,8 +112,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        for bad in ["", ",", "127.0.0.5-127.0.0.2", "127.0.0.x", "127.0.0.1-::1", "0.0.0.0-255.255.255.255"] {
-            assert!(bad.parse::<SourceIps>().is_err(), "{bad:?} should be rejected");
+        for bad in [
+            "",
+            ",",
+            "127.0.0.5-127.0.0.2",
+            "127.0.0.x",
+            "127.0.0.1-::1",
+            "0.0.0.0-255.255.255.255",
+        ] {
+            assert!(
+                bad.parse::<SourceIps>().is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -47,7 +47,11 @@ fn common(cmd: &Command) -> &CommonArgs {
     }
 }
 
-fn emit<T: Serialize>(json: bool, report: &T, table: impl FnOnce(&T) -> String) -> anyhow::Result<()> {
+fn emit<T: Serialize>(
+    json: bool,
+    report: &T,
+    table: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(report)?);
     } else {
@@ -70,7 +74,9 @@ fn main() -> anyhow::Result<()> {
         let on_signal = interrupt.clone();
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("interrupted: stopping and reporting what was measured (Ctrl-C again to abort)");
+                eprintln!(
+                    "interrupted: stopping and reporting what was measured (Ctrl-C again to abort)"
+                );
                 on_signal.cancel();
                 if tokio::signal::ctrl_c().await.is_ok() {
                     std::process::exit(130);
@@ -79,11 +85,23 @@ fn main() -> anyhow::Result<()> {
         });
         let json = common.json;
         match cli.command {
-            Command::Connect(a) => emit(json, &scenario::connect::run(a, interrupt).await?, |r| r.render()),
-            Command::Handshake(a) => emit(json, &scenario::handshake::run(a, interrupt).await?, |r| r.render()),
-            Command::Direct(a) => emit(json, &scenario::direct::run(a, interrupt).await?, |r| r.render()),
-            Command::Group(a) => emit(json, &scenario::group::run(a, interrupt).await?, |r| r.render()),
-            Command::Sweep(a) => emit(json, &scenario::sweep::run(a, interrupt).await?, |r| r.render()),
+            Command::Connect(a) => emit(json, &scenario::connect::run(a, interrupt).await?, |r| {
+                r.render()
+            }),
+            Command::Handshake(a) => {
+                emit(json, &scenario::handshake::run(a, interrupt).await?, |r| {
+                    r.render()
+                })
+            }
+            Command::Direct(a) => emit(json, &scenario::direct::run(a, interrupt).await?, |r| {
+                r.render()
+            }),
+            Command::Group(a) => emit(json, &scenario::group::run(a, interrupt).await?, |r| {
+                r.render()
+            }),
+            Command::Sweep(a) => emit(json, &scenario::sweep::run(a, interrupt).await?, |r| {
+                r.render()
+            }),
         }
     })?;
     // Do not wait for stragglers (connections still closing): the report is out.

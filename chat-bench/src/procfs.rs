@@ -13,7 +13,8 @@ pub fn parse_vm_rss_kib(status: &str) -> Option<u64> {
 /// Resident memory of `pid` in KiB.
 pub fn vm_rss_kib(pid: u32) -> std::io::Result<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    parse_vm_rss_kib(&text).ok_or_else(|| std::io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
+    parse_vm_rss_kib(&text)
+        .ok_or_else(|| std::io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
 /// Summed resident memory of `pids` in KiB; `None` if any cannot be read (or none given).
@@ -26,7 +27,10 @@ pub fn total_rss_kib(pids: &[u32]) -> Option<u64> {
 
 /// Resident memory of this bench process in KiB.
 pub fn self_rss_kib() -> Option<u64> {
-    std::fs::read_to_string("/proc/self/status").ok().as_deref().and_then(parse_vm_rss_kib)
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .as_deref()
+        .and_then(parse_vm_rss_kib)
 }
 
 /// Sum of every sample of the metric `name` (all label sets) in Prometheus text format.
@@ -37,7 +41,9 @@ pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
         if line.starts_with('#') {
             continue;
         }
-        let Some(rest) = line.strip_prefix(name) else { continue };
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
         // Exactly this metric: followed by labels or whitespace, not `name_total` etc.
         let value_part = if let Some(labels) = rest.strip_prefix('{') {
             match labels.split_once('}') {
@@ -49,7 +55,11 @@ pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
         } else {
             continue;
         };
-        if let Some(v) = value_part.split_whitespace().next().and_then(|v| v.parse::<f64>().ok()) {
+        if let Some(v) = value_part
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+        {
             *found.get_or_insert(0.0) += v;
         }
     }
@@ -60,12 +70,18 @@ pub fn parse_gauge(text: &str, name: &str) -> Option<f64> {
 pub fn raise_nofile_limit() -> u64 {
     // SAFETY: getrlimit/setrlimit only read/write the struct we pass.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
             return 1024;
         }
         if lim.rlim_cur < lim.rlim_max {
-            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
             if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
                 return raised.rlim_cur;
             }
@@ -86,7 +102,8 @@ mod tests {
 
     #[test]
     fn reads_vm_rss() {
-        let status = "Name:\tchat-server\nVmPeak:\t  200000 kB\nVmRSS:\t   53412 kB\nRssAnon:\t 40000 kB\n";
+        let status =
+            "Name:\tchat-server\nVmPeak:\t  200000 kB\nVmRSS:\t   53412 kB\nRssAnon:\t 40000 kB\n";
         assert_eq!(parse_vm_rss_kib(status), Some(53412));
         assert_eq!(parse_vm_rss_kib("Name: x\n"), None);
         assert!(self_rss_kib().unwrap() > 0);
@@ -102,7 +119,10 @@ mod tests {
                     other 3\n";
         assert_eq!(parse_gauge(text, "chat_connections"), Some(2000.0));
         assert_eq!(parse_gauge(text, "missing"), None);
-        assert_eq!(parse_gauge("chat_connections_total 3\n", "chat_connections"), None);
+        assert_eq!(
+            parse_gauge("chat_connections_total 3\n", "chat_connections"),
+            None
+        );
     }
 
     #[test]

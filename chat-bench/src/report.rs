@@ -114,7 +114,11 @@ pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
 
 /// `name: value` lines, names padded to one column.
 pub fn render_kv(rows: &[(&str, String)]) -> String {
-    let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let w = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<w$}  {v}");
@@ -138,14 +142,20 @@ pub fn render_latencies(rows: &[(&str, &LatencySummary)]) -> String {
             ]
         })
         .collect();
-    render_table(&["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"], &body)
+    render_table(
+        &["latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max"],
+        &body,
+    )
 }
 
 fn render_tally(t: &BTreeMap<String, u64>) -> String {
     if t.is_empty() {
         return "none".into();
     }
-    t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+    t.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Server memory before and after the connections were opened.
@@ -198,17 +208,56 @@ impl ConnectReport {
     pub fn render(&self) -> String {
         let mut rows = vec![
             ("target", self.target.clone()),
-            ("connections", format!("{} established of {} requested, {} failed", self.established, self.requested, self.failed)),
+            (
+                "connections",
+                format!(
+                    "{} established of {} requested, {} failed",
+                    self.established, self.requested, self.failed
+                ),
+            ),
             ("failures", render_tally(&self.failures)),
-            ("ramp", format!("{:.2} s, {} handshakes/s", self.ramp_seconds, fmt_num(self.handshakes_per_s))),
-            ("hold", format!("{:.1} s, {} open at end, {} dropped ({})", self.hold_seconds, self.open_at_end, self.dropped, render_tally(&self.dropped_reasons))),
-            ("heartbeats", format!("{} pings sent, {} pongs", self.pings_sent, self.pongs)),
+            (
+                "ramp",
+                format!(
+                    "{:.2} s, {} handshakes/s",
+                    self.ramp_seconds,
+                    fmt_num(self.handshakes_per_s)
+                ),
+            ),
+            (
+                "hold",
+                format!(
+                    "{:.1} s, {} open at end, {} dropped ({})",
+                    self.hold_seconds,
+                    self.open_at_end,
+                    self.dropped,
+                    render_tally(&self.dropped_reasons)
+                ),
+            ),
+            (
+                "heartbeats",
+                format!("{} pings sent, {} pongs", self.pings_sent, self.pongs),
+            ),
             ("server errors", render_tally(&self.server_errors)),
-            ("chat_connections", format!("{} before, {} after", opt(self.chat_connections_before), opt(self.chat_connections_after))),
+            (
+                "chat_connections",
+                format!(
+                    "{} before, {} after",
+                    opt(self.chat_connections_before),
+                    opt(self.chat_connections_after)
+                ),
+            ),
         ];
         match &self.server_memory {
             Some(m) => {
-                rows.push(("server pids", m.pids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")));
+                rows.push((
+                    "server pids",
+                    m.pids
+                        .iter()
+                        .map(u32::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                ));
                 rows.push((
                     "server RSS",
                     format!(
@@ -223,14 +272,20 @@ impl ConnectReport {
             None => rows.push(("server RSS", "n/a (pass --server-pid)".into())),
         }
         if let (Some(b), Some(a)) = (self.bench_rss_before_kib, self.bench_rss_after_kib) {
-            rows.push(("bench RSS", format!("{} before, {} after", fmt_kib(b as f64), fmt_kib(a as f64))));
+            rows.push((
+                "bench RSS",
+                format!("{} before, {} after", fmt_kib(b as f64), fmt_kib(a as f64)),
+            ));
         }
         if let Some(p) = self.bench_per_connection_kib {
             rows.push(("bench RSS/conn", fmt_kib(p)));
         }
         let mut out = render_kv(&rows);
         out.push('\n');
-        out.push_str(&render_latencies(&[("handshake (connect→hello)", &self.handshake), ("tcp connect", &self.tcp_connect)]));
+        out.push_str(&render_latencies(&[
+            ("handshake (connect→hello)", &self.handshake),
+            ("tcp connect", &self.tcp_connect),
+        ]));
         out
     }
 }
@@ -254,13 +309,29 @@ impl HandshakeReport {
     pub fn render(&self) -> String {
         let rows = vec![
             ("target", self.target.clone()),
-            ("handshakes", format!("{} of {} ({} failed), concurrency {}", self.established, self.requested, self.failed, self.concurrency)),
+            (
+                "handshakes",
+                format!(
+                    "{} of {} ({} failed), concurrency {}",
+                    self.established, self.requested, self.failed, self.concurrency
+                ),
+            ),
             ("failures", render_tally(&self.failures)),
-            ("rate", format!("{} handshakes/s over {:.2} s", fmt_num(self.handshakes_per_s), self.seconds)),
+            (
+                "rate",
+                format!(
+                    "{} handshakes/s over {:.2} s",
+                    fmt_num(self.handshakes_per_s),
+                    self.seconds
+                ),
+            ),
         ];
         let mut out = render_kv(&rows);
         out.push('\n');
-        out.push_str(&render_latencies(&[("handshake (connect→hello)", &self.handshake), ("tcp connect", &self.tcp_connect)]));
+        out.push_str(&render_latencies(&[
+            ("handshake (connect→hello)", &self.handshake),
+            ("tcp connect", &self.tcp_connect),
+        ]));
         out
     }
 }
@@ -319,8 +390,21 @@ impl LoadReport {
                     self.warmup_s
                 ),
             ),
-            ("connections", format!("{} ({} dropped during the run)", self.connections, self.dropped_connections)),
-            ("throughput", format!("{} msg/s sent, {} deliveries/s", fmt_num(self.sent_per_s), fmt_num(self.deliveries_per_s))),
+            (
+                "connections",
+                format!(
+                    "{} ({} dropped during the run)",
+                    self.connections, self.dropped_connections
+                ),
+            ),
+            (
+                "throughput",
+                format!(
+                    "{} msg/s sent, {} deliveries/s",
+                    fmt_num(self.sent_per_s),
+                    fmt_num(self.deliveries_per_s)
+                ),
+            ),
             (
                 "messages",
                 format!(
@@ -332,10 +416,24 @@ impl LoadReport {
                 "deliveries",
                 format!(
                     "{} of {} expected, {} lost, {} duplicate/reordered",
-                    self.delivered, self.expected_deliveries, self.lost, self.duplicate_or_reordered
+                    self.delivered,
+                    self.expected_deliveries,
+                    self.lost,
+                    self.duplicate_or_reordered
                 ),
             ),
-            ("drain", format!("{} after {:.2} s", if self.drained { "complete" } else { "TIMED OUT" }, self.drain_s)),
+            (
+                "drain",
+                format!(
+                    "{} after {:.2} s",
+                    if self.drained {
+                        "complete"
+                    } else {
+                        "TIMED OUT"
+                    },
+                    self.drain_s
+                ),
+            ),
             ("errors", render_tally(&self.errors)),
         ];
         let mut out = render_kv(&rows);
@@ -373,7 +471,11 @@ impl SweepReport {
             .steps
             .iter()
             .map(|s| {
-                let mark = if Some(s.target_rate) == knee { "<- knee" } else { "" };
+                let mark = if Some(s.target_rate) == knee {
+                    "<- knee"
+                } else {
+                    ""
+                };
                 vec![
                     fmt_num(s.target_rate),
                     fmt_num(s.deliveries_per_s),
@@ -390,19 +492,46 @@ impl SweepReport {
             })
             .collect();
         let mut out = render_table(
-            &["rate msg/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "ack p99", "lost", "errors", "drained", ""],
+            &[
+                "rate msg/s",
+                "delivered/s",
+                "p50 ms",
+                "p99 ms",
+                "p99.9 ms",
+                "max ms",
+                "ack p99",
+                "lost",
+                "errors",
+                "drained",
+                "",
+            ],
             &body,
         );
         out.push('\n');
         match (knee, self.best_rate) {
             (Some(k), Some(b)) => {
-                let _ = writeln!(out, "knee: {} msg/s (p99 > {} ms); highest rate within the limit: {} msg/s", fmt_num(k), self.p99_limit_ms, fmt_num(b));
+                let _ = writeln!(
+                    out,
+                    "knee: {} msg/s (p99 > {} ms); highest rate within the limit: {} msg/s",
+                    fmt_num(k),
+                    self.p99_limit_ms,
+                    fmt_num(b)
+                );
             }
             (Some(k), None) => {
-                let _ = writeln!(out, "knee: {} msg/s (p99 > {} ms already at the lowest rate)", fmt_num(k), self.p99_limit_ms);
+                let _ = writeln!(
+                    out,
+                    "knee: {} msg/s (p99 > {} ms already at the lowest rate)",
+                    fmt_num(k),
+                    self.p99_limit_ms
+                );
             }
             (None, _) => {
-                let _ = writeln!(out, "no knee: p99 stayed within {} ms at every rate tried", self.p99_limit_ms);
+                let _ = writeln!(
+                    out,
+                    "no knee: p99 stayed within {} ms at every rate tried",
+                    self.p99_limit_ms
+                );
             }
         }
         out
@@ -426,7 +555,10 @@ mod tests {
         assert!((9_980..=10_010).contains(&s.p999_us));
         assert!(s.max_us >= 10_000 && s.max_us <= 10_010);
         let empty = Histogram::<u64>::new(3).unwrap();
-        assert_eq!(LatencySummary::from_histogram(&empty), LatencySummary::default());
+        assert_eq!(
+            LatencySummary::from_histogram(&empty),
+            LatencySummary::default()
+        );
     }
 
     #[test]
@@ -446,7 +578,15 @@ mod tests {
 
     #[test]
     fn renders_aligned_latency_table() {
-        let s = LatencySummary { count: 1500, mean_us: 0.0, p50_us: 450, p90_us: 900, p99_us: 2_100, p999_us: 15_000, max_us: 120_000 };
+        let s = LatencySummary {
+            count: 1500,
+            mean_us: 0.0,
+            p50_us: 450,
+            p90_us: 900,
+            p99_us: 2_100,
+            p999_us: 15_000,
+            max_us: 120_000,
+        };
         let t = render_latencies(&[("delivery", &s)]);
         let want = "\
 latency (ms)  count    p50    p90    p99  p99.9    max
@@ -482,7 +622,11 @@ delivery      1,500  0.450  0.900  2.100  15.00  120.0
             drained: true,
             drain_s: 0.1,
             dropped_connections: 0,
-            delivery: LatencySummary { count: 10, p99_us, ..Default::default() },
+            delivery: LatencySummary {
+                count: 10,
+                p99_us,
+                ..Default::default()
+            },
             delivery_from_send: LatencySummary::default(),
             ack: LatencySummary::default(),
             send_lag: LatencySummary::default(),
@@ -501,11 +645,26 @@ delivery      1,500  0.450  0.900  2.100  15.00  120.0
         let t = r.render();
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("rate msg/s  delivered/s"));
-        assert!(lines[2].starts_with("1,000") && !lines[2].contains("knee"), "{t}");
-        assert!(lines[3].starts_with("2,000") && lines[3].ends_with("<- knee"), "{t}");
+        assert!(
+            lines[2].starts_with("1,000") && !lines[2].contains("knee"),
+            "{t}"
+        );
+        assert!(
+            lines[3].starts_with("2,000") && lines[3].ends_with("<- knee"),
+            "{t}"
+        );
         assert!(lines[3].contains("75.00"), "{t}");
-        assert!(t.contains("knee: 2,000 msg/s (p99 > 50 ms); highest rate within the limit: 1,000 msg/s"), "{t}");
-        let none = SweepReport { knee_rate: None, best_rate: Some(2000.0), ..r };
+        assert!(
+            t.contains(
+                "knee: 2,000 msg/s (p99 > 50 ms); highest rate within the limit: 1,000 msg/s"
+            ),
+            "{t}"
+        );
+        let none = SweepReport {
+            knee_rate: None,
+            best_rate: Some(2000.0),
+            ..r
+        };
         assert!(none.render().contains("no knee"));
         // The JSON has every step.
         let v: serde_json::Value = serde_json::to_value(&none).unwrap();
@@ -517,7 +676,11 @@ delivery      1,500  0.450  0.900  2.100  15.00  120.0
     fn knee_is_the_first_rate_over_the_limit() {
         assert_eq!(find_knee(&[1_000, 2_000, 60_000, 40_000], 50.0), Some(2));
         assert_eq!(find_knee(&[1_000, 2_000], 50.0), None);
-        assert_eq!(find_knee(&[50_000], 50.0), None, "exactly at the limit is within it");
+        assert_eq!(
+            find_knee(&[50_000], 50.0),
+            None,
+            "exactly at the limit is within it"
+        );
         assert_eq!(find_knee(&[], 50.0), None);
     }
 }

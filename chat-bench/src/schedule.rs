@@ -38,12 +38,20 @@ pub fn plan_for(total_rate: f64, senders: u32, index: u32, duration: Duration) -
     }
     // Instants first + k*interval strictly inside [0, duration).
     let count = (duration_ns - first_ns).div_ceil(interval_ns);
-    Some(SendPlan { first: Duration::from_nanos(first_ns), interval: Duration::from_nanos(interval_ns), count })
+    Some(SendPlan {
+        first: Duration::from_nanos(first_ns),
+        interval: Duration::from_nanos(interval_ns),
+        count,
+    })
 }
 
 /// Per-connection rate when `total_rate` is spread over `senders`.
 pub fn per_sender_rate(total_rate: f64, senders: u32) -> f64 {
-    if senders == 0 { 0.0 } else { total_rate / f64::from(senders) }
+    if senders == 0 {
+        0.0
+    } else {
+        total_rate / f64::from(senders)
+    }
 }
 
 /// Fewest senders that keep each below `max_per_sender` msg/s (the server's per-connection
@@ -52,7 +60,9 @@ pub fn senders_needed(total_rate: f64, max_per_sender: f64) -> u32 {
     if total_rate <= 0.0 || max_per_sender <= 0.0 {
         return 1;
     }
-    (total_rate / max_per_sender).ceil().clamp(1.0, u32::MAX as f64) as u32
+    (total_rate / max_per_sender)
+        .ceil()
+        .clamp(1.0, u32::MAX as f64) as u32
 }
 
 #[cfg(test)]
@@ -70,10 +80,18 @@ mod tests {
 
     #[test]
     fn total_count_matches_rate_times_duration() {
-        for (rate, senders, secs) in [(1000.0, 10, 5), (40_000.0, 1000, 10), (7.0, 3, 2), (100.0, 20, 1)] {
+        for (rate, senders, secs) in [
+            (1000.0, 10, 5),
+            (40_000.0, 1000, 10),
+            (7.0, 3, 2),
+            (100.0, 20, 1),
+        ] {
             let n = all_instants(rate, senders, Duration::from_secs(secs)).len() as f64;
             let want = rate * secs as f64;
-            assert!((n - want).abs() <= f64::from(senders), "rate {rate} senders {senders}: {n} vs {want}");
+            assert!(
+                (n - want).abs() <= f64::from(senders),
+                "rate {rate} senders {senders}: {n} vs {want}"
+            );
         }
     }
 

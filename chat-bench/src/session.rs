@@ -107,7 +107,10 @@ async fn read_loop(
         match msg {
             Some(Ok(Message::Text(t))) => on_text(&t, spec, shared, &phase_rx, &mut last_seq),
             Some(Ok(Message::Close(frame))) => {
-                let why = frame.map_or_else(|| "server closed".to_owned(), |f| format!("server closed ({})", u16::from(f.code)));
+                let why = frame.map_or_else(
+                    || "server closed".to_owned(),
+                    |f| format!("server closed ({})", u16::from(f.code)),
+                );
                 let _ = drop_reason.set(why);
                 break;
             }
@@ -136,7 +139,11 @@ fn error_kind(e: &tokio_tungstenite::tungstenite::Error) -> String {
 }
 
 /// The phase a stamp belongs to, if it is this process's current one.
-fn phase_of(rx: &watch::Receiver<Option<Arc<LoadPhase>>>, run_id: u32, st: &Stamp) -> Option<Arc<LoadPhase>> {
+fn phase_of(
+    rx: &watch::Receiver<Option<Arc<LoadPhase>>>,
+    run_id: u32,
+    st: &Stamp,
+) -> Option<Arc<LoadPhase>> {
     if st.run != run_id {
         return None;
     }
@@ -154,7 +161,9 @@ fn on_text(
     let shard = spec.index as usize;
     match frame::parse(text) {
         Some(Inbound::Ack { client_msg_id, .. }) => {
-            let Some(st) = client_msg_id.as_deref().and_then(Stamp::decode) else { return };
+            let Some(st) = client_msg_id.as_deref().and_then(Stamp::decode) else {
+                return;
+            };
             if let Some(p) = phase_of(phase_rx, shared.run_id, &st) {
                 p.stats.acked.inc();
                 if st.scheduled_ns >= p.stats.measure_from_ns {
@@ -162,7 +171,11 @@ fn on_text(
                 }
             }
         }
-        Some(Inbound::Message { chat_id, seq, stamp_text }) => {
+        Some(Inbound::Message {
+            chat_id,
+            seq,
+            stamp_text,
+        }) => {
             let mut repeated = false;
             if let (Some(c), Some(s)) = (chat_id, seq) {
                 match *last_seq {
@@ -170,19 +183,28 @@ fn on_text(
                     _ => *last_seq = Some((c, s)),
                 }
             }
-            let Some(st) = stamp_text.as_deref().and_then(Stamp::decode) else { return };
+            let Some(st) = stamp_text.as_deref().and_then(Stamp::decode) else {
+                return;
+            };
             if let Some(p) = phase_of(phase_rx, shared.run_id, &st) {
                 p.stats.delivered.inc();
                 if repeated {
                     p.stats.duplicate_or_reordered.inc();
                 }
                 if st.scheduled_ns >= p.stats.measure_from_ns {
-                    p.stats.delivery.record(shard, elapsed_us(st.scheduled_ns, now));
-                    p.stats.delivery_from_send.record(shard, elapsed_us(st.sent_ns, now));
+                    p.stats
+                        .delivery
+                        .record(shard, elapsed_us(st.scheduled_ns, now));
+                    p.stats
+                        .delivery_from_send
+                        .record(shard, elapsed_us(st.sent_ns, now));
                 }
             }
         }
-        Some(Inbound::Error { code, client_msg_id }) => {
+        Some(Inbound::Error {
+            code,
+            client_msg_id,
+        }) => {
             let phase = phase_rx.borrow().clone();
             match phase {
                 Some(p) => {
@@ -213,8 +235,18 @@ impl Active {
     fn for_phase(phase: Option<Arc<LoadPhase>>, spec: &SessionSpec) -> Option<Active> {
         let phase = phase?;
         let chat_id = spec.chat_id?;
-        let plan = schedule::plan_for(phase.rate, phase.senders, spec.sender_index?, phase.duration)?;
-        Some(Active { phase, chat_id, plan, next: 0 })
+        let plan = schedule::plan_for(
+            phase.rate,
+            phase.senders,
+            spec.sender_index?,
+            phase.duration,
+        )?;
+        Some(Active {
+            phase,
+            chat_id,
+            plan,
+            next: 0,
+        })
     }
 
     fn next_instant(&self) -> Instant {
@@ -237,12 +269,15 @@ async fn write_loop(
 ) {
     let mut phase_rx = shared.phase.subscribe();
     let every = shared.ping_interval;
-    let mut ping = tokio::time::interval_at(Instant::now() + first_ping_delay(spec.index, every), every);
+    let mut ping =
+        tokio::time::interval_at(Instant::now() + first_ping_delay(spec.index, every), every);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut active = Active::for_phase(phase_rx.borrow_and_update().clone(), spec);
     let far = Duration::from_secs(365 * 86_400);
     loop {
-        let next_at = active.as_ref().map_or_else(|| Instant::now() + far, Active::next_instant);
+        let next_at = active
+            .as_ref()
+            .map_or_else(|| Instant::now() + far, Active::next_instant);
         tokio::select! {
             biased;
             () = shared.close.cancelled() => {
@@ -288,7 +323,14 @@ async fn send_scheduled(
     let offset = a.plan.offset(a.next);
     let scheduled_ns = a.phase.start_unix_ns + offset.as_nanos() as u64;
     let sent_ns = unix_now_ns();
-    let stamp = Stamp { run: shared.run_id, phase: a.phase.id, conn: spec.index, n: a.next, scheduled_ns, sent_ns };
+    let stamp = Stamp {
+        run: shared.run_id,
+        phase: a.phase.id,
+        conn: spec.index,
+        n: a.next,
+        scheduled_ns,
+        sent_ns,
+    };
     let id = stamp.encode();
     let text = frame::encode_message(a.chat_id, &stamp.content(a.phase.message_size), &id);
     let stats = &a.phase.stats;
@@ -297,7 +339,9 @@ async fn send_scheduled(
     match sink.send(Message::text(text)).await {
         Ok(()) => {
             if scheduled_ns >= stats.measure_from_ns {
-                stats.send_lag.record(spec.index as usize, elapsed_us(scheduled_ns, sent_ns));
+                stats
+                    .send_lag
+                    .record(spec.index as usize, elapsed_us(scheduled_ns, sent_ns));
             }
             Ok(())
         }
@@ -319,6 +363,9 @@ mod tests {
         let delays: Vec<Duration> = (0..1000).map(|i| first_ping_delay(i, every)).collect();
         assert!(delays.iter().all(|d| *d > Duration::ZERO && *d <= every));
         let early = delays.iter().filter(|d| **d < every / 2).count();
-        assert!((400..=600).contains(&early), "{early} of 1000 in the first half");
+        assert!(
+            (400..=600).contains(&early),
+            "{early} of 1000 in the first half"
+        );
     }
 }

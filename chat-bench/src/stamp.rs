@@ -55,7 +55,14 @@ impl Stamp {
         if parts.next().is_some() {
             return None;
         }
-        Some(Stamp { run, phase, conn, n, scheduled_ns, sent_ns })
+        Some(Stamp {
+            run,
+            phase,
+            conn,
+            n,
+            scheduled_ns,
+            sent_ns,
+        })
     }
 
     /// Message content: the stamp, a space, then filler up to `size` bytes (never shorter than
@@ -72,7 +79,10 @@ impl Stamp {
 
 /// CLOCK_REALTIME now, in unix nanoseconds.
 pub fn unix_now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 /// Microseconds from `earlier_ns` to `later_ns`; 0 if the clock stepped backwards.
@@ -86,7 +96,14 @@ mod tests {
 
     #[test]
     fn round_trips_through_id_and_content() {
-        let s = Stamp { run: 0xdead_beef, phase: 3, conn: 1999, n: 42, scheduled_ns: 1_790_000_000_123_456_789, sent_ns: 1_790_000_000_123_999_000 };
+        let s = Stamp {
+            run: 0xdead_beef,
+            phase: 3,
+            conn: 1999,
+            n: 42,
+            scheduled_ns: 1_790_000_000_123_456_789,
+            sent_ns: 1_790_000_000_123_999_000,
+        };
         assert_eq!(Stamp::decode(&s.encode()), Some(s));
         let c = s.content(256);
         assert_eq!(c.len(), 256);
@@ -97,13 +114,28 @@ mod tests {
 
     #[test]
     fn worst_case_fits_the_server_limit() {
-        let s = Stamp { run: u32::MAX, phase: u32::MAX, conn: u32::MAX, n: u64::MAX, scheduled_ns: u64::MAX, sent_ns: u64::MAX };
+        let s = Stamp {
+            run: u32::MAX,
+            phase: u32::MAX,
+            conn: u32::MAX,
+            n: u64::MAX,
+            scheduled_ns: u64::MAX,
+            sent_ns: u64::MAX,
+        };
         assert!(s.encode().len() <= 128, "{}", s.encode().len());
     }
 
     #[test]
     fn foreign_text_is_not_a_stamp() {
-        for s in ["hello", "", "b", "bzz.1.2.3.4.5", "b1.2.3.4.5", "b1.2.3.4.5.6.7", "c1.2.3.4.5.6"] {
+        for s in [
+            "hello",
+            "",
+            "b",
+            "bzz.1.2.3.4.5",
+            "b1.2.3.4.5",
+            "b1.2.3.4.5.6.7",
+            "c1.2.3.4.5.6",
+        ] {
             assert_eq!(Stamp::decode(s), None, "{s:?}");
         }
     }

@@ -21,14 +21,18 @@ pub struct LatencyHistogram {
 
 impl Default for LatencyHistogram {
     fn default() -> Self {
-        LatencyHistogram { shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect() }
+        LatencyHistogram {
+            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+        }
     }
 }
 
 impl LatencyHistogram {
     /// Record `us`; `hint` (e.g. the connection index) picks the shard.
     pub fn record(&self, hint: usize, us: u64) {
-        let mut h = self.shards[hint % SHARDS].lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.shards[hint % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         h.saturating_record(us.max(1));
     }
 
@@ -63,7 +67,11 @@ impl Tally {
     }
 
     pub fn total(&self) -> u64 {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).values().sum()
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
     }
 }
 

@@ -16,7 +16,9 @@ pub struct Target {
 
 /// Split `scheme://host:port[/path]` into its scheme, host and port (default port 80).
 pub fn split_url(url: &str) -> anyhow::Result<(&str, &str, u16)> {
-    let (scheme, rest) = url.split_once("://").context("URL needs a scheme, e.g. http://127.0.0.1:8080")?;
+    let (scheme, rest) = url
+        .split_once("://")
+        .context("URL needs a scheme, e.g. http://127.0.0.1:8080")?;
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.contains('@') {
         bail!("user info in URLs is not supported");
@@ -46,7 +48,9 @@ impl Target {
     pub fn parse(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
         let (scheme, host, port) = split_url(url)?;
         if !matches!(scheme, "http" | "ws") {
-            bail!("unsupported scheme {scheme:?}: use http:// or ws:// (the bench speaks plain TCP)");
+            bail!(
+                "unsupported scheme {scheme:?}: use http:// or ws:// (the bench speaks plain TCP)"
+            );
         }
         let addr = match host.parse::<IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, port),
@@ -63,7 +67,11 @@ impl Target {
                 addr.ip()
             );
         }
-        let authority = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
         Ok(Target {
             addr,
             http_base: format!("http://{authority}"),
@@ -78,10 +86,22 @@ mod tests {
 
     #[test]
     fn splits_urls() {
-        assert_eq!(split_url("http://127.0.0.1:8080").unwrap(), ("http", "127.0.0.1", 8080));
-        assert_eq!(split_url("ws://localhost:9/ws?x=1").unwrap(), ("ws", "localhost", 9));
-        assert_eq!(split_url("http://[::1]:18080/").unwrap(), ("http", "::1", 18080));
-        assert_eq!(split_url("http://127.0.0.1").unwrap(), ("http", "127.0.0.1", 80));
+        assert_eq!(
+            split_url("http://127.0.0.1:8080").unwrap(),
+            ("http", "127.0.0.1", 8080)
+        );
+        assert_eq!(
+            split_url("ws://localhost:9/ws?x=1").unwrap(),
+            ("ws", "localhost", 9)
+        );
+        assert_eq!(
+            split_url("http://[::1]:18080/").unwrap(),
+            ("http", "::1", 18080)
+        );
+        assert_eq!(
+            split_url("http://127.0.0.1").unwrap(),
+            ("http", "127.0.0.1", 80)
+        );
         assert!(split_url("127.0.0.1:8080").is_err());
         assert!(split_url("http://:80").is_err());
         assert!(split_url("http://a@127.0.0.1:80").is_err());

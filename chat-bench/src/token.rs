@@ -22,13 +22,24 @@ pub struct TokenMint {
 
 impl TokenMint {
     pub fn new(secret: &str) -> Self {
-        TokenMint { key: EncodingKey::from_secret(secret.as_bytes()), header: Header::new(Algorithm::HS256) }
+        TokenMint {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+            header: Header::new(Algorithm::HS256),
+        }
     }
 
     pub fn mint(&self, user_id: u64) -> String {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let claims = Claims { sub: user_id.to_string(), exp: now + TTL_S, iat: now };
-        jsonwebtoken::encode(&self.header, &claims, &self.key).expect("HS256 signing of plain claims cannot fail")
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let claims = Claims {
+            sub: user_id.to_string(),
+            exp: now + TTL_S,
+            iat: now,
+        };
+        jsonwebtoken::encode(&self.header, &claims, &self.key)
+            .expect("HS256 signing of plain claims cannot fail")
     }
 }
 
@@ -48,11 +59,17 @@ mod tests {
         let t = TokenMint::new("benchsecret").mint(1_000_042);
         let mut v = Validation::new(Algorithm::HS256);
         v.set_required_spec_claims(&["exp", "sub"]);
-        let d = jsonwebtoken::decode::<Decoded>(&t, &DecodingKey::from_secret(b"benchsecret"), &v).unwrap();
+        let d = jsonwebtoken::decode::<Decoded>(&t, &DecodingKey::from_secret(b"benchsecret"), &v)
+            .unwrap();
         assert_eq!(d.claims.sub, "1000042");
         assert!(d.claims.exp > 0);
-        assert!(jsonwebtoken::decode::<Decoded>(&t, &DecodingKey::from_secret(b"other"), &v).is_err());
+        assert!(
+            jsonwebtoken::decode::<Decoded>(&t, &DecodingKey::from_secret(b"other"), &v).is_err()
+        );
         // Query-string safe without escaping.
-        assert!(t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        assert!(
+            t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        );
     }
 }

@@ -17,7 +17,8 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
     let api = Api::new(&bench.target.http_base, &args.common.jwt_secret)?;
     let pids = args.server_pids.clone();
     for &pid in &pids {
-        procfs::vm_rss_kib(pid).map_err(|e| anyhow::anyhow!("cannot read the memory of --server-pid {pid}: {e}"))?;
+        procfs::vm_rss_kib(pid)
+            .map_err(|e| anyhow::anyhow!("cannot read the memory of --server-pid {pid}: {e}"))?;
     }
 
     let rss_before = total_rss_kib(&pids);
@@ -31,12 +32,20 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
             args.common.user_offset + 1,
             args.common.user_offset + u64::from(n),
             args.common.concurrency,
-            rss_before.map_or(String::new(), |r| format!(", server RSS {}", fmt_kib(r as f64)))
+            rss_before.map_or(String::new(), |r| format!(
+                ", server RSS {}",
+                fmt_kib(r as f64)
+            ))
         ),
     );
 
     let specs = (0..n)
-        .map(|i| SessionSpec { index: i, user_id: args.common.user_offset + u64::from(i) + 1, chat_id: None, sender_index: None })
+        .map(|i| SessionSpec {
+            index: i,
+            user_id: args.common.user_offset + u64::from(i) + 1,
+            chat_id: None,
+            sender_index: None,
+        })
         .collect();
     let ramp = bench.ramp(specs, AfterHello::Hold).await;
     let f = &bench.shared().fleet;
@@ -64,7 +73,9 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
     let pids_for_line = pids.clone();
     bench
         .hold(args.hold, move || {
-            total_rss_kib(&pids_for_line).map_or(String::new(), |r| format!(", server RSS {}", fmt_kib(r as f64)))
+            total_rss_kib(&pids_for_line).map_or(String::new(), |r| {
+                format!(", server RSS {}", fmt_kib(r as f64))
+            })
         })
         .await;
     let rss_end = total_rss_kib(&pids);
@@ -113,5 +124,9 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
 }
 
 fn per_conn(before_kib: u64, after_kib: u64, conns: u64) -> f64 {
-    if conns == 0 { 0.0 } else { (after_kib as f64 - before_kib as f64) / conns as f64 }
+    if conns == 0 {
+        0.0
+    } else {
+        (after_kib as f64 - before_kib as f64) / conns as f64
+    }
 }

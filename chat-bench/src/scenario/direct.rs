@@ -1,6 +1,8 @@
 //! `direct`: P pairs of users in 1:1 chats, both sides sending on an open-loop schedule.
 
-use super::{Bench, PhaseConfig, check_load, load_report, progress, require_all_connected, run_phase};
+use super::{
+    Bench, PhaseConfig, check_load, load_report, progress, require_all_connected, run_phase,
+};
 use crate::api::Api;
 use crate::cli::{CommonArgs, DirectArgs, LoadArgs};
 use crate::fleet::AfterHello;
@@ -23,8 +25,15 @@ pub fn pair_users(offset: u64, i: u32) -> (u64, u64) {
 }
 
 /// Create the chats and connect both users of every pair. Returns the number of senders.
-pub async fn prepare(bench: &Bench, common: &CommonArgs, load: &LoadArgs, pairs: u32) -> anyhow::Result<u32> {
-    let users: Vec<(u64, u64)> = (0..pairs).map(|i| pair_users(common.user_offset, i)).collect();
+pub async fn prepare(
+    bench: &Bench,
+    common: &CommonArgs,
+    load: &LoadArgs,
+    pairs: u32,
+) -> anyhow::Result<u32> {
+    let users: Vec<(u64, u64)> = (0..pairs)
+        .map(|i| pair_users(common.user_offset, i))
+        .collect();
     progress(
         bench.started,
         &format!(
@@ -51,7 +60,12 @@ pub async fn prepare(bench: &Bench, common: &CommonArgs, load: &LoadArgs, pairs:
     for (i, ((a, b), chat)) in users.iter().zip(&chats).enumerate() {
         for (k, user) in [*a, *b].into_iter().enumerate() {
             let index = (2 * i + k) as u32;
-            specs.push(SessionSpec { index, user_id: user, chat_id: Some(*chat), sender_index: Some(index) });
+            specs.push(SessionSpec {
+                index,
+                user_id: user,
+                chat_id: Some(*chat),
+                sender_index: Some(index),
+            });
         }
     }
     progress(bench.started, &format!("connecting {} users", specs.len()));
@@ -63,13 +77,28 @@ pub async fn prepare(bench: &Bench, common: &CommonArgs, load: &LoadArgs, pairs:
 }
 
 pub async fn run(args: DirectArgs, interrupt: CancellationToken) -> anyhow::Result<LoadReport> {
-    let pairs = args.pairs.unwrap_or_else(|| auto_pairs(args.rate, args.load.max_rate_per_conn)).max(1);
+    let pairs = args
+        .pairs
+        .unwrap_or_else(|| auto_pairs(args.rate, args.load.max_rate_per_conn))
+        .max(1);
     check_load(&args.load, args.rate, 2 * pairs)?;
     let bench = Bench::new(&args.common, 2 * pairs as usize, interrupt)?;
     let result = async {
         let senders = prepare(&bench, &args.common, &args.load, pairs).await?;
-        let cfg = PhaseConfig { id: 1, rate: args.rate, senders, recipients_per_message: 1, load: args.load.clone() };
-        progress(bench.started, &format!("sending {} msg/s for {:?} over {senders} connections", args.rate, args.load.duration));
+        let cfg = PhaseConfig {
+            id: 1,
+            rate: args.rate,
+            senders,
+            recipients_per_message: 1,
+            load: args.load.clone(),
+        };
+        progress(
+            bench.started,
+            &format!(
+                "sending {} msg/s for {:?} over {senders} connections",
+                args.rate, args.load.duration
+            ),
+        );
         let out = run_phase(&bench, &cfg).await;
         Ok(load_report("direct", &bench, &cfg, &out))
     }

@@ -1,7 +1,9 @@
 //! `group`: one group of M members, all connected; S senders at R msg/s in total, every
 //! delivery to every member measured.
 
-use super::{Bench, PhaseConfig, check_load, load_report, progress, require_all_connected, run_phase};
+use super::{
+    Bench, PhaseConfig, check_load, load_report, progress, require_all_connected, run_phase,
+};
 use crate::api::Api;
 use crate::cli::GroupArgs;
 use crate::fleet::AfterHello;
@@ -13,7 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 pub async fn run(args: GroupArgs, interrupt: CancellationToken) -> anyhow::Result<LoadReport> {
     let m = args.members;
-    let senders = args.senders.unwrap_or_else(|| senders_needed(args.rate, args.load.max_rate_per_conn)).clamp(1, m);
+    let senders = args
+        .senders
+        .unwrap_or_else(|| senders_needed(args.rate, args.load.max_rate_per_conn))
+        .clamp(1, m);
     check_load(&args.load, args.rate, senders)?;
     let bench = Bench::new(&args.common, m as usize, interrupt)?;
     let result = async {
@@ -21,10 +26,20 @@ pub async fn run(args: GroupArgs, interrupt: CancellationToken) -> anyhow::Resul
         let creator = offset + 1;
         let others: Vec<u64> = (2..=u64::from(m)).map(|i| offset + i).collect();
         let title = format!("chat-bench {:08x}", bench.shared().run_id);
-        progress(bench.started, &format!("creating group {title:?} with {m} members (users {}..={})", offset + 1, offset + u64::from(m)));
+        progress(
+            bench.started,
+            &format!(
+                "creating group {title:?} with {m} members (users {}..={})",
+                offset + 1,
+                offset + u64::from(m)
+            ),
+        );
         let api = Api::new(&bench.target.http_base, &args.common.jwt_secret)?;
         let chat = api.create_group(creator, &others, &title).await?;
-        progress(bench.started, &format!("group chat {chat}; connecting {m} members"));
+        progress(
+            bench.started,
+            &format!("group chat {chat}; connecting {m} members"),
+        );
         let specs = (0..m)
             .map(|i| SessionSpec {
                 index: i,

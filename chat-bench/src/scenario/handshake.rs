@@ -7,13 +7,23 @@ use crate::report::{HandshakeReport, LatencySummary};
 use crate::session::SessionSpec;
 use tokio_util::sync::CancellationToken;
 
-pub async fn run(args: HandshakeArgs, interrupt: CancellationToken) -> anyhow::Result<HandshakeReport> {
+pub async fn run(
+    args: HandshakeArgs,
+    interrupt: CancellationToken,
+) -> anyhow::Result<HandshakeReport> {
     let users = args.users.unwrap_or(args.count).max(1);
     // Closed sockets leave the process quickly; in-flight ones are bounded by --concurrency.
-    let bench = Bench::new(&args.common, (args.common.concurrency as usize * 2).min(args.count as usize), interrupt)?;
+    let bench = Bench::new(
+        &args.common,
+        (args.common.concurrency as usize * 2).min(args.count as usize),
+        interrupt,
+    )?;
     progress(
         bench.started,
-        &format!("{} handshakes against {}, {} in flight at most, {users} distinct users", args.count, bench.target.ws_url, args.common.concurrency),
+        &format!(
+            "{} handshakes against {}, {} in flight at most, {users} distinct users",
+            args.count, bench.target.ws_url, args.common.concurrency
+        ),
     );
     let specs = (0..args.count)
         .map(|i| SessionSpec {

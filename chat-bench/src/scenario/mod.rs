@@ -37,13 +37,19 @@ pub struct Bench {
 
 impl Bench {
     /// Parse the target, check the open-files budget for `connections`, build the fleet.
-    pub fn new(common: &CommonArgs, connections: usize, interrupt: CancellationToken) -> anyhow::Result<Bench> {
+    pub fn new(
+        common: &CommonArgs,
+        connections: usize,
+        interrupt: CancellationToken,
+    ) -> anyhow::Result<Bench> {
         let target = Target::parse(&common.url, common.allow_remote)?;
         if let Some(ips) = &common.source_ips
             && !common.allow_remote
             && ips.all().iter().any(|ip| !ip.is_loopback())
         {
-            bail!("--source-ips must be loopback addresses (127.0.0.0/8, ::1) unless --allow-remote");
+            bail!(
+                "--source-ips must be loopback addresses (127.0.0.0/8, ::1) unless --allow-remote"
+            );
         }
         let limit = procfs::raise_nofile_limit();
         let need = procfs::fds_needed(connections);
@@ -56,7 +62,12 @@ impl Bench {
         }
         let shared = Arc::new(Shared::new(common.ping_interval));
         let fleet = Fleet::new(shared, TokenMint::new(&common.jwt_secret), interrupt);
-        Ok(Bench { target, fleet, common: common.clone(), started: Instant::now() })
+        Ok(Bench {
+            target,
+            fleet,
+            common: common.clone(),
+            started: Instant::now(),
+        })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -147,7 +158,13 @@ fn failures_suffix(b: &Bench) -> String {
     if t.is_empty() {
         String::new()
     } else {
-        format!(" ({})", t.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", "))
+        format!(
+            " ({})",
+            t.iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -193,7 +210,10 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
     let end = start + cfg.load.duration;
     let warm_end = start + warmup;
     let mut at_warm_end = None;
-    let mut tick = tokio::time::interval_at(start + bench.common.progress_interval, bench.common.progress_interval);
+    let mut tick = tokio::time::interval_at(
+        start + bench.common.progress_interval,
+        bench.common.progress_interval,
+    );
     let mut last = (start, 0u64, 0u64);
     let line = |last: &mut (Instant, u64, u64), what: &str| {
         let now = Instant::now();
@@ -262,7 +282,12 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
 }
 
 /// The report of a finished phase.
-pub fn load_report(scenario: &'static str, bench: &Bench, cfg: &PhaseConfig, out: &PhaseOutcome) -> LoadReport {
+pub fn load_report(
+    scenario: &'static str,
+    bench: &Bench,
+    cfg: &PhaseConfig,
+    out: &PhaseOutcome,
+) -> LoadReport {
     let s = &out.stats;
     let sent = s.sent.get();
     let expected = sent * cfg.recipients_per_message;
@@ -308,7 +333,11 @@ pub fn check_load(load: &LoadArgs, rate: f64, senders: u32) -> anyhow::Result<()
         bail!("--duration must be positive");
     }
     if load.warmup >= load.duration {
-        bail!("--warmup ({:?}) must be shorter than --duration ({:?})", load.warmup, load.duration);
+        bail!(
+            "--warmup ({:?}) must be shorter than --duration ({:?})",
+            load.warmup,
+            load.duration
+        );
     }
     let per = crate::schedule::per_sender_rate(rate, senders);
     if per > 50.0 {
@@ -328,7 +357,11 @@ pub fn require_all_connected(bench: &Bench, want: u64) -> anyhow::Result<()> {
         let failures = f.failures.snapshot();
         bail!(
             "only {got} of {want} connections came up ({}); not starting the load",
-            failures.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
+            failures
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
     }
     Ok(())

@@ -12,7 +12,10 @@ pub async fn run(args: SweepArgs, interrupt: CancellationToken) -> anyhow::Resul
         anyhow::bail!("--rates is empty");
     }
     let max_rate = args.rates.iter().copied().fold(0.0, f64::max);
-    let pairs = args.pairs.unwrap_or_else(|| auto_pairs(max_rate, args.load.max_rate_per_conn)).max(1);
+    let pairs = args
+        .pairs
+        .unwrap_or_else(|| auto_pairs(max_rate, args.load.max_rate_per_conn))
+        .max(1);
     for &r in &args.rates {
         check_load(&args.load, r, 2 * pairs)?;
     }
@@ -27,8 +30,22 @@ pub async fn run(args: SweepArgs, interrupt: CancellationToken) -> anyhow::Resul
             if i > 0 {
                 tokio::time::sleep(args.pause).await;
             }
-            progress(bench.started, &format!("step {}/{}: {rate} msg/s for {:?}", i + 1, args.rates.len(), args.load.duration));
-            let cfg = PhaseConfig { id: i as u32 + 1, rate, senders, recipients_per_message: 1, load: args.load.clone() };
+            progress(
+                bench.started,
+                &format!(
+                    "step {}/{}: {rate} msg/s for {:?}",
+                    i + 1,
+                    args.rates.len(),
+                    args.load.duration
+                ),
+            );
+            let cfg = PhaseConfig {
+                id: i as u32 + 1,
+                rate,
+                senders,
+                recipients_per_message: 1,
+                load: args.load.clone(),
+            };
             let out = run_phase(&bench, &cfg).await;
             let step = load_report("sweep", &bench, &cfg, &out);
             progress(
@@ -45,7 +62,13 @@ pub async fn run(args: SweepArgs, interrupt: CancellationToken) -> anyhow::Resul
             let over = step.delivery.p99_us as f64 / 1000.0 > args.p99_limit_ms;
             steps.push(step);
             if over && !args.keep_going {
-                progress(bench.started, &format!("p99 over {} ms: stopping (--keep-going to continue)", args.p99_limit_ms));
+                progress(
+                    bench.started,
+                    &format!(
+                        "p99 over {} ms: stopping (--keep-going to continue)",
+                        args.p99_limit_ms
+                    ),
+                );
                 break;
             }
         }
@@ -57,7 +80,13 @@ pub async fn run(args: SweepArgs, interrupt: CancellationToken) -> anyhow::Resul
             Some(k) => Some(steps[k - 1].target_rate),
             None => steps.last().map(|s| s.target_rate),
         };
-        Ok(SweepReport { scenario: "sweep", p99_limit_ms: args.p99_limit_ms, knee_rate, best_rate, steps })
+        Ok(SweepReport {
+            scenario: "sweep",
+            p99_limit_ms: args.p99_limit_ms,
+            knee_rate,
+            best_rate,
+            steps,
+        })
     }
     .await;
     progress(bench.started, "closing connections");
