@@ -236,6 +236,74 @@ async function main() {
     await b.page.locator('.msg').filter({ hasText: `while you were away ${stamp}` }).waitFor();
   });
 
+  await step('seq gap: a lost message frame is detected and fetched with sync, in order', async () => {
+    await chatItem(a.page, 'User 2').click();
+    await chatItem(b.page, 'User 1').click();
+    // User 2's socket "loses" the next message frame.
+    await b.page.evaluate(() => {
+      const ws = window.tern.conn.ws;
+      const orig = ws.onmessage;
+      let dropped = false;
+      ws.onmessage = (ev) => {
+        if (!dropped && JSON.parse(ev.data).type === 'message') {
+          dropped = true;
+          return;
+        }
+        orig.call(ws, ev);
+      };
+    });
+    await a.page.locator('#composer-input').fill(`gap one ${stamp}`);
+    await a.page.keyboard.press('Enter');
+    await a.page.locator('.msg.mine').filter({ hasText: `gap one ${stamp}` }).locator('.ticks:not([data-status=pending])').waitFor();
+    await a.page.locator('#composer-input').fill(`gap two ${stamp}`);
+    await a.page.keyboard.press('Enter');
+    await b.page.locator('.msg').filter({ hasText: `gap two ${stamp}` }).waitFor();
+    await b.page.locator('.msg').filter({ hasText: `gap one ${stamp}` }).waitFor();
+    const texts = await b.page.locator('#msg-list .msg .text').allTextContents();
+    const i1 = texts.indexOf(`gap one ${stamp}`);
+    const i2 = texts.indexOf(`gap two ${stamp}`);
+    if (!(i1 >= 0 && i2 === i1 + 1)) throw new Error(`order: ${i1}, ${i2}`);
+    const syncs = await b.page.evaluate(() => window.tern.frames.filter(([, f]) => f.type === 'sync' && f.messages.length).length);
+    if (!syncs) throw new Error('no sync answer with messages');
+  });
+
+  await step('members: admin adds and removes a member; a member leaves the group', async () => {
+    a.page.on('dialog', (d) => d.accept());
+    c.page.on('dialog', (d) => d.accept());
+    await chatItem(a.page, groupTitle).click();
+    await a.page.locator('#info-btn').click();
+    await a.page.locator('#add-member-input').fill('4');
+    await a.page.locator('#add-member-form button[type=submit]').click();
+    await waitText(a.page.locator('#members-heading'), /Members \(4\)/);
+    await a.page.locator('#member-list .member[data-user-id="4"] .remove').click();
+    await waitText(a.page.locator('#members-heading'), /Members \(3\)/);
+    await a.page.keyboard.press('Escape');
+    // User 3 (long-poll) leaves.
+    await chatItem(c.page, groupTitle).click();
+    await c.page.locator('#chat-title-btn').click();
+    await c.page.locator('#add-member-form').waitFor({ state: 'hidden' }); // not an admin
+    await c.page.locator('#leave-btn').click();
+    await chatItem(c.page, groupTitle).waitFor({ state: 'detached' });
+    await a.page.locator('#info-btn').click();
+    await waitText(a.page.locator('#members-heading'), /Members \(2\)/);
+    await a.page.keyboard.press('Escape');
+  });
+
+  await step('keyboard: Ctrl+K search, Enter opens, Alt+↓ next chat, Esc closes', async () => {
+    await a.page.keyboard.press('Control+k');
+    await a.page.keyboard.type('User 2');
+    await a.page.keyboard.press('Enter');
+    await waitText(a.page.locator('#chat-title'), /^User 2$/);
+    await a.page.locator('#chat-filter').fill('');
+    await a.page.locator('#chat-filter').dispatchEvent('input');
+    const before = await a.page.locator('#chat-title').textContent();
+    await a.page.keyboard.press('Alt+ArrowDown');
+    await a.page.waitForFunction((t) => document.getElementById('chat-title').textContent !== t, before);
+    await a.page.locator('#composer-input').focus();
+    await a.page.keyboard.press('Escape');
+    await a.page.locator('#no-chat').waitFor({ state: 'visible' });
+  });
+
   await step('an error frame (removed from a group) marks the bubble failed with Retry', async () => {
     // User 1 (over HTTP) makes a group with user 2, posts in it, then removes user 2, whose
     // client still shows the chat: its next send is refused with an error frame.
