@@ -39,6 +39,8 @@ pub struct LoadPhase {
     pub senders: u32,
     pub message_size: usize,
     pub stats: Arc<LoadStats>,
+    /// Cancelled to stop sending before the schedule ends (Ctrl-C); replies are still counted.
+    pub stop: CancellationToken,
 }
 
 /// State shared by every connection of one bench process.
@@ -293,6 +295,10 @@ async fn write_loop(
             }
             () = sleep_until(next_at), if active.is_some() => {
                 let Some(a) = active.as_mut() else { continue };
+                if a.phase.stop.is_cancelled() {
+                    active = None;
+                    continue;
+                }
                 if let Err(e) = send_scheduled(&mut sink, a, spec, shared).await {
                     let _ = drop_reason.set(format!("send error: {}", error_kind(&e)));
                     break;

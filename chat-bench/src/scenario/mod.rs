@@ -180,6 +180,8 @@ pub struct PhaseConfig {
 /// Counters and rates of a finished phase.
 pub struct PhaseOutcome {
     pub stats: Arc<LoadStats>,
+    /// How long the schedule ran (shorter than `--duration` if interrupted).
+    pub sending: Duration,
     pub sent_per_s: f64,
     pub deliveries_per_s: f64,
     pub drained: bool,
@@ -197,6 +199,7 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
     let warmup = cfg.load.warmup.min(cfg.load.duration);
     let stats = Arc::new(LoadStats::new(start_unix_ns + warmup.as_nanos() as u64));
     let dropped_before = shared.fleet.dropped.get();
+    let stop = CancellationToken::new();
     shared.phase.send_replace(Some(Arc::new(LoadPhase {
         id: cfg.id,
         start,
@@ -206,6 +209,7 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
         senders: cfg.senders,
         message_size: cfg.load.message_size as usize,
         stats: stats.clone(),
+        stop: stop.clone(),
     })));
     let end = start + cfg.load.duration;
     let warm_end = start + warmup;
@@ -248,6 +252,10 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
             _ = tick.tick() => line(&mut last, if Instant::now() < warm_end { "warm-up" } else { "sending" }),
         }
     }
+    if bench.interrupted() {
+        // Cut the schedule short; what was sent is still drained and counted.
+        stop.cancel();
+    }
     let stopped = Instant::now();
     let (w_at, w_sent, w_del) = at_warm_end.unwrap_or((start, 0, 0));
     let window = (stopped - w_at).as_secs_f64().max(1e-9);
@@ -262,7 +270,7 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
             && stats.delivered.get() >= sent * cfg.recipients_per_message
     };
     let mut drained = complete();
-    while !drained && Instant::now() < drain_deadline && !bench.interrupted() {
+    while !drained && Instant::now() < drain_deadline {
         tokio::select! {
             _ = tick.tick() => line(&mut last, "draining"),
             () = sleep(Duration::from_millis(20)) => {}
@@ -273,6 +281,7 @@ pub async fn run_phase(bench: &Bench, cfg: &PhaseConfig) -> PhaseOutcome {
     shared.phase.send_replace(None);
     PhaseOutcome {
         stats,
+        sending: stopped.saturating_duration_since(start),
         sent_per_s,
         deliveries_per_s,
         drained,
@@ -300,8 +309,8 @@ pub fn load_report(
         recipients_per_message: cfg.recipients_per_message,
         target_rate: cfg.rate,
         per_sender_rate: crate::schedule::per_sender_rate(cfg.rate, cfg.senders),
-        duration_s: cfg.load.duration.as_secs_f64(),
-        warmup_s: cfg.load.warmup.min(cfg.load.duration).as_secs_f64(),
+        duration_s: out.sending.as_secs_f64(),
+        warmup_s: cfg.load.warmup.min(out.sending).as_secs_f64(),
         sent_per_s: out.sent_per_s,
         deliveries_per_s: out.deliveries_per_s,
         sent,
