@@ -75,6 +75,34 @@ pub struct SqliteStore {
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    checkpointer: Mutex<
+        Option<(
+            Arc<std::sync::atomic::AtomicBool>,
+            std::thread::JoinHandle<()>,
+        )>,
+    >,
+}
+
+/// Copy the WAL back into the database every `every` without blocking the writer (PASSIVE),
+/// so commits never pay for a checkpoint and the WAL stays small.
+fn checkpointer(
+    path: PathBuf,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    every: std::time::Duration,
+) {
+    let conn = match open(&path, false) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(cause = %e, "checkpointer cannot open the database; WAL will grow");
+            return;
+        }
+    };
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        std::thread::park_timeout(every);
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(cause = %e, "wal checkpoint failed");
+        }
+    }
 }
 
 fn open(path: &Path, read_only: bool) -> Result<Connection> {
@@ -92,7 +120,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: every COMMIT fsyncs the WAL. An ack is only sent after COMMIT returns.
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // Checkpoints run on their own thread (see `checkpointer`), not inside a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     }
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
@@ -137,11 +166,20 @@ impl SqliteStore {
                 .run(rx, batch)
             })
             .map_err(Error::internal)?;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let ckpt = {
+            let (path, stop) = (path.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("sqlite-checkpoint".into())
+                .spawn(move || checkpointer(path, stop, std::time::Duration::from_millis(500)))
+                .map_err(Error::internal)?
+        };
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
             path,
             writer_thread: Mutex::new(Some(handle)),
+            checkpointer: Mutex::new(Some((stop, ckpt))),
         })
     }
 
@@ -149,6 +187,11 @@ impl SqliteStore {
     /// for its thread to exit. Later writes fail with `unavailable`.
     pub async fn close(&self) {
         let _ = self.writer.send(WriteOp::Shutdown).await;
+        if let Some((stop, h)) = self.checkpointer.lock().take() {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            h.thread().unpark();
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
         let handle = self.writer_thread.lock().take();
         if let Some(h) = handle {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
