@@ -30,8 +30,8 @@ const TEST_BUCKET: u64 = 7;
 // ---- backends ----------------------------------------------------------------------------
 
 /// A store under test, which can be closed and opened again on the same data.
-#[async_trait]
-trait Backend: Send {
+#[async_trait(?Send)]
+trait Backend {
     fn store(&self) -> &dyn Store;
     /// Drop the store object and open a new one on the same data (a restart, or a new
     /// delivery owner taking over).
@@ -44,7 +44,7 @@ struct SqliteBackend {
     store: Option<SqliteStore>,
 }
 
-#[async_trait]
+#[async_trait(?Send)]
 impl Backend for SqliteBackend {
     fn store(&self) -> &dyn Store {
         self.store.as_ref().expect("open")
@@ -76,7 +76,7 @@ struct ScyllaBackend {
     store: ScyllaStore,
 }
 
-#[async_trait]
+#[async_trait(?Send)]
 impl Backend for ScyllaBackend {
     fn store(&self) -> &dyn Store {
         &self.store
@@ -869,6 +869,87 @@ mod cql {
         for (bucket, seq) in rows {
             assert_eq!(bucket, seq / TEST_BUCKET as i64, "seq {seq}");
         }
+        drop(store);
+        ks.drop_keyspace().await;
+    }
+
+    /// The largest group the server allows (1000) fits in one membership change, and every
+    /// member's chat list gets it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_size_group_is_one_membership_change() {
+        let ks = TestKeyspace::create(TEST_BUCKET).await;
+        let store = ks.store().await;
+        let members: Vec<UserId> = (2..=1000).collect();
+        let chat = store
+            .create_group(1, Some("everyone".into()), members, 1000)
+            .await
+            .unwrap()
+            .chat_id;
+        assert_eq!(store.members(chat).await.unwrap().len(), 1000);
+        for u in [1, 2, 500, 1000] {
+            let listed = store.user_chats(u).await.unwrap();
+            assert_eq!(listed.len(), 1, "user {u}");
+            assert_eq!(listed[0].chat.chat_id, chat);
+        }
+        let err = store.add_members(chat, vec![1001], 1000).await.unwrap_err();
+        assert!(matches!(err, Error::GroupFull { limit: 1000 }), "{err:?}");
+        drop(store);
+        ks.drop_keyspace().await;
+    }
+
+    /// `user_chats` rows are pointers that the members partition confirms: a stale one (a
+    /// removal that stopped half-way) is not listed, and a missing one (an add that stopped
+    /// half-way) is written again when the add is retried.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_lists_heal_after_half_done_membership_changes() {
+        let ks = TestKeyspace::create(TEST_BUCKET).await;
+        let store = ks.store().await;
+        let chat = group(&store, 1, &[2, 3]).await;
+        let list = |u: UserId| {
+            let store = &store;
+            async move {
+                store
+                    .user_chats(u)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|c| c.chat.chat_id)
+                    .collect::<Vec<_>>()
+            }
+        };
+        // Stale pointer: 2 left, but its list row is written back (as if the cleanup failed).
+        assert!(store.remove_member(chat, 2).await.unwrap());
+        ks.session
+            .query_unpaged(
+                format!(
+                    "INSERT INTO {}.user_chats (user_id, chat_id, epoch) VALUES (2, ?, 1)",
+                    ks.name
+                ),
+                (chat as i64,),
+            )
+            .await
+            .unwrap();
+        assert!(list(2).await.is_empty());
+        // Missing pointer: 3's list row is lost; retrying the add repairs it.
+        ks.session
+            .query_unpaged(
+                format!(
+                    "DELETE FROM {}.user_chats WHERE user_id = 3 AND chat_id = ?",
+                    ks.name
+                ),
+                (chat as i64,),
+            )
+            .await
+            .unwrap();
+        assert!(list(3).await.is_empty());
+        assert!(
+            store
+                .add_members(chat, vec![3], 100)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(list(3).await, vec![chat]);
         drop(store);
         ks.drop_keyspace().await;
     }

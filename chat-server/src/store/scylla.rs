@@ -51,8 +51,9 @@ use std::time::Duration;
 const UNREAD_CAP: u64 = 10_000;
 /// Bytes of message content per batch statement sent to one partition.
 const BATCH_BYTES: usize = 256 * 1024;
-/// Rows per multi-partition logged batch (`user_chats`), below the server's batch size limits.
-const LOGGED_BATCH_ROWS: usize = 100;
+/// Rows per multi-partition logged batch (`user_chats`): ~4 KiB, under Cassandra's default
+/// `batch_size_warn_threshold` (5 KiB; single-partition batches are exempt from it).
+const LOGGED_BATCH_ROWS: usize = 40;
 /// Attempts of an optimistic (compare-and-set) membership change before giving up.
 const CAS_ATTEMPTS: usize = 32;
 /// Concurrent requests one store call sends.
@@ -341,6 +342,23 @@ impl ScyllaStore {
             }
         }
         Ok(n)
+    }
+
+    /// A member's read mark (0 if none).
+    async fn read_seq(&self, chat_id: ChatId, user_id: UserId, epoch: i64) -> Result<Seq> {
+        let r = self
+            .exec(
+                "reading receipt marks",
+                &self.st.mark_get,
+                (id(chat_id), id(user_id), epoch),
+            )
+            .await?;
+        Ok(rows_of::<(Option<i64>,)>("reading receipt marks", r)?
+            .into_iter()
+            .next()
+            .and_then(|(r,)| r)
+            .unwrap_or(0)
+            .max(0) as u64)
     }
 
     async fn user_chat_rows(&self, user_id: UserId) -> Result<Vec<UserChatRow>> {
@@ -806,13 +824,13 @@ impl ScyllaStore {
     }
 
     /// Run a conditional batch on the members partition: `version` moves from `from` to
-    /// `from + 1` together with `changes`. False if someone else changed the partition first.
+    /// `from + 1` together with `changes`.
     async fn members_cas(
         &self,
         chat_id: ChatId,
         from: i64,
         changes: Vec<(PreparedStatement, Box<dyn SerializeRow + Send + Sync>)>,
-    ) -> Result<bool> {
+    ) -> Result<Cas> {
         let mut batch = self.lwt_batch();
         let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
         batch.append_statement(self.st.members_bump.clone());
@@ -822,12 +840,83 @@ impl ScyllaStore {
             values.push(v);
         }
         match self.session.batch(&batch, values).await {
-            Ok(r) => Ok(lwt_applied("changing members", r)?.0),
-            // Contention: the outcome is unknown, and the caller re-reads before retrying.
-            Err(e) if is_cas_timeout(&e) => Ok(false),
+            Ok(r) => Ok(if lwt_applied("changing members", r)?.0 {
+                Cas::Applied
+            } else {
+                Cas::Conflict
+            }),
+            // Contention: the caller re-reads (SERIAL, which finishes any pending proposal)
+            // and checks whether its change is there.
+            Err(e) if is_cas_timeout(&e) => Ok(Cas::Unknown),
             Err(e) => Err(exec_error("changing members", e)),
         }
     }
+
+    /// After members were added: their `user_chats` rows, and a repair of the rows of users
+    /// asked for who already were members (a failed earlier call may have left them out).
+    async fn finish_add(
+        &self,
+        chat_id: ChatId,
+        added: &[(UserId, i64)],
+        asked: &[UserId],
+        before: &[MemberRow],
+    ) -> Result<()> {
+        let rows: Vec<_> = added.iter().map(|(u, e)| (*u, chat_id, None, *e)).collect();
+        if !rows.is_empty() {
+            self.write_user_chats(None, &rows).await?;
+        }
+        let touches: Vec<_> = before
+            .iter()
+            .filter(|m| asked.contains(&m.user_id))
+            .map(|m| {
+                self.exec(
+                    "repairing the user's chat list",
+                    &self.st.user_chat_touch,
+                    (m.epoch, id(m.user_id), id(chat_id)),
+                )
+            })
+            .collect();
+        stream::iter(touches)
+            .buffer_unordered(FAN_OUT)
+            .try_collect::<Vec<_>>()
+            .await?;
+        Ok(())
+    }
+
+    /// After a member was removed: drop the chat from their list and their receipt marks; a
+    /// direct chat's survivor no longer has a partner in it.
+    async fn finish_remove(
+        &self,
+        chat_id: ChatId,
+        user_id: UserId,
+        epoch: i64,
+        remaining: &[&MemberRow],
+    ) -> Result<()> {
+        let mut batch = self.logged_batch();
+        let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
+        batch.append_statement(self.st.user_chat_delete.clone());
+        values.push(Box::new((id(user_id), id(chat_id))));
+        batch.append_statement(self.st.marks_delete.clone());
+        values.push(Box::new((id(chat_id), id(user_id), epoch)));
+        if let [other] = remaining {
+            batch.append_statement(self.st.user_chat_clear_peer.clone());
+            values.push(Box::new((id(other.user_id), id(chat_id))));
+        }
+        self.session
+            .batch(&batch, values)
+            .await
+            .map_err(|e| exec_error("removing a chat from the user's list", e))?;
+        Ok(())
+    }
+}
+
+/// Outcome of a compare-and-set on a members partition.
+enum Cas {
+    Applied,
+    /// Someone else changed the partition first.
+    Conflict,
+    /// Timed out: it may or may not have been applied.
+    Unknown,
 }
 
 async fn connect_session(nodes: &[String], options: &ScyllaOptions) -> Result<Session> {
@@ -1000,22 +1089,32 @@ impl Store for ScyllaStore {
             .into_iter()
             .map(|row| async move {
                 let chat_id = row.chat_id as u64;
-                let (chat_row, mark) = futures::join!(
+                let listed_epoch = row.epoch.unwrap_or(0);
+                // The list row is only a pointer: the members row decides (a removal that
+                // failed half-way can leave a stale pointer behind).
+                let (chat_row, member, mark) = futures::join!(
                     self.chat_row(chat_id),
                     self.exec(
-                        "reading receipt marks",
-                        &self.st.mark_get,
-                        (row.chat_id, id(user_id), row.epoch.unwrap_or(0)),
-                    )
+                        "reading a member",
+                        &self.st.member_epoch,
+                        (row.chat_id, id(user_id)),
+                    ),
+                    self.read_seq(chat_id, user_id, listed_epoch)
                 );
                 let Some((chat, updated_at)) = chat_row? else {
                     return Ok(None);
                 };
-                let read_seq = rows_of::<(Option<i64>,)>("reading receipt marks", mark?)?
+                let Some((Some(epoch),)) = rows_of::<(Option<i64>,)>("reading a member", member?)?
                     .into_iter()
                     .next()
-                    .and_then(|(r,)| r)
-                    .unwrap_or(0) as u64;
+                else {
+                    return Ok(None);
+                };
+                let read_seq = if epoch == listed_epoch {
+                    mark?
+                } else {
+                    self.read_seq(chat_id, user_id, epoch).await?
+                };
                 let unread = if chat.last_seq > read_seq {
                     self.count_unread(chat_id, user_id, read_seq, chat.last_seq)
                         .await?
@@ -1047,29 +1146,40 @@ impl Store for ScyllaStore {
         user_ids: Vec<UserId>,
         limit: usize,
     ) -> Result<Vec<UserId>> {
+        // A change whose outcome is unknown (timed out under contention): (user, epoch).
+        let mut unsure: Option<Vec<(UserId, i64)>> = None;
         for _ in 0..CAS_ATTEMPTS {
             let (rows, version) = self.member_rows(chat_id, true).await?;
             let Some(version) = version else {
                 return Err(Error::not_found("no such chat"));
             };
+            if let Some(tried) = unsure.take()
+                && tried
+                    .iter()
+                    .all(|(u, e)| rows.iter().any(|m| m.user_id == *u && m.epoch == *e))
+            {
+                // It did land.
+                self.finish_add(chat_id, &tried, &user_ids, &rows).await?;
+                return Ok(tried.into_iter().map(|(u, _)| u).collect());
+            }
             let existing: HashSet<UserId> = rows.iter().map(|m| m.user_id).collect();
-            let mut added: Vec<UserId> = Vec::new();
+            let mut added: Vec<(UserId, i64)> = Vec::new();
             for u in &user_ids {
-                if !existing.contains(u) && !added.contains(u) {
-                    added.push(*u);
+                if !existing.contains(u) && !added.iter().any(|(a, _)| a == u) {
+                    added.push((*u, random_epoch()));
                 }
             }
             if existing.len() + added.len() > limit {
                 return Err(Error::GroupFull { limit });
             }
             if added.is_empty() {
-                return Ok(added);
+                // Nothing to add; still repair the chat lists of the users asked for.
+                self.finish_add(chat_id, &[], &user_ids, &rows).await?;
+                return Ok(Vec::new());
             }
             let now = now_ms();
-            let epochs: Vec<i64> = added.iter().map(|_| random_epoch()).collect();
             let changes = added
                 .iter()
-                .zip(&epochs)
                 .map(|(u, e)| {
                     let v: Box<dyn SerializeRow + Send + Sync> = Box::new((
                         id(chat_id),
@@ -1081,14 +1191,13 @@ impl Store for ScyllaStore {
                     (self.st.member_insert.clone(), v)
                 })
                 .collect();
-            if self.members_cas(chat_id, version, changes).await? {
-                let rows: Vec<_> = added
-                    .iter()
-                    .zip(&epochs)
-                    .map(|(u, e)| (*u, chat_id, None, *e))
-                    .collect();
-                self.write_user_chats(None, &rows).await?;
-                return Ok(added);
+            match self.members_cas(chat_id, version, changes).await? {
+                Cas::Applied => {
+                    self.finish_add(chat_id, &added, &user_ids, &rows).await?;
+                    return Ok(added.into_iter().map(|(u, _)| u).collect());
+                }
+                Cas::Conflict => {}
+                Cas::Unknown => unsure = Some(added),
             }
         }
         Err(Error::Unavailable(
@@ -1097,16 +1206,18 @@ impl Store for ScyllaStore {
     }
 
     async fn remove_member(&self, chat_id: ChatId, user_id: UserId) -> Result<bool> {
+        // The epoch of a removal whose outcome is unknown (timed out under contention).
+        let mut unsure: Option<i64> = None;
         for _ in 0..CAS_ATTEMPTS {
             let (rows, version) = self.member_rows(chat_id, true).await?;
             let Some(leaving) = rows.iter().find(|m| m.user_id == user_id).cloned() else {
-                // Not a member. Drop a chat-list row a failed earlier removal may have left.
-                self.exec(
-                    "removing a chat from the user's list",
-                    &self.st.user_chat_delete,
-                    (id(user_id), id(chat_id)),
-                )
-                .await?;
+                if let Some(epoch) = unsure {
+                    // It did land.
+                    let remaining: Vec<&MemberRow> = rows.iter().collect();
+                    self.finish_remove(chat_id, user_id, epoch, &remaining)
+                        .await?;
+                    return Ok(true);
+                }
                 return Ok(false);
             };
             let version = version.unwrap_or(0);
@@ -1130,25 +1241,15 @@ impl Store for ScyllaStore {
                     Box::new((id(chat_id), id(p))),
                 ));
             }
-            if !self.members_cas(chat_id, version, changes).await? {
-                continue;
+            match self.members_cas(chat_id, version, changes).await? {
+                Cas::Applied => {
+                    self.finish_remove(chat_id, user_id, leaving.epoch, &remaining)
+                        .await?;
+                    return Ok(true);
+                }
+                Cas::Conflict => {}
+                Cas::Unknown => unsure = Some(leaving.epoch),
             }
-            let mut batch = self.logged_batch();
-            let mut values: Vec<Box<dyn SerializeRow + Send + Sync>> = Vec::new();
-            batch.append_statement(self.st.user_chat_delete.clone());
-            values.push(Box::new((id(user_id), id(chat_id))));
-            batch.append_statement(self.st.marks_delete.clone());
-            values.push(Box::new((id(chat_id), id(user_id), leaving.epoch)));
-            if let [other] = remaining[..] {
-                // A direct chat's survivor no longer has a partner in it.
-                batch.append_statement(self.st.user_chat_clear_peer.clone());
-                values.push(Box::new((id(other.user_id), id(chat_id))));
-            }
-            self.session
-                .batch(&batch, values)
-                .await
-                .map_err(|e| exec_error("removing a chat from the user's list", e))?;
-            return Ok(true);
         }
         Err(Error::Unavailable(
             "the member list kept changing concurrently; retry".into(),
@@ -1327,6 +1428,7 @@ struct Statements {
     user_chat_insert: PreparedStatement,
     user_chat_delete: PreparedStatement,
     user_chat_clear_peer: PreparedStatement,
+    user_chat_touch: PreparedStatement,
     marks_get: PreparedStatement,
     mark_get: PreparedStatement,
     mark_delivered: PreparedStatement,
@@ -1478,6 +1580,11 @@ impl Statements {
             .await?,
             user_chat_clear_peer: prep(
                 "UPDATE {ks}.user_chats SET peer = null WHERE user_id = ? AND chat_id = ?".into(),
+                Plain,
+            )
+            .await?,
+            user_chat_touch: prep(
+                "UPDATE {ks}.user_chats SET epoch = ? WHERE user_id = ? AND chat_id = ?".into(),
                 Plain,
             )
             .await?,
