@@ -35,6 +35,7 @@ const now = () => Date.now();
 
 const LS_TOKEN = 'tern.token';
 const LS_TRANSPORT = 'tern.transport'; // "longpoll" forces the long-poll transport
+// localStorage 'tern.wsProbeMs': how often long-poll mode tries a WebSocket again (default 60 s).
 
 function decodeJwtSub(token) {
   try {
@@ -310,7 +311,7 @@ const conn = {
   lastRx: 0,
   connectedAt: 0,
   hellos: 0,
-  lp: { gen: 0, cursor: null, abort: null, probeTimer: null },
+  lp: { gen: 0, cursor: null, abort: null, probeTimer: null, chain: Promise.resolve() },
   stateTimer: null,
 
   start() {
@@ -496,7 +497,8 @@ const conn = {
       this.ws.send(JSON.stringify(frame));
       return true;
     }
-    this.lpSend(frame);
+    // One POST at a time: frames reach the server in the order sent (send order = seq order).
+    this.lp.chain = this.lp.chain.then(() => this.lpSend(frame));
     return true;
   },
 
@@ -520,9 +522,10 @@ const conn = {
     // Try to get back to a WebSocket now and then (unless long-poll was asked for).
     const forced = new URLSearchParams(location.search).get('transport') || localStorage.getItem(LS_TRANSPORT);
     if (forced !== 'longpoll' && typeof WebSocket !== 'undefined') {
+      const every = Number(localStorage.getItem('tern.wsProbeMs')) || 60000;
       this.lp.probeTimer = setInterval(() => {
         if (this.mode === 'longpoll' && this.ready && !this.stopped) this.connectWs({ probe: true });
-      }, 60000);
+      }, Math.max(1000, every));
     }
   },
 
@@ -1499,6 +1502,7 @@ function openChat(chatId) {
   $('no-chat').hidden = true;
   $('chat-view').hidden = false;
   $('app').classList.add('in-chat');
+  autosize();
   if (location.hash !== `#/c/${chatId}`) history.replaceState(null, '', `#/c/${chatId}`);
   render.header();
   render.list();
@@ -2129,6 +2133,10 @@ function boot() {
 
 function autosize() {
   const ta = $('composer-input');
+  if (!ta.offsetParent) {
+    ta.style.height = ''; // hidden: measure again once shown
+    return;
+  }
   ta.style.height = 'auto';
   ta.style.height = `${Math.min(ta.scrollHeight + 2, 160)}px`;
 }
@@ -2213,6 +2221,7 @@ function wire() {
   });
   $('chat-filter').addEventListener('keydown', (e) => {
     if (e.key === 'Enter') {
+      e.preventDefault(); // focus moves to the composer: the Enter must not land there
       const first = $('chat-list').querySelector('.chat-item');
       if (first) openChat(Number(first.dataset.chatId));
     } else if (e.key === 'ArrowDown') {

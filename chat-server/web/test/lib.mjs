@@ -99,6 +99,7 @@ export function harness({ base, localWeb, shots } = {}) {
 
   const profiles = [];
   const browsers = [];
+  const users = [];
 
   async function newUser(label, { viewport = { width: 1100, height: 720 }, query = '', fakeMedia = false } = {}) {
     const dir = mkdtempSync(join(tmpdir(), `tern-web-profile-${label}-`));
@@ -135,7 +136,9 @@ export function harness({ base, localWeb, shots } = {}) {
       if (m.type() === 'error') errors.push(`console: ${m.text()}`);
     });
     await page.goto(`${h.appUrl}/${query}`);
-    return { label, ctx, page, errors };
+    const user = { label, ctx, page, errors };
+  users.push(user);
+  return user;
   }
 
   async function shot(u, name) {
@@ -260,6 +263,6 @@ export function harness({ base, localWeb, shots } = {}) {
     return counts.failed;
   }
 
-  Object.assign(h, { blockWebSockets: false, freezeWebSockets, BASE, LOCAL_WEB, SHOTS, appUrl: BASE, counts, step, newUser, shot, devSignIn, http, chatItem, waitText, startProxy, finish });
+  Object.assign(h, { users, blockWebSockets: false, freezeWebSockets, BASE, LOCAL_WEB, SHOTS, appUrl: BASE, counts, step, newUser, shot, devSignIn, http, chatItem, waitText, startProxy, finish });
   return h;
 }

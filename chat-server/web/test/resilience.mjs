@@ -178,7 +178,19 @@ async function main() {
     await d.page.keyboard.press('Enter');
     await a.page.locator('.chat-item').filter({ hasText: 'hello over long-poll' }).waitFor();
     await shot(d, 'r4-fallback-longpoll');
+    // Back to a WebSocket once it works again (probe interval shortened for the test).
+    await d.page.evaluate(() => localStorage.setItem('tern.wsProbeMs', '1500'));
+    await d.page.reload();
+  });
+
+  await step('long-poll → WebSocket: the probe promotes a working socket, nothing lost', async () => {
+    const d = H.users.find((u) => u.label === 'u4');
+    await d.page.locator('#conn-state[data-state=longpoll]').waitFor({ timeout: 30000 });
     H.blockWebSockets = false;
+    await d.page.locator('#conn-state[data-state=connected]').waitFor({ timeout: 15000 });
+    await chatItem(d.page, 'User 1').click();
+    await http('POST', `/v1/chats/${(await d.page.evaluate(() => window.tern.state.openChatId))}/messages`, { content: 'over the promoted socket' }, t1);
+    await d.page.locator('.msg').filter({ hasText: 'over the promoted socket' }).waitFor();
   });
 
   await step('no page errors', async () => {

@@ -294,6 +294,7 @@ async function main() {
     await a.page.keyboard.type('User 2');
     await a.page.keyboard.press('Enter');
     await waitText(a.page.locator('#chat-title'), /^User 2$/);
+    if ((await a.page.locator('#composer-input').inputValue()) !== '') throw new Error('the Enter leaked into the composer');
     await a.page.locator('#chat-filter').fill('');
     await a.page.locator('#chat-filter').dispatchEvent('input');
     const before = await a.page.locator('#chat-title').textContent();
@@ -367,6 +368,18 @@ async function main() {
     await shot(a, '11b-media-lightbox');
     await a.page.keyboard.press('Escape');
     await a.page.locator('#lightbox[open]').waitFor({ state: 'detached' });
+  });
+
+  await step('dark mode renders (prefers-color-scheme: dark)', async () => {
+    await a.page.emulateMedia({ colorScheme: 'dark' });
+    await chatItem(a.page, 'User 2').click();
+    const bg = await a.page.locator('.sidebar').evaluate((el) => getComputedStyle(el).backgroundColor);
+    const [r, g, bl] = bg.match(/\d+/g).map(Number);
+    if (r + g + bl > 200) throw new Error(`sidebar not dark: ${bg}`);
+    const hgt = await a.page.locator('#composer-input').evaluate((el) => el.getBoundingClientRect().height);
+    if (hgt < 30) throw new Error(`composer collapsed: ${hgt}px`);
+    await shot(a, '11c-dark');
+    await a.page.emulateMedia({ colorScheme: 'light' });
   });
 
   await step('narrow screen: one pane at a time with a back button', async () => {
