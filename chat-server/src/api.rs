@@ -114,7 +114,7 @@ pub async fn create_chat(
                 st.partners.invalidate(other);
                 // New partners learn each other's presence now, not at the next change.
                 for (to, about) in [(me, other), (other, me)] {
-                    for p in st.presence.get(&[about]) {
+                    for p in st.presence.get(&[about]).await {
                         st.hub.deliver(
                             &[to],
                             &crate::hub::frame(protocol::presence_frame(&p)),
@@ -333,7 +333,7 @@ pub async fn presence(
             protocol::MAX_PRESENCE_IDS
         )));
     }
-    Ok(Json(json!({"presence": st.presence.get(&ids)})))
+    Ok(Json(json!({"presence": st.presence.get(&ids).await})))
 }
 
 #[derive(Deserialize)]

@@ -54,11 +54,18 @@ impl UserPresence {
     }
 }
 
-/// The presence port: connection counts per user across the cluster.
+/// The presence port: live connections per user across the cluster.
+///
+/// Contract: `connected`/`disconnected` are called once per connection open/close, in that
+/// order; each returns the new presence when it changed the user's status (first connection:
+/// online; last one gone: offline with `last_seen` = now), so the caller can announce it.
+/// A distributed implementation keeps the counts with a TTL of about two heartbeat intervals,
+/// refreshed by the edges, so a crashed edge's users go offline by themselves.
+#[async_trait::async_trait]
 pub trait PresenceStore: Send + Sync + 'static {
-    fn connected(&self, user: UserId) -> Option<Presence>;
-    fn disconnected(&self, user: UserId) -> Option<Presence>;
-    fn get(&self, users: &[UserId]) -> Vec<Presence>;
+    async fn connected(&self, user: UserId) -> Option<Presence>;
+    async fn disconnected(&self, user: UserId) -> Option<Presence>;
+    async fn get(&self, users: &[UserId]) -> Vec<Presence>;
 }
 
 /// In-process presence for the embedded backend.
@@ -67,12 +74,13 @@ pub struct LocalPresence {
     users: Mutex<HashMap<UserId, UserPresence>>,
 }
 
+#[async_trait::async_trait]
 impl PresenceStore for LocalPresence {
-    fn connected(&self, user: UserId) -> Option<Presence> {
+    async fn connected(&self, user: UserId) -> Option<Presence> {
         self.users.lock().entry(user).or_default().connect(user)
     }
 
-    fn disconnected(&self, user: UserId) -> Option<Presence> {
+    async fn disconnected(&self, user: UserId) -> Option<Presence> {
         self.users
             .lock()
             .entry(user)
@@ -80,7 +88,7 @@ impl PresenceStore for LocalPresence {
             .disconnect(user, now_ms())
     }
 
-    fn get(&self, users: &[UserId]) -> Vec<Presence> {
+    async fn get(&self, users: &[UserId]) -> Vec<Presence> {
         let map = self.users.lock();
         users
             .iter()

@@ -53,7 +53,7 @@ impl Session {
             .connections_opened
             .get_or_create(&crate::metrics::TransportLabel { transport })
             .inc();
-        if let Some(p) = state.presence.connected(user_id) {
+        if let Some(p) = state.presence.connected(user_id).await {
             let st = state.clone();
             state
                 .tasks
@@ -61,7 +61,7 @@ impl Session {
         }
         match state.partners.get(state.store.as_ref(), user_id).await {
             Ok(partners) if !partners.is_empty() => {
-                for p in state.presence.get(&partners) {
+                for p in state.presence.get(&partners).await {
                     conn.send(frame(protocol::presence_frame(&p)));
                 }
             }
@@ -177,6 +177,7 @@ impl Session {
                 self.subscribed.extend(&new);
                 st.presence
                     .get(&p.user_ids)
+                    .await
                     .iter()
                     .map(|p| frame(protocol::presence_frame(p)))
                     .collect()
@@ -207,7 +208,7 @@ impl Session {
         let st = self.state.clone();
         st.hub.unregister(&self.conn);
         st.subs.remove(self.user_id(), &self.subscribed);
-        if let Some(p) = st.presence.disconnected(self.user_id()) {
+        if let Some(p) = st.presence.disconnected(self.user_id()).await {
             st.announce_presence(p).await;
         }
     }
