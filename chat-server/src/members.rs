@@ -18,6 +18,11 @@ impl ChatMembers {
     pub fn contains(&self, user: UserId) -> bool {
         self.users.contains(&user)
     }
+
+    /// Everyone but `user`.
+    pub fn others(&self, user: UserId) -> Vec<UserId> {
+        self.users.iter().copied().filter(|u| *u != user).collect()
+    }
 }
 
 pub struct MemberCache {

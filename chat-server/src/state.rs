@@ -254,12 +254,7 @@ impl AppState {
             let Ok(members) = self.members.get(self.store.as_ref(), chat_id).await else {
                 continue;
             };
-            let others: Vec<UserId> = members
-                .users
-                .iter()
-                .copied()
-                .filter(|u| *u != user)
-                .collect();
+            let others = members.others(user);
             for (kind, seq) in announce {
                 let f = frame(protocol::receipt_frame(chat_id, user, kind, seq));
                 self.hub.deliver(&others, &f, None);
@@ -273,12 +268,7 @@ impl AppState {
             .members
             .require(self.store.as_ref(), chat_id, user)
             .await?;
-        let others: Vec<UserId> = members
-            .users
-            .iter()
-            .copied()
-            .filter(|u| *u != user)
-            .collect();
+        let others = members.others(user);
         self.hub
             .deliver(&others, &frame(protocol::typing_frame(chat_id, user)), None);
         Ok(())

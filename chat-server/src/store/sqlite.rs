@@ -187,7 +187,8 @@ impl SqliteStore {
     /// for its thread to exit. Later writes fail with `unavailable`.
     pub async fn close(&self) {
         let _ = self.writer.send(WriteOp::Shutdown).await;
-        if let Some((stop, h)) = self.checkpointer.lock().take() {
+        let checkpointer = self.checkpointer.lock().take();
+        if let Some((stop, h)) = checkpointer {
             stop.store(true, std::sync::atomic::Ordering::Release);
             h.thread().unpark();
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
