@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -40,7 +40,8 @@ pub struct LpSession {
     session: tokio::sync::Mutex<Option<Session>>,
     queue: tokio::sync::Mutex<Queue>,
     last_active: AtomicI64,
-    polling: AtomicBool,
+    /// Poll requests in flight for this session.
+    polling: AtomicUsize,
     kicked: tokio_util::sync::CancellationToken,
 }
 
@@ -138,8 +139,7 @@ pub async fn poll(
             Err(e) => return e.into_response(),
         },
     };
-    lp.polling.store(true, Ordering::Release);
-    lp.last_active.store(now_ms(), Ordering::Release);
+    let _polling = Polling::start(&lp);
     let wait = Duration::from_secs(q.timeout.unwrap_or(25).min(MAX_POLL_TIMEOUT));
     let mut queue = lp.queue.lock().await;
     while queue.buffer.front().is_some_and(|(i, _)| *i <= acked) {
@@ -165,13 +165,30 @@ pub async fn poll(
     let cursor = format!("{}.{}", lp.session_id, queue.next - 1);
     let events: Vec<Frame> = queue.buffer.iter().map(|(_, f)| f.clone()).collect();
     drop(queue);
-    lp.last_active.store(now_ms(), Ordering::Release);
-    lp.polling.store(false, Ordering::Release);
     if lp.kicked.is_cancelled() {
         st.metrics.slow_consumers.inc();
         expire(&st, &lp.session_id).await;
     }
     events_json(Some(&cursor), events.into_iter())
+}
+
+/// Marks a session as being polled for as long as the request lives — also when the client
+/// goes away mid-wait and the handler is dropped — so the sweeper can expire it afterwards.
+struct Polling<'a>(&'a LpSession);
+
+impl<'a> Polling<'a> {
+    fn start(lp: &'a LpSession) -> Self {
+        lp.polling.fetch_add(1, Ordering::AcqRel);
+        lp.last_active.store(now_ms(), Ordering::Release);
+        Polling(lp)
+    }
+}
+
+impl Drop for Polling<'_> {
+    fn drop(&mut self) {
+        self.0.last_active.store(now_ms(), Ordering::Release);
+        self.0.polling.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 fn push(q: &mut Queue, f: Frame) {
@@ -198,7 +215,7 @@ async fn open(st: &Arc<AppState>, user: UserId) -> Result<Arc<LpSession>> {
             next: 1,
         }),
         last_active: AtomicI64::new(now_ms()),
-        polling: AtomicBool::new(false),
+        polling: AtomicUsize::new(0),
     });
     st.longpoll
         .sessions
@@ -263,7 +280,7 @@ pub async fn sweep(st: Arc<AppState>) {
             .values()
             .filter(|s| {
                 s.kicked.is_cancelled()
-                    || (!s.polling.load(Ordering::Acquire)
+                    || (s.polling.load(Ordering::Acquire) == 0
                         && now - s.last_active.load(Ordering::Acquire) > silence)
             })
             .map(|s| s.session_id.clone())

@@ -252,9 +252,18 @@ pub fn ack_frame(a: &Ack) -> String {
 }
 
 pub fn error_frame(e: &Error, client_msg_id: Option<&str>) -> String {
+    error_frame_in(e, client_msg_id, None)
+}
+
+/// An `error` frame that also names the chat the failed frame was about (an optional field:
+/// a compatible extension of the contract).
+pub fn error_frame_in(e: &Error, client_msg_id: Option<&str>, chat_id: Option<ChatId>) -> String {
     let mut v = json!({"type": "error", "code": e.code(), "message": e.public_message()});
     if let Some(id) = client_msg_id {
         v["client_msg_id"] = json!(id);
+    }
+    if let Some(c) = chat_id {
+        v["chat_id"] = json!(c);
     }
     v.to_string()
 }

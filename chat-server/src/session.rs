@@ -4,7 +4,7 @@
 use crate::delivery::ReplyTo;
 use crate::error::{Error, Result};
 use crate::hub::{ConnHandle, Frame, frame};
-use crate::model::{ReceiptKind, UserId};
+use crate::model::{ChatId, ReceiptKind, UserId};
 use crate::protocol::{self, ClientFrame};
 use crate::ratelimit::TokenBucket;
 use crate::state::{AppState, ConnSlot};
@@ -139,12 +139,14 @@ impl Session {
                 }
             }
             ClientFrame::Delivered(m) => self.result(
+                m.chat_id,
                 st.mark(user, m.chat_id, ReceiptKind::Delivered, m.seq)
                     .await,
             ),
-            ClientFrame::Read(m) => {
-                self.result(st.mark(user, m.chat_id, ReceiptKind::Read, m.seq).await)
-            }
+            ClientFrame::Read(m) => self.result(
+                m.chat_id,
+                st.mark(user, m.chat_id, ReceiptKind::Read, m.seq).await,
+            ),
             ClientFrame::Sync(s) => {
                 let limit = protocol::page_limit(s.limit);
                 match st.sync(user, s.chat_id, s.after_seq, limit).await {
@@ -156,7 +158,7 @@ impl Session {
                             page.has_more || cut,
                         ))]
                     }
-                    Err(e) => vec![self.error(&e, None)],
+                    Err(e) => vec![self.error_in(&e, None, Some(s.chat_id))],
                 }
             }
             ClientFrame::PresenceSubscribe(p) => {
@@ -182,24 +184,29 @@ impl Session {
                     .map(|p| frame(protocol::presence_frame(p)))
                     .collect()
             }
-            ClientFrame::Typing(t) => self.result(st.typing(user, t.chat_id).await),
+            ClientFrame::Typing(t) => self.result(t.chat_id, st.typing(user, t.chat_id).await),
             ClientFrame::Ping {} => vec![frame(protocol::pong_frame())],
         }
     }
 
-    fn result(&self, r: Result<()>) -> Vec<Frame> {
+    fn result(&self, chat_id: ChatId, r: Result<()>) -> Vec<Frame> {
         match r {
             Ok(()) => vec![],
-            Err(e) => vec![self.error(&e, None)],
+            Err(e) => vec![self.error_in(&e, None, Some(chat_id))],
         }
     }
 
     fn error(&self, e: &Error, client_msg_id: Option<&str>) -> Frame {
+        self.error_in(e, client_msg_id, None)
+    }
+
+    /// An `error` frame; `chat_id` names the chat a chat-scoped frame was about.
+    fn error_in(&self, e: &Error, client_msg_id: Option<&str>, chat_id: Option<ChatId>) -> Frame {
         self.state.metrics.error(e.code());
         if let Error::Internal(cause) = e {
             tracing::error!(%cause, user_id = self.user_id(), "frame failed");
         }
-        frame(protocol::error_frame(e, client_msg_id))
+        frame(protocol::error_frame_in(e, client_msg_id, chat_id))
     }
 
     /// Close the session: unregister, drop subscriptions, and mark the user offline if this

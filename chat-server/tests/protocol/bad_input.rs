@@ -81,6 +81,10 @@ async fn bad_frames_get_errors_and_the_connection_keeps_working() {
         );
         assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()));
     }
+    // Errors about a chat-scoped frame name the chat.
+    a.send(json!({"type":"read","chat_id":foreign,"seq":1}))
+        .await;
+    assert_eq!(a.expect("error").await["chat_id"], foreign);
     // The too-large send names its client_msg_id.
     a.send_text(&cases[8].0).await;
     assert_eq!(a.expect("error").await["client_msg_id"], "big");

@@ -192,3 +192,42 @@ async fn long_poll_sessions_expire_and_unknown_cursors_start_over() {
     let events = thief.poll(0).await;
     assert_eq!(events[0]["user_id"], 3);
 }
+
+#[tokio::test]
+async fn an_abandoned_poll_still_expires() {
+    // A client that goes away in the middle of a poll (browser closed, network gone) must not
+    // keep its user online forever.
+    let s = TestServer::start_with(&["--heartbeat-interval", "1"]).await;
+    s.api(1).direct(2).await;
+    let mut lp = Poller::new(&s, 2);
+    lp.poll(0).await;
+    let mut ws = s.ws(1).await;
+    assert_eq!(ws.expect("presence").await["status"], "online");
+    lp.poll(0).await; // takes user 1's presence, so the next poll has to wait
+    let url = format!(
+        "{}/v1/poll?timeout=30&token={}&cursor={}",
+        lp.base,
+        lp.token,
+        lp.cursor.clone().unwrap()
+    );
+    let aborted = tokio::time::timeout(Duration::from_millis(300), reqwest::get(url)).await;
+    assert!(
+        aborted.is_err(),
+        "the poll should still be waiting when we hang up"
+    );
+    let started = std::time::Instant::now();
+    loop {
+        let p = ws
+            .expect_keepalive("presence", Duration::from_secs(5))
+            .await;
+        if p["status"] == "offline" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "user 2 stayed online"
+        );
+    }
+    let connections = s.metric("chat_connections").await;
+    assert_eq!(connections, 1.0, "the poll session's slot was released");
+}
