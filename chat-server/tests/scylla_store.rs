@@ -1039,7 +1039,9 @@ mod cql {
     }
 
     /// Write latency of `append_batch` on this machine: batches of 1 and 100 messages to one
-    /// chat, and 100 messages spread over 100 chats. Prints medians; asserts only success.
+    /// chat (with and without idempotency keys), and 100 messages spread over 100 chats.
+    /// Prints the distribution (`--nocapture`; `TERN_LATENCY_ROUNDS`, default 10); asserts
+    /// only that every append succeeds.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn append_latency_report() {
         let ks = TestKeyspace::create(scylla_schema::DEFAULT_BUCKET_SIZE).await;
@@ -1061,23 +1063,29 @@ mod cql {
                 t.elapsed()
             }
         };
-        let mut one = Vec::new();
-        let mut hundred = Vec::new();
-        let mut spread = Vec::new();
-        for round in 0..30 {
+        // Every variant in every round, interleaved, so machine noise hits them alike.
+        let rounds: usize = std::env::var("TERN_LATENCY_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        let (mut one, mut one_plain, mut hundred, mut hundred_plain, mut spread) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let body = "y".repeat(100);
+        for round in 0..rounds {
             n += 1;
             one.push(timed(vec![msg(chat, 1, "x", Some(&format!("one-{n}")))]).await);
-            if round % 3 == 0 {
-                let batch = (0..100)
-                    .map(|i| msg(chat, 1, &"y".repeat(100), Some(&format!("h-{round}-{i}"))))
-                    .collect();
-                hundred.push(timed(batch).await);
-                let batch = chats
-                    .iter()
-                    .map(|&c| msg(c, 1, &"z".repeat(100), Some(&format!("s-{round}"))))
-                    .collect();
-                spread.push(timed(batch).await);
-            }
+            one_plain.push(timed(vec![msg(chat, 1, "x", None)]).await);
+            let batch = (0..100)
+                .map(|i| msg(chat, 1, &body, Some(&format!("h-{round}-{i}"))))
+                .collect();
+            hundred.push(timed(batch).await);
+            let batch = (0..100).map(|_| msg(chat, 1, &body, None)).collect();
+            hundred_plain.push(timed(batch).await);
+            let batch = chats
+                .iter()
+                .map(|&c| msg(c, 1, &body, Some(&format!("s-{round}"))))
+                .collect();
+            spread.push(timed(batch).await);
         }
         let summary = |name: &str, mut v: Vec<Duration>| {
             v.sort();
@@ -1091,9 +1099,11 @@ mod cql {
                 ms(v[v.len() - 1])
             );
         };
-        summary("1 message (with client_msg_id)", one);
-        summary("100 messages, one chat", hundred);
-        summary("100 messages, 100 chats", spread);
+        summary("1 message, client_msg_id", one);
+        summary("1 message, no client_msg_id", one_plain);
+        summary("100 messages to 1 chat, client_msg_ids", hundred);
+        summary("100 messages to 1 chat, no client_msg_id", hundred_plain);
+        summary("100 messages to 100 chats, client_msg_ids", spread);
         drop(store);
         ks.drop_keyspace().await;
     }

@@ -56,8 +56,12 @@ const BATCH_BYTES: usize = 256 * 1024;
 const LOGGED_BATCH_ROWS: usize = 40;
 /// Attempts of an optimistic (compare-and-set) membership change before giving up.
 const CAS_ATTEMPTS: usize = 32;
+/// Idempotency keys per `IN (…)` lookup or per batch write.
+const IN_LIST: usize = 100;
 /// Concurrent requests one store call sends.
 const FAN_OUT: usize = 32;
+/// Chats of one `append_batch` appended concurrently (each is a few sequential round trips).
+const CHATS_AT_ONCE: usize = 128;
 
 /// Connection and behaviour settings of [`ScyllaStore`].
 #[derive(Debug, Clone)]
@@ -537,56 +541,83 @@ impl ScyllaStore {
         Ok(Some(last))
     }
 
-    /// The stored message a resend refers to, if its idempotency key points at a message that
-    /// is visible (`seq <= last`) and is still the one the key was written for.
-    async fn original(
+    /// The stored messages that resends from `sender` refer to, by `client_msg_id`: keys are
+    /// read in one query (one partition per chat and sender), and a key counts only if it
+    /// points at a visible message (`seq <= last`) that is still the one it was written for.
+    async fn originals(
         &self,
         chat_id: ChatId,
         sender: UserId,
-        client_msg_id: &str,
+        client_msg_ids: Vec<String>,
         last: Seq,
-    ) -> Result<Option<Message>> {
-        let r = self
-            .exec(
-                "reading an idempotency key",
-                &self.st.idem_get,
-                (id(chat_id), id(sender), client_msg_id),
-            )
-            .await?;
-        let Some((seq, message_id)) = rows_of::<(i64, String)>("reading an idempotency key", r)?
-            .into_iter()
-            .next()
-        else {
-            return Ok(None);
-        };
-        let seq = seq as u64;
-        if seq == 0 || seq > last {
-            return Ok(None);
+    ) -> Result<HashMap<String, Message>> {
+        let mut keys: Vec<(String, Seq, String)> = Vec::new();
+        for chunk in client_msg_ids.chunks(IN_LIST) {
+            let r = self
+                .exec(
+                    "reading idempotency keys",
+                    &self.st.idem_get,
+                    (id(chat_id), id(sender), chunk),
+                )
+                .await?;
+            for (cid, seq, message_id) in
+                rows_of::<(String, i64, String)>("reading idempotency keys", r)?
+            {
+                let seq = seq.max(0) as u64;
+                if seq != 0 && seq <= last {
+                    keys.push((cid, seq, message_id));
+                }
+            }
         }
-        Ok(self
-            .message_at(chat_id, seq)
-            .await?
-            .filter(|m| m.message_id == message_id && m.sender_id == sender))
+        let checks: Vec<_> = keys
+            .into_iter()
+            .map(|(cid, seq, message_id)| async move {
+                let found = self.message_at(chat_id, seq).await?;
+                Ok::<_, Error>(
+                    found
+                        .filter(|m| m.message_id == message_id && m.sender_id == sender)
+                        .map(|m| (cid, m)),
+                )
+            })
+            .collect();
+        let found: Vec<Option<(String, Message)>> = stream::iter(checks)
+            .buffer_unordered(FAN_OUT)
+            .try_collect()
+            .await?;
+        Ok(found.into_iter().flatten().collect())
     }
 
+    /// Idempotency keys of `messages` (all of one chat): one single-partition batch per sender.
     async fn write_idempotency(&self, messages: &[SharedMessage]) -> Result<()> {
-        let writes: Vec<_> = messages
-            .iter()
-            .filter(|m| m.client_msg_id.is_some())
-            .map(|m| {
-                self.exec(
-                    "writing an idempotency key",
-                    &self.st.idem_put,
-                    (
+        let mut by_sender: HashMap<UserId, Vec<&Message>> = HashMap::new();
+        for m in messages.iter().filter(|m| m.client_msg_id.is_some()) {
+            by_sender.entry(m.sender_id).or_default().push(m);
+        }
+        let mut writes = Vec::new();
+        for group in by_sender.values() {
+            for chunk in group.chunks(IN_LIST) {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                batch.set_consistency(self.st.consistency);
+                batch.set_is_idempotent(true);
+                let mut values = Vec::with_capacity(chunk.len());
+                for m in chunk {
+                    batch.append_statement(self.st.idem_put.clone());
+                    values.push((
                         id(m.chat_id),
                         id(m.sender_id),
                         m.client_msg_id.as_deref().unwrap_or_default(),
                         m.seq as i64,
                         m.message_id.as_str(),
-                    ),
-                )
-            })
-            .collect();
+                    ));
+                }
+                writes.push(async move {
+                    self.session
+                        .batch(&batch, values)
+                        .await
+                        .map_err(|e| exec_error("writing idempotency keys", e))
+                });
+            }
+        }
         stream::iter(writes)
             .buffer_unordered(FAN_OUT)
             .try_collect::<Vec<_>>()
@@ -703,18 +734,37 @@ impl ScyllaStore {
                 }
             },
         };
-        // Idempotency: every keyed message is looked up concurrently.
-        let lookups: Vec<_> = batch
-            .iter()
-            .map(|(_, m)| async move {
-                match &m.client_msg_id {
-                    Some(cid) => self.original(chat_id, m.sender_id, cid, last).await,
-                    None => Ok(None),
+        // Idempotency: the keys of each sender are looked up in one query, senders concurrently.
+        let mut asked: HashMap<UserId, Vec<String>> = HashMap::new();
+        for (_, m) in &batch {
+            if let Some(cid) = &m.client_msg_id {
+                let ids = asked.entry(m.sender_id).or_default();
+                if !ids.contains(cid) {
+                    ids.push(cid.clone());
                 }
+            }
+        }
+        let lookups: Vec<_> = asked
+            .into_iter()
+            .map(|(sender, ids)| async move {
+                (sender, self.originals(chat_id, sender, ids, last).await)
             })
             .collect();
-        let lookups: Vec<Result<Option<Message>>> =
-            stream::iter(lookups).buffered(FAN_OUT).collect().await;
+        let mut originals: HashMap<UserId, Result<HashMap<String, Message>>> =
+            stream::iter(lookups)
+                .buffer_unordered(FAN_OUT)
+                .collect()
+                .await;
+        let lookups: Vec<Result<Option<Message>>> = batch
+            .iter()
+            .map(
+                |(_, m)| match (&m.client_msg_id, originals.get_mut(&m.sender_id)) {
+                    (Some(cid), Some(Ok(found))) => Ok(found.get(cid).cloned()),
+                    (Some(_), Some(Err(e))) => Err(same_error(e)),
+                    _ => Ok(None),
+                },
+            )
+            .collect();
 
         let now = now_ms();
         let mut next = last;
@@ -1272,7 +1322,7 @@ impl Store for ScyllaStore {
             .map(|(chat_id, msgs)| self.append_chat(chat_id, msgs))
             .collect();
         let done: Vec<Vec<(usize, Result<Appended>)>> = stream::iter(chats)
-            .buffer_unordered(FAN_OUT)
+            .buffer_unordered(CHATS_AT_ONCE)
             .collect()
             .await;
         let mut out: Vec<Option<Result<Appended>>> = (0..n).map(|_| None).collect();
@@ -1661,8 +1711,8 @@ impl Statements {
             )
             .await?,
             idem_get: prep(
-                "SELECT seq, message_id FROM {ks}.idempotency \
-                 WHERE chat_id = ? AND sender_id = ? AND client_msg_id = ?"
+                "SELECT client_msg_id, seq, message_id FROM {ks}.idempotency \
+                 WHERE chat_id = ? AND sender_id = ? AND client_msg_id IN ?"
                     .into(),
                 Plain,
             )

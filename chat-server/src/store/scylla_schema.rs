@@ -197,15 +197,17 @@ pub fn table_statements(keyspace: &str) -> Vec<String> {
             created_at    timestamp,
             PRIMARY KEY ((chat_id, bucket), seq))
           WITH CLUSTERING ORDER BY (seq ASC)",
-        // Idempotency keys of accepted messages, kept for IDEMPOTENCY_TTL_SECS.
+        // Idempotency keys of accepted messages, kept for IDEMPOTENCY_TTL_SECS. One partition
+        // per chat and sender, so a batch's keys are one IN query and one batch write. Rows
+        // only expire (never deleted), so tombstones can be purged soon after expiry.
         "CREATE TABLE IF NOT EXISTS {ks}.idempotency (
             chat_id       bigint,
             sender_id     bigint,
             client_msg_id text,
             seq           bigint,
             message_id    text,
-            PRIMARY KEY ((chat_id, sender_id, client_msg_id)))
-          WITH default_time_to_live = {ttl}",
+            PRIMARY KEY ((chat_id, sender_id), client_msg_id))
+          WITH default_time_to_live = {ttl} AND gc_grace_seconds = 10800",
     ]
     .iter()
     .map(|s| {
