@@ -456,6 +456,17 @@ mod cases {
             assert_eq!(all_seqs(s, chat).await, (1..=20).collect::<Vec<_>>());
         }
 
+        // Concurrent calls for the same chat: distinct seqs, no gap.
+        let shared = group(s, 1, &[2]).await;
+        let mut seqs: Vec<u64> = join_all((0..6).map(|_| send_n(s, shared, 2, 3)))
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        seqs.sort();
+        assert_eq!(seqs, (1..=18).collect::<Vec<_>>());
+        assert_eq!(all_seqs(s, shared).await, seqs);
+
         // Unknown chat: not_found, and the other messages of the batch are unaffected.
         let results = s
             .append_batch(vec![msg(a, 1, "ok", None), msg(987_654, 1, "lost", None)])
@@ -870,6 +881,24 @@ mod cql {
             assert_eq!(bucket, seq / TEST_BUCKET as i64, "seq {seq}");
         }
         drop(store);
+        ks.drop_keyspace().await;
+    }
+
+    /// Ownership moves to another process and back (a Kafka rebalance): after
+    /// `forget_sequences` the first owner continues after the other's messages instead of
+    /// reusing their seqs.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forgetting_sequences_on_rebalance_continues_after_the_other_owner() {
+        let ks = TestKeyspace::create(TEST_BUCKET).await;
+        let first = ks.store().await;
+        let second = ks.store().await;
+        let chat = group(&first, 1, &[2]).await;
+        assert_eq!(send_n(&first, chat, 1, 3).await, vec![1, 2, 3]);
+        assert_eq!(send_n(&second, chat, 2, 3).await, vec![4, 5, 6]);
+        first.forget_sequences();
+        assert_eq!(send_n(&first, chat, 1, 2).await, vec![7, 8]);
+        assert_eq!(all_seqs(&second, chat).await, (1..=8).collect::<Vec<_>>());
+        drop((first, second));
         ks.drop_keyspace().await;
     }
 

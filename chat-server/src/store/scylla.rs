@@ -45,6 +45,7 @@ use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlTimestamp, CqlValue, Row};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Unread counts stop at this many (same cap as the embedded store).
@@ -716,10 +717,14 @@ impl ScyllaStore {
     ) -> Vec<(usize, Result<Appended>)> {
         let slot = self.seqs.slot(chat_id);
         let mut cached = slot.lock().await;
-        let last = match *cached {
+        let generation = self.seqs.generation();
+        let last = match cached.get(generation) {
             Some(s) => s,
             None => match self.recover_last_seq(chat_id).await {
-                Ok(Some(s)) => s,
+                Ok(Some(s)) => {
+                    cached.set(s, generation);
+                    s
+                }
                 Ok(None) => {
                     return batch
                         .into_iter()
@@ -821,7 +826,7 @@ impl ScyllaStore {
             .await;
             match written {
                 Ok(()) => {
-                    *cached = Some(next);
+                    cached.set(next, generation);
                     for (k, message) in fresh_at.into_iter().zip(fresh) {
                         results[k].1 = Some(Ok(Appended {
                             message,
@@ -831,7 +836,7 @@ impl ScyllaStore {
                 }
                 Err(e) => {
                     // Unknown how much landed: the next append re-reads the chat's tail.
-                    *cached = None;
+                    cached.last = None;
                     tracing::error!(cause = %e, chat_id, "append failed");
                     for k in fresh_at {
                         results[k].1 = Some(Err(same_error(&e)));
@@ -969,7 +974,9 @@ enum Cas {
     Unknown,
 }
 
-async fn connect_session(nodes: &[String], options: &ScyllaOptions) -> Result<Session> {
+/// A session to `nodes` with the options' consistency, timeout, DC preference, credentials and
+/// client-side monotonic write timestamps (for `chat-server setup` and [`ScyllaStore::connect`]).
+pub async fn connect_session(nodes: &[String], options: &ScyllaOptions) -> Result<Session> {
     if nodes.is_empty() {
         return Err(Error::invalid("no CQL nodes given"));
     }
@@ -1856,11 +1863,33 @@ fn random_epoch() -> i64 {
 
 // ---- the last-seq cache ------------------------------------------------------------------
 
-/// Per-chat sequencing slots: the cached last `seq` (`None` until read) behind an async lock,
-/// so appends to one chat never interleave even if a caller sends them concurrently.
+/// Per-chat sequencing slots: the cached last `seq` behind an async lock, so appends to one
+/// chat never interleave in this process even if callers send them concurrently. Slots stay
+/// unique per chat while in use; forgetting everything bumps a generation instead of dropping
+/// slots, so an append in flight during [`ScyllaStore::forget_sequences`] still excludes the
+/// next one.
 struct SeqCache {
-    slots: parking_lot::Mutex<HashMap<ChatId, Arc<tokio::sync::Mutex<Option<Seq>>>>>,
+    slots: parking_lot::Mutex<HashMap<ChatId, Arc<tokio::sync::Mutex<SeqSlot>>>>,
     cap: usize,
+    generation: AtomicU64,
+}
+
+#[derive(Default)]
+struct SeqSlot {
+    last: Option<Seq>,
+    generation: u64,
+}
+
+impl SeqSlot {
+    /// The cached last `seq`, if it was stored in the current generation.
+    fn get(&self, generation: u64) -> Option<Seq> {
+        self.last.filter(|_| self.generation == generation)
+    }
+
+    fn set(&mut self, last: Seq, generation: u64) {
+        self.last = Some(last);
+        self.generation = generation;
+    }
 }
 
 impl SeqCache {
@@ -1868,10 +1897,11 @@ impl SeqCache {
         SeqCache {
             slots: parking_lot::Mutex::new(HashMap::new()),
             cap: cap.max(16),
+            generation: AtomicU64::new(0),
         }
     }
 
-    fn slot(&self, chat_id: ChatId) -> Arc<tokio::sync::Mutex<Option<Seq>>> {
+    fn slot(&self, chat_id: ChatId) -> Arc<tokio::sync::Mutex<SeqSlot>> {
         let mut slots = self.slots.lock();
         if slots.len() >= self.cap && !slots.contains_key(&chat_id) {
             // Keep only slots in use; the rest are re-read on next use.
@@ -1880,16 +1910,13 @@ impl SeqCache {
         slots.entry(chat_id).or_default().clone()
     }
 
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Invalidate every cached `seq` (read again on next use).
     fn clear(&self) {
-        let mut slots = self.slots.lock();
-        for slot in slots.values() {
-            if let Ok(mut s) = slot.try_lock() {
-                *s = None;
-            }
-        }
-        // Slots busy right now are dropped from the map; their holders finish with them and
-        // the next append starts from a fresh, unread slot.
-        slots.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 
@@ -2063,6 +2090,19 @@ mod tests {
         // Slot 1 is held, so it survived every eviction; idle ones were dropped.
         assert!(Arc::ptr_eq(&a, &cache.slot(1)));
         assert!(cache.slots.lock().len() <= 17);
+    }
+
+    #[test]
+    fn forgetting_sequences_keeps_slots_but_invalidates_them() {
+        let cache = SeqCache::new(16);
+        let slot = cache.slot(7);
+        let g = cache.generation();
+        slot.try_lock().unwrap().set(41, g);
+        assert_eq!(slot.try_lock().unwrap().get(cache.generation()), Some(41));
+        cache.clear();
+        // Same slot (still the one lock for chat 7), but the value must be read again.
+        assert!(Arc::ptr_eq(&slot, &cache.slot(7)));
+        assert_eq!(slot.try_lock().unwrap().get(cache.generation()), None);
     }
 
     #[test]
