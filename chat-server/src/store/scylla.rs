@@ -508,20 +508,48 @@ impl ScyllaStore {
         let mut last = stored;
         let mut adopted = Vec::new();
         const PAGE: usize = 1000;
+        let mut gap_in = None;
         loop {
             let b = self.bucket(last + 1);
             let tail = self.bucket_asc(chat_id, b, last, u64::MAX, PAGE).await?;
             let before = last;
             for m in &tail {
                 if m.seq != last + 1 {
-                    break; // a gap: what follows was never acknowledged and will be overwritten
+                    gap_in = Some(b);
+                    break;
                 }
                 last = m.seq;
                 adopted.push(m.clone());
             }
             let bucket_done = self.bucket(last + 1) != b;
-            if last == before || (tail.len() < PAGE && !bucket_done) {
+            if gap_in.is_some() || last == before || (tail.len() < PAGE && !bucket_done) {
                 break;
+            }
+        }
+        if let Some(mut b) = gap_in {
+            // Rows past a gap were never acknowledged (appends are acked only once every row
+            // and `last_seq` are written). Delete them, or a later owner would adopt them once
+            // new messages close the gap, duplicating messages that were resent meanwhile.
+            tracing::warn!(
+                chat_id,
+                after = last,
+                "deleting unacknowledged messages past a gap"
+            );
+            loop {
+                self.exec(
+                    "deleting unacknowledged messages",
+                    &self.st.msgs_drop_after,
+                    (id(chat_id), b, last as i64),
+                )
+                .await?;
+                b += 1;
+                if self
+                    .bucket_asc(chat_id, b, last, u64::MAX, 1)
+                    .await?
+                    .is_empty()
+                {
+                    break;
+                }
             }
         }
         if last > stored {
@@ -1495,6 +1523,7 @@ struct Statements {
     msg_get: PreparedStatement,
     msgs_asc: PreparedStatement,
     msgs_desc: PreparedStatement,
+    msgs_drop_after: PreparedStatement,
     senders: PreparedStatement,
     idem_get: PreparedStatement,
     idem_put: PreparedStatement,
@@ -1707,6 +1736,11 @@ impl Statements {
                     "SELECT {MSG_COLS} FROM {{ks}}.messages WHERE chat_id = ? AND bucket = ? \
                      AND seq <= ? ORDER BY seq DESC LIMIT ?"
                 ),
+                Plain,
+            )
+            .await?,
+            msgs_drop_after: prep(
+                "DELETE FROM {ks}.messages WHERE chat_id = ? AND bucket = ? AND seq > ?".into(),
                 Plain,
             )
             .await?,
