@@ -51,6 +51,19 @@ pub struct UserChat {
     pub unread: u64,
 }
 
+/// The members of a new group: the creator first, then `members` in order without repeats.
+/// `GroupFull` if that is more than `limit`. Shared by every implementation.
+pub fn group_members(creator: UserId, members: Vec<UserId>, limit: usize) -> Result<Vec<UserId>> {
+    let mut seen = std::collections::HashSet::with_capacity(members.len() + 1);
+    seen.insert(creator);
+    let mut all = vec![creator];
+    all.extend(members.into_iter().filter(|m| seen.insert(*m)));
+    if all.len() > limit {
+        return Err(crate::error::Error::GroupFull { limit });
+    }
+    Ok(all)
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The direct chat of the pair, created if missing. `true` when it was created now.
@@ -83,4 +96,22 @@ pub trait Store: Send + Sync + 'static {
     async fn save_marks(&self, updates: Vec<(ChatId, Marks)>) -> Result<()>;
     /// Everyone who shares a direct chat with `user_id`.
     async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_members_merge_repeats_and_count_the_creator() {
+        assert_eq!(
+            group_members(1, vec![2, 1, 3, 2], 3).unwrap(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(
+            group_members(1, vec![2, 3, 4], 3).unwrap_err().code(),
+            "group_full"
+        );
+        assert_eq!(group_members(1, vec![], 1).unwrap(), vec![1]);
+    }
 }

@@ -1114,15 +1114,7 @@ impl Store for ScyllaStore {
         members: Vec<UserId>,
         limit: usize,
     ) -> Result<Chat> {
-        let mut all = vec![creator];
-        for m in members {
-            if !all.contains(&m) {
-                all.push(m);
-            }
-        }
-        if all.len() > limit {
-            return Err(Error::GroupFull { limit });
-        }
+        let all = super::group_members(creator, members, limit)?;
         let now = now_ms();
         let roles: Vec<(UserId, Role)> = all
             .iter()

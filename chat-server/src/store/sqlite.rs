@@ -412,15 +412,7 @@ impl Writer {
         members: Vec<UserId>,
         limit: usize,
     ) -> Result<Chat> {
-        let mut all = vec![creator];
-        for m in members {
-            if !all.contains(&m) {
-                all.push(m);
-            }
-        }
-        if all.len() > limit {
-            return Err(Error::GroupFull { limit });
-        }
+        let all = super::group_members(creator, members, limit)?;
         let id = self.next_chat_id()?;
         let now = now_ms();
         self.conn.execute(
