@@ -203,7 +203,19 @@ async fn an_abandoned_poll_still_expires() {
     lp.poll(0).await;
     let mut ws = s.ws(1).await;
     assert_eq!(ws.expect("presence").await["status"], "online");
-    lp.poll(0).await; // takes user 1's presence, so the next poll has to wait
+    // Take user 1's "online" (announced asynchronously), so the next poll has to wait.
+    let mut seen = false;
+    for _ in 0..20 {
+        let events = lp.poll(1).await;
+        if events
+            .iter()
+            .any(|e| e["type"] == "presence" && e["user_id"] == 1)
+        {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "user 1's presence never reached the poll session");
     let url = format!(
         "{}/v1/poll?timeout=30&token={}&cursor={}",
         lp.base,
