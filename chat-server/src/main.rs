@@ -28,6 +28,7 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 .context("bad --log / RUST_LOG filter")?,
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
