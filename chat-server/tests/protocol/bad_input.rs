@@ -273,47 +273,12 @@ async fn slow_and_half_open_http_requests_time_out() {
     // Either a 408 or a plain close, but never a hang.
     let text = String::from_utf8_lossy(&buf[..n.unwrap_or(0)]).to_string();
     assert!(text.is_empty() || text.contains("408"), "{text}");
-    assert_eq!(
-        reqwest::get(s.url("/healthz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(s.status("/healthz").await, 200);
 }
 
 #[tokio::test]
 async fn dev_auth_is_off_unless_asked_for() {
-    let s = TestServer::start().await;
-    // The harness turns it on; a server started without the flag must not hand out tokens.
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chat-server"))
-        .args(["--listen", "127.0.0.1:0", "--jwt-secret", SECRET])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let url = format!(
-        "{}/v1/dev/token",
-        line.trim().strip_prefix("tern: listening on ").unwrap()
-    );
-    let r = reqwest::Client::new()
-        .post(url)
-        .json(&json!({"user_id":1}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 404);
-    child.kill().unwrap();
-    child.wait().unwrap();
-    drop(s);
+    let s = TestServer::start_without_dev_auth().await;
+    let (st, _) = s.api(1).post("/v1/dev/token", json!({"user_id":1})).await;
+    assert_eq!(st, 404);
 }

@@ -94,22 +94,8 @@ async fn sigterm_drains_with_reconnect_and_exits_cleanly() {
 #[tokio::test]
 async fn readiness_health_and_metrics() {
     let s = TestServer::start().await;
-    assert_eq!(
-        reqwest::get(s.url("/healthz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
-    assert_eq!(
-        reqwest::get(s.url("/readyz"))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(s.status("/healthz").await, 200);
+    assert_eq!(s.status("/readyz").await, 200);
     let _a = s.ws(1).await;
     let _b = s.ws(2).await;
     assert_eq!(s.metric("chat_connections").await, 2.0);

@@ -18,6 +18,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     child: Option<Child>,
     args: Vec<String>,
+    dev_auth: bool,
     stderr_log: PathBuf,
 }
 
@@ -28,6 +29,15 @@ impl TestServer {
 
     /// Start with extra flags, e.g. `&["--heartbeat-interval", "1"]`.
     pub async fn start_with(args: &[&str]) -> TestServer {
+        Self::start_opts(args, true).await
+    }
+
+    /// Start without `--dev-auth` (the production default).
+    pub async fn start_without_dev_auth() -> TestServer {
+        Self::start_opts(&[], false).await
+    }
+
+    async fn start_opts(args: &[&str], dev_auth: bool) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let stderr_log = dir.path().join("server.log");
         let mut s = TestServer {
@@ -35,6 +45,7 @@ impl TestServer {
             dir,
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
+            dev_auth,
             stderr_log,
         };
         s.spawn("127.0.0.1:0");
@@ -48,7 +59,8 @@ impl TestServer {
             .open(&self.stderr_log)
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", listen, "--jwt-secret", SECRET, "--dev-auth"])
+            .args(["--listen", listen, "--jwt-secret", SECRET])
+            .args(self.dev_auth.then_some("--dev-auth"))
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))
             .args(&self.args)
@@ -126,6 +138,15 @@ impl TestServer {
 
     pub async fn ws(&self, user: u64) -> Ws {
         Ws::connect(&self.ws_url(&token(user))).await
+    }
+
+    /// The HTTP status of an unauthenticated GET.
+    pub async fn status(&self, path: &str) -> u16 {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
     }
 
     pub async fn metric(&self, name: &str) -> f64 {
@@ -242,6 +263,19 @@ impl Api {
             .await;
         assert_eq!(s, 201, "{v}");
         v["chat_id"].as_u64().unwrap()
+    }
+
+    /// One member's entry of `GET /v1/chats/{chat}/receipts`.
+    pub async fn marks_of(&self, chat: u64, user: u64) -> Value {
+        let (st, rec) = self.get(&format!("/v1/chats/{chat}/receipts")).await;
+        assert_eq!(st, 200, "{rec}");
+        rec["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["user_id"] == user)
+            .unwrap_or_else(|| panic!("user {user} not in {rec}"))
+            .clone()
     }
 
     pub async fn history(&self, chat: u64, query: &str) -> Value {
