@@ -110,16 +110,12 @@ pub async fn create_chat(
             }
             let (chat, created) = st.store.create_direct(me, other).await?;
             if created {
-                st.partners.invalidate(me);
-                st.partners.invalidate(other);
+                st.partners_changed(&[me, other]).await;
                 // New partners learn each other's presence now, not at the next change.
                 for (to, about) in [(me, other), (other, me)] {
                     for p in st.presence.get(&[about]).await {
-                        st.hub.deliver(
-                            &[to],
-                            &crate::hub::frame(protocol::presence_frame(&p)),
-                            None,
-                        );
+                        st.fan_out(&[to], &crate::hub::frame(protocol::presence_frame(&p)))
+                            .await;
                     }
                 }
             }
@@ -230,7 +226,7 @@ pub async fn add_members(
     st.store
         .add_members(chat.chat_id, req.user_ids, st.cfg.group_limit)
         .await?;
-    st.members.invalidate(chat.chat_id);
+    st.members_changed(chat.chat_id).await;
     Ok(Json(chat_with_members(&st, chat).await?))
 }
 
@@ -254,7 +250,7 @@ pub async fn remove_member(
             chat.chat_id
         )));
     }
-    st.members.invalidate(chat.chat_id);
+    st.members_changed(chat.chat_id).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -357,7 +353,10 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.ready.load(Ordering::Acquire) && !st.draining.is_cancelled() {
+    if st.ready.load(Ordering::Acquire)
+        && !st.draining.is_cancelled()
+        && st.cluster.as_ref().is_none_or(|c| c.ready())
+    {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

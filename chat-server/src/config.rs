@@ -20,7 +20,13 @@ const AFTER_HELP: &str = "\
 Examples:
   chat-server --dev-auth                      # everything in one process, data in ./data
   chat-server token --user 42                 # print a token for user 42 (same secret)
-  CHAT_LISTEN=127.0.0.1:9000 chat-server      # any flag can come from its env variable";
+  CHAT_LISTEN=127.0.0.1:9000 chat-server      # any flag can come from its env variable
+
+Distributed (Kafka + ScyllaDB + Redis; see docs/distributed.md):
+  chat-server setup --kafka-brokers k:9092 --scylla-nodes s:9042
+  chat-server serve --backend distributed --role edge --jwt-secret $SECRET \
+      --kafka-brokers k:9092 --scylla-nodes s:9042 --redis-url redis://r:6379
+  (likewise --role delivery and --role presence; any number of each)";
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -28,6 +34,91 @@ pub enum Command {
     Serve(ServeConfig),
     /// Print a signed token for a user, using the configured (or generated) secret.
     Token(TokenArgs),
+    /// Create (or upgrade) the distributed backend's ScyllaDB schema and Kafka topic.
+    /// Idempotent: safe to run on every deploy (the operator runs it as a Job).
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum BackendArg {
+    /// SQLite in --data-dir, in-process bus and presence: one process runs everything.
+    #[default]
+    Embedded,
+    /// ScyllaDB/Cassandra (CQL) store, Kafka message log, Redis presence/routing/cache.
+    Distributed,
+}
+
+/// Where the distributed backend's services are (used by `serve --backend distributed` and
+/// `setup`).
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Name of this Tern cluster: prefix of Redis keys and channels, and the default Kafka
+    /// topic (`<cluster>.messages`), consumer group and CQL keyspace.
+    #[arg(long, env = "CHAT_CLUSTER", default_value = "tern")]
+    pub cluster: String,
+
+    /// CQL contact points (ScyllaDB or Cassandra), comma separated.
+    #[arg(
+        long,
+        env = "CHAT_SCYLLA_NODES",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:9042"
+    )]
+    pub scylla_nodes: Vec<String>,
+
+    /// CQL keyspace (default: the cluster name with '-' and '.' replaced by '_').
+    #[arg(long, env = "CHAT_SCYLLA_KEYSPACE")]
+    pub scylla_keyspace: Option<String>,
+
+    /// CQL consistency for reads and writes (`local_quorum` with multi-DC replication).
+    #[arg(long, env = "CHAT_SCYLLA_CONSISTENCY", default_value = "quorum")]
+    pub scylla_consistency: String,
+
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(long, env = "CHAT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+
+    /// Kafka topic of the message log (default `<cluster>.messages`).
+    #[arg(long, env = "CHAT_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+
+    /// Redis URL (presence, connection routing, fan-out channels, recent-message cache).
+    #[arg(long, env = "CHAT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+}
+
+impl ClusterArgs {
+    pub fn keyspace(&self) -> String {
+        self.scylla_keyspace
+            .clone()
+            .unwrap_or_else(|| self.cluster.replace(['-', '.'], "_"))
+    }
+    pub fn topic(&self) -> String {
+        self.kafka_topic
+            .clone()
+            .unwrap_or_else(|| format!("{}.messages", self.cluster))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SetupArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Partitions of the message topic (more partitions: more delivery processes can share
+    /// the work; a partition is the unit of ordering). Only ever increased.
+    #[arg(long, env = "CHAT_KAFKA_PARTITIONS", default_value_t = 32)]
+    pub partitions: i32,
+    /// Replication factor of the message topic (3 in production).
+    #[arg(long, env = "CHAT_KAFKA_REPLICATION", default_value_t = 1)]
+    pub kafka_replication: i32,
+    /// Keyspace replication: `simple:N` or `dc1:N,dc2:M` (NetworkTopologyStrategy).
+    #[arg(long, env = "CHAT_SCYLLA_REPLICATION", default_value = "simple:1")]
+    pub scylla_replication: String,
+    /// How long to keep retrying while the services come up (seconds).
+    #[arg(long, env = "CHAT_SETUP_TIMEOUT", default_value_t = 300)]
+    pub timeout: u64,
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -57,9 +148,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CHAT_DEV_AUTH", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub dev_auth: bool,
 
-    /// Which role(s) to run. The embedded backend runs them all in one process.
+    /// Which role(s) to run. The embedded backend runs them all in one process; with
+    /// `--backend distributed` run any number of each role as separate processes.
     #[arg(long, env = "CHAT_ROLE", value_enum, default_value_t = RoleArg::All)]
     pub role: RoleArg,
+
+    /// Storage, message log and presence backend.
+    #[arg(long, env = "CHAT_BACKEND", value_enum, default_value_t = BackendArg::Embedded)]
+    pub backend: BackendArg,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// This process's id in the cluster (routing key for its connections). Default:
+    /// the hostname plus a random suffix. Set it to the pod name in Kubernetes.
+    #[arg(long, env = "CHAT_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Distributed mode: how long an edge waits for the delivery role to confirm a send
+    /// before telling the client `unavailable` (it resends safely with its client_msg_id).
+    #[arg(long, env = "CHAT_ACK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ack_timeout_ms: u64,
 
     /// Set SO_REUSEPORT so several server processes can share one port.
     #[arg(long, env = "CHAT_REUSE_PORT", default_value_t = false)]

@@ -25,7 +25,7 @@ pub enum ReplyTo {
 }
 
 impl ReplyTo {
-    fn answer(self, state: &AppState, result: Result<Ack>, client_msg_id: Option<&str>) {
+    pub fn answer(self, state: &AppState, result: Result<Ack>, client_msg_id: Option<&str>) {
         match self {
             ReplyTo::Conn(c) => {
                 let text = match &result {

@@ -16,6 +16,7 @@
 pub mod api;
 pub mod auth;
 pub mod cache;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod error;

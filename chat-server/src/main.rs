@@ -17,19 +17,48 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(cfg)) => serve(cfg),
+        Some(Command::Setup(args)) => setup(args),
         None => serve(cli.serve),
     }
 }
 
-fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+fn init_logs(filter: &str) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_new(&cfg.log)
+            tracing_subscriber::EnvFilter::try_new(filter)
                 .context("bad --log / RUST_LOG filter")?,
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    Ok(())
+}
+
+#[cfg(feature = "distributed")]
+fn setup(args: chat_server::config::SetupArgs) -> anyhow::Result<()> {
+    init_logs(&args.log)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(chat_server::server::setup(&args))?;
+    println!(
+        "tern: setup done (keyspace {}, topic {})",
+        args.cluster.keyspace(),
+        args.cluster.topic()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "distributed"))]
+fn setup(_: chat_server::config::SetupArgs) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "`setup` prepares the distributed backend, which this binary was built without; build \
+         it with `cargo build --release -p chat-server --features distributed`"
+    )
+}
+
+fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
+    init_logs(&cfg.log)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -37,12 +66,18 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let generated = cfg.jwt_secret.is_none();
         let data_dir = cfg.data_dir.clone();
         let dev_auth = cfg.dev_auth;
+        let distributed = cfg.backend == chat_server::config::BackendArg::Distributed;
+        let role = cfg.role;
         let server = Server::start(cfg).await?;
         let addr = server.addr;
         // One plain line on stdout that scripts and tests can wait for.
         println!("tern: listening on http://{addr}");
-        tracing::info!(%addr, data_dir = %data_dir.display(), dev_auth, "chat-server ready (embedded: edge+delivery+presence)");
-        if generated {
+        if distributed {
+            tracing::info!(%addr, ?role, dev_auth, "chat-server ready (distributed)");
+        } else {
+            tracing::info!(%addr, data_dir = %data_dir.display(), dev_auth, "chat-server ready (embedded: edge+delivery+presence)");
+        }
+        if generated && !distributed {
             tracing::info!(
                 "no --jwt-secret given: using {}/jwt-secret. Get a token with: chat-server token --user 1 --data-dir {}",
                 data_dir.display(),

@@ -163,6 +163,27 @@ pub struct NewMessage {
     pub media_url: Option<String>,
     pub media: Option<MediaJson>,
     pub client_msg_id: Option<String>,
+    /// Assigned by the edge in the distributed mode (so a replay of the Kafka record is
+    /// recognised as the same message); the store generates one when `None`.
+    pub message_id: Option<String>,
+}
+
+impl NewMessage {
+    /// The key a replay or resend of this message is recognised by: the client's
+    /// `client_msg_id`, else the edge-assigned `message_id`.
+    pub fn dedupe_key(&self) -> Option<String> {
+        match (&self.client_msg_id, &self.message_id) {
+            (Some(c), _) => Some(c.clone()),
+            (None, Some(id)) => Some(mid_key(id)),
+            (None, None) => None,
+        }
+    }
+}
+
+/// The idempotency key of a message sent without `client_msg_id` (never a valid client key
+/// of another message: it names this message's own id).
+pub fn mid_key(message_id: &str) -> String {
+    format!("~mid:{message_id}")
 }
 
 /// The durable-acceptance answer: the `ack` frame / HTTP 201 body.

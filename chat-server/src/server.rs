@@ -3,7 +3,7 @@
 use crate::api;
 use crate::auth::Auth;
 use crate::cache::RecentCache;
-use crate::config::{RoleArg, ServeConfig};
+use crate::config::{BackendArg, RoleArg, ServeConfig};
 use crate::delivery::{self, Delivery};
 use crate::hub::Hub;
 use crate::longpoll;
@@ -33,7 +33,9 @@ use tower_http::timeout::TimeoutLayer;
 pub struct Server {
     pub addr: SocketAddr,
     pub state: Arc<AppState>,
-    store: Arc<SqliteStore>,
+    sqlite: Option<Arc<SqliteStore>>,
+    #[cfg(feature = "distributed")]
+    plane: Option<Arc<crate::cluster::node::Distributed>>,
     accept: tokio::task::JoinHandle<()>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
 }
@@ -123,13 +125,68 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// What a backend contributes to the shared state.
+struct Backend {
+    store: Arc<dyn crate::store::Store>,
+    presence: Arc<dyn crate::presence::PresenceStore>,
+    cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
+}
+
+fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -> Arc<AppState> {
+    Arc::new(AppState {
+        auth: Auth::new(secret.as_bytes()),
+        store: b.store,
+        hub: Hub::new(cfg.send_queue),
+        presence: b.presence,
+        subs: Subscriptions::default(),
+        members: MemberCache::new(100_000),
+        partners: crate::members::PartnerCache::new(1_000_000),
+        cache: RecentCache::new(20_000),
+        receipts: Default::default(),
+        metrics: Metrics::new(),
+        delivery,
+        cluster: b.cluster,
+        longpoll: Default::default(),
+        draining: Default::default(),
+        stop: Default::default(),
+        tasks: Default::default(),
+        connections: Default::default(),
+        ready: Default::default(),
+        cfg,
+    })
+}
+
+/// The routes of a process without clients (delivery, presence): probes and metrics.
+pub fn probe_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .route("/metrics", get(api::metrics))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
 impl Server {
-    /// Open the store, start the background tasks and start accepting connections.
+    /// Open the backend, start the background tasks of the configured role(s) and start
+    /// accepting connections.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
+        match cfg.backend {
+            BackendArg::Embedded => Self::start_embedded(cfg).await,
+            #[cfg(feature = "distributed")]
+            BackendArg::Distributed => Self::start_distributed(cfg).await,
+            #[cfg(not(feature = "distributed"))]
+            BackendArg::Distributed => bail!(
+                "this chat-server was built without the distributed backend; build it with \
+                 `cargo build --release -p chat-server --features distributed`"
+            ),
+        }
+    }
+
+    async fn start_embedded(cfg: ServeConfig) -> anyhow::Result<Server> {
         if cfg.role != RoleArg::All {
             bail!(
-                "--role {:?} needs the distributed backend (Kafka, ScyllaDB, Redis), which this build \
-                 does not have yet; run without --role for the embedded all-in-one server",
+                "--role {:?} runs one role of a cluster and needs --backend distributed (Kafka, \
+                 ScyllaDB, Redis); run without --role for the embedded all-in-one server",
                 cfg.role
             );
         }
@@ -145,43 +202,158 @@ impl Server {
             .map_or(2, |n| n.get())
             .clamp(2, 16);
         let (delivery, shard_rxs) = Delivery::new(shards, 16 * 1024);
-        let state = Arc::new(AppState {
-            auth: Auth::new(secret.as_bytes()),
+        let backend = Backend {
             store: store.clone(),
-            hub: Hub::new(cfg.send_queue),
             presence: Arc::new(LocalPresence::default()),
-            subs: Subscriptions::default(),
-            members: MemberCache::new(100_000),
-            partners: crate::members::PartnerCache::new(1_000_000),
-            cache: RecentCache::new(20_000),
-            receipts: Default::default(),
-            metrics: Metrics::new(),
-            delivery,
-            longpoll: Default::default(),
-            draining: Default::default(),
-            stop: Default::default(),
-            tasks: Default::default(),
-            connections: Default::default(),
-            ready: Default::default(),
-            cfg,
-        });
+            cluster: None,
+        };
+        let state = build_state(cfg, &secret, backend, delivery);
         for rx in shard_rxs {
             state.tasks.spawn(delivery::run_shard(state.clone(), rx));
         }
         state.tasks.spawn(flush_receipts(state.clone()));
         state.tasks.spawn(longpoll::sweep(state.clone()));
+        let mut server = Self::serve(listener, addr, state, true);
+        server.sqlite = Some(store);
+        Ok(server)
+    }
 
-        let app = router(state.clone());
+    /// A process of a cluster: `--role edge|delivery|presence`, or `all` of them in one.
+    #[cfg(feature = "distributed")]
+    async fn start_distributed(cfg: ServeConfig) -> anyhow::Result<Server> {
+        use crate::cluster::{delivery as kdelivery, kafka, node, redis::Redis};
+        use crate::store::scylla::{ScyllaOptions, ScyllaStore, parse_consistency};
+        let role = cfg.role;
+        let edge = matches!(role, RoleArg::All | RoleArg::Edge);
+        let delivers = matches!(role, RoleArg::All | RoleArg::Delivery);
+        let reaps = matches!(role, RoleArg::All | RoleArg::Presence);
+        let Some(secret) = cfg.jwt_secret.clone() else {
+            bail!(
+                "--backend distributed needs --jwt-secret (CHAT_JWT_SECRET): every edge must \
+                 verify tokens with the same secret"
+            );
+        };
+        resolve_secret(Some(&secret), &cfg.data_dir)?;
+        let node_id = cfg.node_id.clone().unwrap_or_else(default_node_id);
+        let c = &cfg.cluster;
+        tracing::info!(
+            role = ?role, node = %node_id, cluster = %c.cluster, kafka = %c.kafka_brokers,
+            scylla = %c.scylla_nodes.join(","), redis = %c.redis_url, "joining the cluster"
+        );
+        let wait = Duration::from_secs(60);
+        let options = ScyllaOptions {
+            consistency: parse_consistency(&c.scylla_consistency)
+                .map_err(|e| anyhow::anyhow!("--scylla-consistency: {e}"))?,
+            ..ScyllaOptions::default()
+        };
+        let keyspace = c.keyspace();
+        let store = Arc::new(
+            retry(wait, "ScyllaDB", || {
+                ScyllaStore::connect(&c.scylla_nodes, &keyspace, options.clone())
+            })
+            .await?,
+        );
+        let redis = Redis::connect(&c.redis_url, &c.cluster, wait).await?;
+        let bus = if edge {
+            Some(Arc::new(kafka::KafkaBus::new(
+                &c.kafka_brokers,
+                c.topic(),
+                node_id.clone(),
+                Duration::from_millis(cfg.ack_timeout_ms),
+            )?))
+        } else {
+            None
+        };
+        let assigned = delivers.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let plane = Arc::new(node::Distributed::new(
+            node_id.clone(),
+            redis.clone(),
+            bus.clone(),
+            assigned.clone(),
+        ));
+        let presence = Arc::new(node::RedisPresence::new(redis.clone(), node_id.clone()));
+        let consumer = if let Some(assigned) = assigned {
+            Some(kdelivery::consumer(
+                &c.kafka_brokers,
+                &format!("{}.delivery", c.cluster),
+                &c.topic(),
+                store.clone(),
+                assigned,
+            )?)
+        } else {
+            None
+        };
+        let topic = c.topic();
+        let listener = bind(cfg.listen, cfg.reuse_port)?;
+        let addr = listener.local_addr()?;
+        let backend = Backend {
+            store: store.clone(),
+            presence: presence.clone(),
+            cluster: Some(plane.clone()),
+        };
+        let (delivery, _) = Delivery::new(1, 1);
+        let state = build_state(cfg, &secret, backend, delivery);
+        plane.attach(&state);
+        state.tasks.spawn(node::subscribe_loop(
+            state.clone(),
+            plane.clone(),
+            Some(presence.clone()),
+            edge,
+        ));
+        if edge {
+            state.tasks.spawn(flush_receipts(state.clone()));
+            state.tasks.spawn(longpoll::sweep(state.clone()));
+            state
+                .tasks
+                .spawn(node::presence_refresh_loop(state.clone(), presence.clone()));
+            if let Some(bus) = bus {
+                state
+                    .tasks
+                    .spawn(node::ack_timeout_loop(state.clone(), bus));
+            }
+        }
+        if let Some(consumer) = consumer {
+            state.tasks.spawn(kdelivery::run(
+                state.clone(),
+                plane.clone(),
+                consumer,
+                topic,
+                store,
+            ));
+        }
+        if reaps {
+            state
+                .tasks
+                .spawn(node::reaper_loop(state.clone(), plane.clone()));
+        }
+        let mut server = Self::serve(listener, addr, state, edge);
+        server.plane = Some(plane);
+        Ok(server)
+    }
+
+    fn serve(
+        listener: TcpListener,
+        addr: SocketAddr,
+        state: Arc<AppState>,
+        clients: bool,
+    ) -> Server {
+        let app = if clients {
+            router(state.clone())
+        } else {
+            probe_router(state.clone())
+        };
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let accept = tokio::spawn(accept_loop(listener, app, state.clone(), graceful.clone()));
         state.ready.store(true, Ordering::Release);
-        Ok(Server {
+        Server {
             addr,
             state,
-            store,
+            sqlite: None,
+            #[cfg(feature = "distributed")]
+            plane: None,
             accept,
             graceful,
-        })
+        }
     }
 
     /// Drain and stop: refuse new connections, tell clients to reconnect (with jitter), wait
@@ -213,9 +385,93 @@ impl Server {
         {
             tracing::warn!("some tasks did not stop in time");
         }
-        self.store.close().await;
+        #[cfg(feature = "distributed")]
+        if let Some(plane) = &self.plane
+            && let Err(e) = plane.redis.node_gone(&plane.node).await
+        {
+            tracing::warn!(cause = %e, "could not unregister this node from Redis (the presence role will)");
+        }
+        if let Some(store) = &self.sqlite {
+            store.close().await;
+        }
         tracing::info!("stopped");
     }
+}
+
+/// `<hostname>-<random>`: unique per process even when several share a host.
+#[cfg(feature = "distributed")]
+fn default_node_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "node".into());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// Retry `connect` until it succeeds or `wait` has passed (services starting together).
+#[cfg(feature = "distributed")]
+async fn retry<T, F, Fut>(wait: Duration, what: &str, mut connect: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<T>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match connect().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(cause = %e, "{what} not ready yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => bail!("{what}: {e}"),
+        }
+    }
+}
+
+/// `chat-server setup`: create or upgrade the keyspace and the message topic. Idempotent.
+#[cfg(feature = "distributed")]
+pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
+    use crate::store::scylla::{ScyllaOptions, connect_session};
+    use crate::store::scylla_schema::{self, Replication};
+    let c = &args.cluster;
+    let wait = Duration::from_secs(args.timeout);
+    let replication: Replication = args
+        .scylla_replication
+        .parse()
+        .map_err(|e| anyhow::anyhow!("--scylla-replication: {e}"))?;
+    anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
+    anyhow::ensure!(
+        args.kafka_replication >= 1,
+        "--kafka-replication must be at least 1"
+    );
+    tracing::info!(nodes = %c.scylla_nodes.join(","), keyspace = %c.keyspace(), "CQL: connecting");
+    let options = ScyllaOptions::default();
+    let session = retry(wait, "ScyllaDB", || {
+        connect_session(&c.scylla_nodes, &options)
+    })
+    .await?;
+    scylla_schema::setup(&session, &c.keyspace(), &replication)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the schema in {}: {e}", c.keyspace()))?;
+    tracing::info!(keyspace = %c.keyspace(), "CQL schema is current");
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match crate::cluster::kafka::ensure_topic(
+            &c.kafka_brokers,
+            &c.topic(),
+            args.partitions,
+            args.kafka_replication,
+        )
+        .await
+        {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(cause = %e, "Kafka not ready yet; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 async fn accept_loop(

@@ -39,6 +39,8 @@ pub struct AppState {
     pub receipts: Mutex<PendingMarks>,
     pub metrics: Metrics,
     pub delivery: Delivery,
+    /// The distributed plane (Kafka, Redis); `None` in the embedded backend.
+    pub cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
     pub longpoll: crate::longpoll::Registry,
     /// Fires on SIGTERM: stop accepting, tell clients to reconnect elsewhere.
     pub draining: CancellationToken,
@@ -105,15 +107,28 @@ impl AppState {
             media_url: f.media_url.filter(|u| !u.is_empty()),
             media: None,
             client_msg_id: f.client_msg_id,
+            message_id: None,
         };
-        self.delivery
-            .submit(Submission {
-                message,
-                reply,
-                origin,
-                received,
-            })
-            .await
+        let s = Submission {
+            message,
+            reply,
+            origin,
+            received,
+        };
+        match &self.cluster {
+            Some(c) => c.submit(s).await,
+            None => self.delivery.submit(s).await,
+        }
+    }
+
+    /// Queue `f` on every connection of `users` (on every edge, in the distributed mode).
+    pub async fn fan_out(&self, users: &[UserId], f: &crate::hub::Frame) {
+        match &self.cluster {
+            Some(c) => c.fan_out(users, f).await,
+            None => {
+                self.hub.deliver(users, f, None);
+            }
+        }
     }
 
     /// Send and wait for the durable ack (HTTP and long-poll).
@@ -141,7 +156,11 @@ impl AppState {
         self.members
             .require(self.store.as_ref(), chat_id, user)
             .await?;
-        if let Some((messages, has_more)) = self.cache.after(chat_id, after_seq, limit) {
+        let cached = match &self.cluster {
+            Some(c) => c.recent_after(chat_id, after_seq, limit).await,
+            None => self.cache.after(chat_id, after_seq, limit),
+        };
+        if let Some((messages, has_more)) = cached {
             return Ok(MessagePage { messages, has_more });
         }
         self.store
@@ -161,14 +180,34 @@ impl AppState {
         self.members
             .require(self.store.as_ref(), chat_id, user)
             .await?;
-        let cached = match (page.after_seq, page.before_seq) {
-            (None, None) => self.cache.latest(chat_id, page.limit),
-            (Some(after), None) => self.cache.after(chat_id, after, page.limit),
+        let cached = match (page.after_seq, page.before_seq, &self.cluster) {
+            (None, None, None) => self.cache.latest(chat_id, page.limit),
+            (Some(after), None, None) => self.cache.after(chat_id, after, page.limit),
+            (None, None, Some(c)) => c.recent_latest(chat_id, page.limit).await,
+            (Some(after), None, Some(c)) => c.recent_after(chat_id, after, page.limit).await,
             _ => None,
         };
         match cached {
             Some((messages, has_more)) => Ok(MessagePage { messages, has_more }),
             None => self.store.messages(chat_id, page).await,
+        }
+    }
+
+    /// A chat's membership changed: drop cached members here and, in a cluster, everywhere.
+    pub async fn members_changed(&self, chat_id: ChatId) {
+        self.members.invalidate(chat_id);
+        if let Some(c) = &self.cluster {
+            c.members_changed(chat_id).await;
+        }
+    }
+
+    /// Users' direct partners changed: drop cached partners here and, in a cluster, everywhere.
+    pub async fn partners_changed(&self, users: &[UserId]) {
+        for u in users {
+            self.partners.invalidate(*u);
+        }
+        if let Some(c) = &self.cluster {
+            c.partners_changed(users).await;
         }
     }
 
@@ -257,7 +296,7 @@ impl AppState {
             let others = members.others(user);
             for (kind, seq) in announce {
                 let f = frame(protocol::receipt_frame(chat_id, user, kind, seq));
-                self.hub.deliver(&others, &f, None);
+                self.fan_out(&others, &f).await;
             }
         }
     }
@@ -269,13 +308,22 @@ impl AppState {
             .require(self.store.as_ref(), chat_id, user)
             .await?;
         let others = members.others(user);
-        self.hub
-            .deliver(&others, &frame(protocol::typing_frame(chat_id, user)), None);
+        self.fan_out(&others, &frame(protocol::typing_frame(chat_id, user)))
+            .await;
         Ok(())
     }
 
-    /// Send a presence change to watchers and direct-chat partners.
+    /// Send a presence change to watchers and direct-chat partners (in the distributed mode:
+    /// broadcast to every edge, each tells its own connections).
     pub async fn announce_presence(&self, p: Presence) {
+        match &self.cluster {
+            Some(c) => c.announce_presence(&p).await,
+            None => self.announce_presence_locally(p).await,
+        }
+    }
+
+    /// Tell this node's watchers and direct-chat partners of `p.user_id` about `p`.
+    pub async fn announce_presence_locally(&self, p: Presence) {
         let mut to = self.subs.watchers(p.user_id);
         match self.partners.get(self.store.as_ref(), p.user_id).await {
             Ok(partners) => to.extend(partners.iter().copied()),

@@ -200,6 +200,7 @@ fn msg(chat_id: ChatId, sender: UserId, text: &str, cmid: Option<&str>) -> NewMe
         media_url: None,
         media: None,
         client_msg_id: cmid.map(str::to_string),
+        message_id: None,
     }
 }
 

@@ -617,9 +617,11 @@ impl ScyllaStore {
     }
 
     /// Idempotency keys of `messages` (all of one chat): one single-partition batch per sender.
+    /// A message without `client_msg_id` is keyed by its own id, so that a replay of the same
+    /// Kafka record (same edge-assigned `message_id`) is recognised too.
     async fn write_idempotency(&self, messages: &[SharedMessage]) -> Result<()> {
         let mut by_sender: HashMap<UserId, Vec<&Message>> = HashMap::new();
-        for m in messages.iter().filter(|m| m.client_msg_id.is_some()) {
+        for m in messages.iter() {
             by_sender.entry(m.sender_id).or_default().push(m);
         }
         let mut writes = Vec::new();
@@ -634,7 +636,7 @@ impl ScyllaStore {
                     values.push((
                         id(m.chat_id),
                         id(m.sender_id),
-                        m.client_msg_id.as_deref().unwrap_or_default(),
+                        idempotency_key(m),
                         m.seq as i64,
                         m.message_id.as_str(),
                     ));
@@ -770,10 +772,10 @@ impl ScyllaStore {
         // Idempotency: the keys of each sender are looked up in one query, senders concurrently.
         let mut asked: HashMap<UserId, Vec<String>> = HashMap::new();
         for (_, m) in &batch {
-            if let Some(cid) = &m.client_msg_id {
+            if let Some(cid) = m.dedupe_key() {
                 let ids = asked.entry(m.sender_id).or_default();
-                if !ids.contains(cid) {
-                    ids.push(cid.clone());
+                if !ids.contains(&cid) {
+                    ids.push(cid);
                 }
             }
         }
@@ -791,8 +793,8 @@ impl ScyllaStore {
         let lookups: Vec<Result<Option<Message>>> = batch
             .iter()
             .map(
-                |(_, m)| match (&m.client_msg_id, originals.get_mut(&m.sender_id)) {
-                    (Some(cid), Some(Ok(found))) => Ok(found.get(cid).cloned()),
+                |(_, m)| match (m.dedupe_key(), originals.get_mut(&m.sender_id)) {
+                    (Some(cid), Some(Ok(found))) => Ok(found.get(&cid).cloned()),
                     (Some(_), Some(Err(e))) => Err(same_error(e)),
                     _ => Ok(None),
                 },
@@ -806,8 +808,8 @@ impl ScyllaStore {
         let mut fresh_at: Vec<usize> = Vec::new();
         let mut in_batch: HashMap<(UserId, String), SharedMessage> = HashMap::new();
         for ((i, m), found) in batch.into_iter().zip(lookups) {
-            let earlier = m
-                .client_msg_id
+            let key = m.dedupe_key();
+            let earlier = key
                 .as_ref()
                 .and_then(|c| in_batch.get(&(m.sender_id, c.clone())).cloned());
             let outcome = match (found, earlier) {
@@ -823,7 +825,9 @@ impl ScyllaStore {
                 (Ok(None), None) => {
                     next += 1;
                     let message = Arc::new(Message {
-                        message_id: uuid::Uuid::now_v7().to_string(),
+                        message_id: m
+                            .message_id
+                            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string()),
                         chat_id,
                         seq: next,
                         sender_id: m.sender_id,
@@ -833,8 +837,8 @@ impl ScyllaStore {
                         client_msg_id: m.client_msg_id,
                         created_at: now,
                     });
-                    if let Some(c) = &message.client_msg_id {
-                        in_batch.insert((message.sender_id, c.clone()), message.clone());
+                    if let Some(c) = key {
+                        in_batch.insert((message.sender_id, c), message.clone());
                     }
                     fresh_at.push(results.len());
                     fresh.push(message);
@@ -1528,6 +1532,14 @@ enum Kind {
     Plain,
     Lwt,
     SerialRead,
+}
+
+/// The idempotency key a stored message is found by (see [`NewMessage::dedupe_key`]).
+fn idempotency_key(m: &Message) -> String {
+    match &m.client_msg_id {
+        Some(c) => c.clone(),
+        None => crate::model::mid_key(&m.message_id),
+    }
 }
 
 impl Statements {

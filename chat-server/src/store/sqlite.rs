@@ -498,7 +498,10 @@ impl Writer {
         };
         let seq = last + 1;
         let now = now_ms();
-        let message_id = uuid::Uuid::now_v7().to_string();
+        let message_id = m
+            .message_id
+            .clone()
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let media = m.media.as_ref().map(|v| v.to_string());
         // The unique idempotency index turns a resend into a no-op insert (0 rows).
         let inserted = self

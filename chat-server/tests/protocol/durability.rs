@@ -30,7 +30,7 @@ async fn nothing_acknowledged_is_lost_across_kill_9() {
     }
     assert_eq!(acked.len(), N);
     s.kill9();
-    s.restart();
+    s.restart_ready().await;
     let mut all = Vec::new();
     let mut after = 0;
     loop {
@@ -86,7 +86,7 @@ async fn sigterm_drains_with_reconnect_and_exits_cleanly() {
     assert_eq!(a.close_code(Duration::from_secs(5)).await, Some(1012));
     status.await.unwrap();
     assert!(s.terminate_wait().success(), "exit code 0 after drain");
-    s.restart();
+    s.restart_ready().await;
     let h = s.api(2).history(chat, "").await;
     assert_eq!(h["messages"][0]["message_id"], ack["message_id"]);
 }

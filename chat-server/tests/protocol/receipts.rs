@@ -98,7 +98,7 @@ async fn receipts_survive_a_graceful_restart() {
     b.assert_alive().await;
     // SIGTERM flushes pending marks before exit, well before the 5 s flush.
     assert!(s.terminate().success());
-    s.restart();
+    s.restart_ready().await;
     let m2 = s.api(1).marks_of(chat, 2).await;
     assert_eq!(m2["read_seq"], 1);
 }

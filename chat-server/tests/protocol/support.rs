@@ -13,14 +13,44 @@ use tokio_tungstenite::tungstenite::Message;
 
 pub const SECRET: &str = "test-secret-0123456789";
 
+/// The backend the suite runs against: `TERN_TEST_BACKEND=distributed` runs every test on a
+/// cluster of separate processes (2 edges, 2 delivery, 1 presence) over the real Kafka,
+/// Cassandra and Redis named by `TERN_KAFKA_BROKERS`, `TERN_CQL_NODES` and `TERN_REDIS_URL`
+/// (`eval "$(e2e/env/env.sh)"`); otherwise one embedded process.
+pub fn distributed() -> bool {
+    std::env::var("TERN_TEST_BACKEND").is_ok_and(|v| v == "distributed")
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_string())
+}
+
+/// One process of the server under test.
+struct Proc {
+    role: &'static str,
+    index: usize,
+    addr: SocketAddr,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
 pub struct TestServer {
+    /// The first edge (the only process in embedded mode).
     pub addr: SocketAddr,
     pub dir: tempfile::TempDir,
-    child: Option<Child>,
+    procs: Vec<Proc>,
     args: Vec<String>,
     dev_auth: bool,
-    stderr_log: PathBuf,
+    /// Distributed: the cluster name (keyspace, topic, Redis prefix) of this test.
+    cluster: Option<String>,
+    /// Clients go to the first edge only (the test checks a per-node limit).
+    pinned: bool,
+    next_ws: std::sync::atomic::AtomicUsize,
+    next_api: std::sync::atomic::AtomicUsize,
 }
+
+/// Flags whose effect is per node: tests that use them keep all clients on one edge.
+const NODE_LOCAL_FLAGS: &[&str] = &["--max-connections", "--send-queue"];
 
 impl TestServer {
     pub async fn start() -> TestServer {
@@ -39,85 +69,255 @@ impl TestServer {
 
     async fn start_opts(args: &[&str], dev_auth: bool) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let stderr_log = dir.path().join("server.log");
+        let cluster =
+            distributed().then(|| format!("t{:x}{:08x}", std::process::id() & 0xffff, rand_u32()));
+        let roles: &[&'static str] = if cluster.is_some() {
+            &["edge", "edge", "delivery", "delivery", "presence"]
+        } else {
+            &["all"]
+        };
+        let mut counts = std::collections::HashMap::new();
+        let procs = roles
+            .iter()
+            .map(|role| {
+                let index = *counts.entry(*role).and_modify(|n| *n += 1).or_insert(0);
+                Proc {
+                    role,
+                    index,
+                    addr: "127.0.0.1:0".parse().unwrap(),
+                    child: None,
+                    log: dir.path().join(format!("{role}{index}.log")),
+                }
+            })
+            .collect();
         let mut s = TestServer {
             addr: "127.0.0.1:0".parse().unwrap(),
             dir,
-            child: None,
+            procs,
             args: args.iter().map(|s| s.to_string()).collect(),
             dev_auth,
-            stderr_log,
+            pinned: args.iter().any(|a| NODE_LOCAL_FLAGS.contains(a)),
+            cluster,
+            next_ws: Default::default(),
+            next_api: Default::default(),
         };
-        s.spawn("127.0.0.1:0");
+        if s.cluster.is_some() {
+            s.setup();
+        }
+        s.spawn_dead();
+        s.wait_ready().await;
         s
     }
 
-    fn spawn(&mut self, listen: &str) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.stderr_log)
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args(["--listen", listen, "--jwt-secret", SECRET])
-            .args(self.dev_auth.then_some("--dev-auth"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .args(&self.args)
-            .env("RUST_LOG", "info")
+    /// `chat-server setup` for this test's cluster (keyspace and topic).
+    fn setup(&self) {
+        let out = self
+            .command()
+            .args(["setup", "--partitions", "4", "--timeout", "60"])
             .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("spawn chat-server");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("tern: listening on http://")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}; log:\n{}", self.log()));
-        self.addr = addr.parse().unwrap();
-        self.child = Some(child);
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run chat-server setup");
+        assert!(
+            out.status.success(),
+            "chat-server setup failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
+    fn command(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_chat-server"));
+        c.env("RUST_LOG", "info").env("RUST_BACKTRACE", "0");
+        if let Some(name) = &self.cluster {
+            c.env("CHAT_CLUSTER", name)
+                .env(
+                    "CHAT_KAFKA_BROKERS",
+                    env_or("TERN_KAFKA_BROKERS", "127.0.0.1:19092"),
+                )
+                .env(
+                    "CHAT_SCYLLA_NODES",
+                    env_or("TERN_CQL_NODES", "127.0.0.1:19042"),
+                )
+                .env(
+                    "CHAT_REDIS_URL",
+                    env_or("TERN_REDIS_URL", "redis://127.0.0.1:16379"),
+                );
+        }
+        c
+    }
+
+    /// Start every process that is not running (on its old address when it had one).
+    fn spawn_dead(&mut self) {
+        let mut started = Vec::new();
+        for i in 0..self.procs.len() {
+            if self.procs[i].child.is_some() {
+                continue;
+            }
+            let p = &self.procs[i];
+            let listen = p.addr.to_string();
+            if p.addr.port() != 0 {
+                for _ in 0..50 {
+                    if std::net::TcpListener::bind(p.addr).is_ok() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&p.log)
+                .unwrap();
+            let mut cmd = self.command();
+            cmd.args(["--listen", &listen, "--jwt-secret", SECRET])
+                .args(self.dev_auth.then_some("--dev-auth"))
+                .arg("--data-dir")
+                .arg(self.dir.path().join("data"));
+            if let Some(name) = &self.cluster {
+                cmd.args(["--backend", "distributed", "--role", p.role])
+                    .args(["--node-id", &format!("{name}-{}{}", p.role, p.index)]);
+            }
+            let child = cmd
+                .args(&self.args)
+                .stdout(Stdio::piped())
+                .stderr(log)
+                .spawn()
+                .expect("spawn chat-server");
+            self.procs[i].child = Some(child);
+            started.push(i);
+        }
+        for i in started {
+            let mut line = String::new();
+            let stdout = self.procs[i].child.as_mut().unwrap().stdout.take().unwrap();
+            BufReader::new(stdout).read_line(&mut line).unwrap();
+            let addr = line
+                .trim()
+                .strip_prefix("tern: listening on http://")
+                .unwrap_or_else(|| panic!("unexpected first line {line:?}; logs:\n{}", self.log()));
+            self.procs[i].addr = addr.parse().unwrap();
+        }
+        self.addr = self.procs[0].addr;
+    }
+
+    /// Wait until every process answers `/readyz` (cluster joined, partitions assigned).
+    async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for p in &self.procs {
+            loop {
+                let url = format!("http://{}/readyz", p.addr);
+                if reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{}{} not ready after 60 s; logs:\n{}",
+                    p.role,
+                    p.index,
+                    self.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    fn edges(&self) -> Vec<SocketAddr> {
+        self.procs
+            .iter()
+            .filter(|p| p.role == "edge" || p.role == "all")
+            .map(|p| p.addr)
+            .collect()
+    }
+
+    /// The edge the next client goes to: alternating over the edges unless pinned.
+    fn pick(&self, counter: &std::sync::atomic::AtomicUsize) -> SocketAddr {
+        let edges = self.edges();
+        if self.pinned {
+            return edges[0];
+        }
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        edges[n % edges.len()]
+    }
+
+    /// Every process's log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+        self.procs
+            .iter()
+            .map(|p| {
+                format!(
+                    "== {}{} ({}) ==\n{}",
+                    p.role,
+                    p.index,
+                    p.addr,
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                )
+            })
+            .collect()
     }
 
+    /// The first edge's process id.
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.procs[0].child.as_ref().unwrap().id()
     }
 
-    /// SIGKILL: no drain, no flush.
+    /// SIGKILL every process: no drain, no flush.
     pub fn kill9(&mut self) {
-        let mut c = self.child.take().unwrap();
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                c.kill().unwrap();
+                c.wait().unwrap();
+            }
+        }
+    }
+
+    /// SIGKILL the processes of one role (`edge`, `delivery`, `presence`) with this index.
+    pub fn kill9_one(&mut self, role: &str, index: usize) {
+        let p = self
+            .procs
+            .iter_mut()
+            .find(|p| p.role == role && p.index == index)
+            .expect("no such process");
+        let mut c = p.child.take().expect("already stopped");
         c.kill().unwrap();
         c.wait().unwrap();
     }
 
-    /// SIGTERM and wait for the exit status.
+    /// The address of one edge.
+    pub fn edge(&self, index: usize) -> SocketAddr {
+        self.edges()[index]
+    }
+
+    /// SIGTERM the first edge (the whole server in embedded mode) and wait for its exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().unwrap();
+        let mut c = self.procs[0].child.take().unwrap();
         unsafe_kill(c.id(), "TERM");
         c.wait().unwrap()
     }
 
-    /// Wait for a process already signalled to exit.
+    /// Wait for the first edge, already signalled, to exit.
     pub fn terminate_wait(&mut self) -> std::process::ExitStatus {
-        self.child.take().unwrap().wait().unwrap()
+        self.procs[0].child.take().unwrap().wait().unwrap()
     }
 
-    /// Start again on the same address and data directory.
+    /// Start the stopped processes again, on the same addresses and data.
     pub fn restart(&mut self) {
-        let listen = self.addr.to_string();
-        for _ in 0..50 {
-            if std::net::TcpListener::bind(self.addr).is_ok() {
-                break;
+        self.spawn_dead();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        for p in &self.procs {
+            while std::net::TcpStream::connect(p.addr).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "restart: {} not listening",
+                    p.addr
+                );
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(100));
         }
-        self.spawn(&listen);
+    }
+
+    /// Like [`restart`](Self::restart), then wait until every process is ready.
+    pub async fn restart_ready(&mut self) {
+        self.restart();
+        self.wait_ready().await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -125,12 +325,12 @@ impl TestServer {
     }
 
     pub fn ws_url(&self, token: &str) -> String {
-        format!("ws://{}/ws?token={}", self.addr, token)
+        format!("ws://{}/ws?token={}", self.pick(&self.next_ws), token)
     }
 
     pub fn api(&self, user: u64) -> Api {
         Api {
-            base: format!("http://{}", self.addr),
+            base: format!("http://{}", self.pick(&self.next_api)),
             token: token(user),
             http: reqwest::Client::new(),
         }
@@ -138,6 +338,16 @@ impl TestServer {
 
     pub async fn ws(&self, user: u64) -> Ws {
         Ws::connect(&self.ws_url(&token(user))).await
+    }
+
+    /// A WebSocket to a given edge.
+    pub async fn ws_at(&self, edge: usize, user: u64) -> Ws {
+        Ws::connect(&format!(
+            "ws://{}/ws?token={}",
+            self.edge(edge),
+            token(user)
+        ))
+        .await
     }
 
     /// The HTTP status of an unauthenticated GET.
@@ -149,31 +359,54 @@ impl TestServer {
             .as_u16()
     }
 
+    /// A metric summed over every edge (delivery counters are per process too).
     pub async fn metric(&self, name: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|l| {
+        let mut total = 0.0;
+        let mut found = false;
+        for p in &self.procs {
+            if p.child.is_none() {
+                continue;
+            }
+            let Ok(resp) = reqwest::get(format!("http://{}/metrics", p.addr)).await else {
+                continue;
+            };
+            let text = resp.text().await.unwrap();
+            if let Some(v) = text.lines().find_map(|l| {
                 l.strip_prefix(name)
                     .and_then(|r| r.strip_prefix(' '))
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+                    .map(|v| v.trim().parse::<f64>().unwrap())
+            }) {
+                total += v;
+                found = true;
+            }
+        }
+        assert!(found, "metric {name} missing");
+        total
     }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    h.finish() as u32
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+        for p in &mut self.procs {
+            if let Some(mut c) = p.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
         }
         if std::thread::panicking() {
-            eprintln!("---- server log ----\n{}", self.log());
+            eprintln!("---- server logs ----\n{}", self.log());
         }
     }
 }

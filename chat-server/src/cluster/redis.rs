@@ -1,0 +1,427 @@
+//! Redis: presence and connection routing, the fan-out channels of the edges, the shared
+//! recent-message cache and cluster-wide notices.
+//!
+//! Keys (prefix `<cluster>:`, one Redis; a Redis Cluster would need hash tags):
+//! - `pr:<user>` hash: `<node>` → that node's live connections of the user (absolute counts,
+//!   written only by that node), `_ls` → last seen (ms). Presence and routing in one place:
+//!   the user is online while any node counts a connection, and those nodes are where the
+//!   user's frames go.
+//! - `nu:<node>` set: users the node counts (so a dead node's counts can be dropped).
+//! - `nodes` set and `alive:<node>` (TTL two heartbeat intervals): nodes holding connections.
+//! - `recent:<chat>` sorted set, score = seq: the chat's last 50 messages (TTL one day).
+//! - channels `edge:<node>` (batches for that edge) and `notice` (broadcast).
+
+use super::CachedPage;
+use super::wire::{self, CachedMessage};
+use crate::cache::RECENT;
+use crate::model::{ChatId, Message, Presence, PresenceStatus, Seq, SharedMessage, UserId};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, RedisResult};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Set one node's count of one user's connections; report the user's total before and after.
+/// KEYS: pr:<user>, nu:<node>. ARGV: node, count, now_ms, user.
+const SET_COUNT: &str = r#"
+local function total()
+  local t = 0
+  local h = redis.call('HGETALL', KEYS[1])
+  for i = 1, #h, 2 do
+    if h[i] ~= '_ls' then t = t + tonumber(h[i + 1]) end
+  end
+  return t
+end
+local before = total()
+local n = tonumber(ARGV[2])
+if n > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], n)
+  redis.call('SADD', KEYS[2], ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('SREM', KEYS[2], ARGV[4])
+end
+local after = total()
+if before > 0 and after == 0 then
+  redis.call('HSET', KEYS[1], '_ls', ARGV[3])
+end
+return {before, after, redis.call('HGET', KEYS[1], '_ls') or ''}
+"#;
+
+/// Seconds a recent-cache entry lives after its last write.
+const RECENT_TTL_SECS: i64 = 24 * 3600;
+
+/// The outcome of [`Redis::set_count`]: the user's cluster-wide connection total before and
+/// after, and their last-seen time.
+pub struct CountChange {
+    pub before: i64,
+    pub after: i64,
+    pub last_seen: Option<i64>,
+}
+
+impl CountChange {
+    /// The presence to announce, if the change flipped online/offline.
+    pub fn transition(&self, user_id: UserId) -> Option<Presence> {
+        match (self.before > 0, self.after > 0) {
+            (false, true) => Some(Presence {
+                user_id,
+                status: PresenceStatus::Online,
+                last_seen: None,
+            }),
+            (true, false) => Some(Presence {
+                user_id,
+                status: PresenceStatus::Offline,
+                last_seen: self.last_seen,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+    client: redis::Client,
+    prefix: Arc<str>,
+}
+
+impl Redis {
+    /// Connect (retrying for up to `wait`), with short timeouts so a dead Redis fails calls
+    /// fast instead of stalling the caller; the manager reconnects by itself.
+    pub async fn connect(url: &str, prefix: &str, wait: Duration) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(2);
+        let deadline = tokio::time::Instant::now() + wait;
+        let conn = loop {
+            match client
+                .get_connection_manager_with_config(config.clone())
+                .await
+            {
+                Ok(c) => break c,
+                Err(e) if tokio::time::Instant::now() < deadline => {
+                    tracing::warn!(cause = %e, url, "Redis not reachable yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => anyhow::bail!(
+                    "cannot reach Redis at {url}: {e} (is it running? check --redis-url)"
+                ),
+            }
+        };
+        Ok(Redis {
+            conn,
+            client,
+            prefix: prefix.into(),
+        })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    fn key(&self, rest: std::fmt::Arguments<'_>) -> String {
+        format!("{}:{}", self.prefix, rest)
+    }
+    pub fn edge_channel(&self, node: &str) -> String {
+        self.key(format_args!("edge:{node}"))
+    }
+    pub fn notice_channel(&self) -> String {
+        self.key(format_args!("notice"))
+    }
+    fn presence_key(&self, user: UserId) -> String {
+        self.key(format_args!("pr:{user}"))
+    }
+    fn node_users_key(&self, node: &str) -> String {
+        self.key(format_args!("nu:{node}"))
+    }
+    fn nodes_key(&self) -> String {
+        self.key(format_args!("nodes"))
+    }
+    fn alive_key(&self, node: &str) -> String {
+        self.key(format_args!("alive:{node}"))
+    }
+    fn recent_key(&self, chat: ChatId) -> String {
+        self.key(format_args!("recent:{chat}"))
+    }
+
+    fn set_count_cmd(&self, pipe: &mut redis::Pipeline, user: UserId, node: &str, count: u32) {
+        pipe.cmd("EVAL")
+            .arg(SET_COUNT)
+            .arg(2)
+            .arg(self.presence_key(user))
+            .arg(self.node_users_key(node))
+            .arg(node)
+            .arg(count)
+            .arg(crate::model::now_ms())
+            .arg(user);
+    }
+
+    /// Set `node`'s count of `user`'s connections (absolute, so a repeat is harmless).
+    pub async fn set_count(
+        &self,
+        user: UserId,
+        node: &str,
+        count: u32,
+    ) -> RedisResult<CountChange> {
+        Ok(self.set_counts(node, &[(user, count)]).await?.remove(0))
+    }
+
+    /// [`set_count`](Self::set_count) for many users in one round trip.
+    pub async fn set_counts(
+        &self,
+        node: &str,
+        counts: &[(UserId, u32)],
+    ) -> RedisResult<Vec<CountChange>> {
+        let mut pipe = redis::pipe();
+        for (user, n) in counts {
+            self.set_count_cmd(&mut pipe, *user, node, *n);
+        }
+        let rows: Vec<(i64, i64, String)> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(before, after, ls)| CountChange {
+                before,
+                after,
+                last_seen: ls.parse().ok(),
+            })
+            .collect())
+    }
+
+    /// Presence and routes of `users`: per user, the nodes counting connections, and last seen.
+    pub async fn lookup(&self, users: &[UserId]) -> RedisResult<Vec<(Vec<String>, Option<i64>)>> {
+        if users.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(self.presence_key(*u));
+        }
+        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(maps
+            .into_iter()
+            .map(|m| {
+                let mut nodes = Vec::new();
+                let mut last_seen = None;
+                for (k, v) in m {
+                    if k == "_ls" {
+                        last_seen = v.parse().ok();
+                    } else if v.parse::<i64>().is_ok_and(|n| n > 0) {
+                        nodes.push(k);
+                    }
+                }
+                (nodes, last_seen)
+            })
+            .collect())
+    }
+
+    pub async fn presence_of(&self, users: &[UserId]) -> RedisResult<Vec<Presence>> {
+        Ok(users
+            .iter()
+            .zip(self.lookup(users).await?)
+            .map(|(u, (nodes, last_seen))| Presence {
+                user_id: *u,
+                status: if nodes.is_empty() {
+                    PresenceStatus::Offline
+                } else {
+                    PresenceStatus::Online
+                },
+                last_seen: if nodes.is_empty() { last_seen } else { None },
+            })
+            .collect())
+    }
+
+    /// Mark `node` alive for `ttl` (it holds connections and refreshes its counts).
+    pub async fn node_alive(&self, node: &str, ttl: Duration) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.sadd(self.nodes_key(), node)
+            .ignore()
+            .set_ex(self.alive_key(node), 1, ttl.as_secs().max(1))
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// A node leaving cleanly: forget it (its counts were already set to zero).
+    pub async fn node_gone(&self, node: &str) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.srem(self.nodes_key(), node)
+            .ignore()
+            .del(self.alive_key(node))
+            .ignore()
+            .del(self.node_users_key(node))
+            .ignore();
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// Nodes registered but no longer refreshing their liveness key.
+    pub async fn dead_nodes(&self) -> RedisResult<Vec<String>> {
+        let nodes: Vec<String> = self.conn.clone().smembers(self.nodes_key()).await?;
+        if nodes.is_empty() {
+            return Ok(nodes);
+        }
+        let mut pipe = redis::pipe();
+        for n in &nodes {
+            pipe.exists(self.alive_key(n));
+        }
+        let alive: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+        Ok(nodes
+            .into_iter()
+            .zip(alive)
+            .filter(|(_, a)| !a)
+            .map(|(n, _)| n)
+            .collect())
+    }
+
+    /// Drop a dead node's counts; returns the users that went offline because of it.
+    pub async fn reap(&self, node: &str) -> RedisResult<Vec<Presence>> {
+        let users: Vec<UserId> = self
+            .conn
+            .clone()
+            .smembers(self.node_users_key(node))
+            .await?;
+        let mut offline = Vec::new();
+        for chunk in users.chunks(1000) {
+            let counts: Vec<(UserId, u32)> = chunk.iter().map(|u| (*u, 0)).collect();
+            for (u, change) in chunk.iter().zip(self.set_counts(node, &counts).await?) {
+                offline.extend(change.transition(*u));
+            }
+        }
+        self.node_gone(node).await?;
+        Ok(offline)
+    }
+
+    pub async fn publish(&self, channel: &str, payload: &[u8]) -> RedisResult<()> {
+        self.conn
+            .clone()
+            .publish::<_, _, ()>(channel, payload)
+            .await
+    }
+
+    /// Publish several payloads in one round trip (in order, on one connection: Redis
+    /// delivers them to a subscriber in this order).
+    pub async fn publish_all(&self, items: &[(String, Vec<u8>)]) -> RedisResult<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in items {
+            pipe.publish(channel, payload).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// Add just-stored messages to their chats' recent sets (in seq order per chat), keep the
+    /// last [`RECENT`]. `reset` chats are emptied first (their set may have missed writes).
+    pub async fn cache_push(
+        &self,
+        messages: &[SharedMessage],
+        reset: &[ChatId],
+    ) -> RedisResult<()> {
+        let mut pipe = redis::pipe();
+        for c in reset {
+            pipe.del(self.recent_key(*c)).ignore();
+        }
+        let mut touched: Vec<ChatId> = Vec::new();
+        for m in messages {
+            let json = serde_json::to_string(&CachedMessage::from(m.as_ref()))
+                .expect("a message serializes");
+            pipe.zadd(self.recent_key(m.chat_id), json, m.seq).ignore();
+            if !touched.contains(&m.chat_id) {
+                touched.push(m.chat_id);
+            }
+        }
+        for c in touched {
+            let k = self.recent_key(c);
+            pipe.zremrangebyrank(&k, 0, -(RECENT as isize) - 1)
+                .ignore()
+                .expire(&k, RECENT_TTL_SECS)
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    /// Messages with `seq > after_seq` (at most `limit`) if the cached run covers them.
+    pub async fn cache_after(
+        &self,
+        chat: ChatId,
+        after_seq: Seq,
+        limit: usize,
+    ) -> RedisResult<Option<CachedPage>> {
+        let k = self.recent_key(chat);
+        let (first, rows): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
+            .zrange_withscores(&k, 0, 0)
+            .zrangebyscore_limit(&k, format!("({after_seq}"), "+inf", 0, limit as isize + 1)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let Some((_, lowest)) = first.first() else {
+            return Ok(None); // nothing cached: ask the store
+        };
+        if *lowest as Seq > after_seq + 1 {
+            return Ok(None); // the cache starts later than asked
+        }
+        let mut messages = decode_rows(rows);
+        if !wire::contiguous_after(after_seq, &messages) {
+            return Ok(None);
+        }
+        let has_more = messages.len() > limit;
+        messages.truncate(limit);
+        Ok(Some((
+            messages.into_iter().map(Arc::new).collect(),
+            has_more,
+        )))
+    }
+
+    /// The latest `limit` messages, if the cache holds that many (or the chat's start).
+    pub async fn cache_latest(
+        &self,
+        chat: ChatId,
+        limit: usize,
+    ) -> RedisResult<Option<CachedPage>> {
+        let k = self.recent_key(chat);
+        let rows: Vec<String> = self
+            .conn
+            .clone()
+            .zrevrange(&k, 0, limit as isize - 1)
+            .await?;
+        let mut messages = decode_rows(rows);
+        messages.reverse();
+        let Some(first) = messages.first() else {
+            return Ok(None);
+        };
+        let starts_chat = first.seq == 1;
+        if (messages.len() < limit && !starts_chat)
+            || !wire::contiguous_after(first.seq - 1, &messages)
+        {
+            return Ok(None);
+        }
+        let has_more = !starts_chat;
+        Ok(Some((
+            messages.into_iter().map(Arc::new).collect(),
+            has_more,
+        )))
+    }
+
+    /// Open a subscription to `channels` (a dedicated connection).
+    pub async fn subscribe(&self, channels: &[String]) -> RedisResult<redis::aio::PubSub> {
+        let mut ps = self.client.get_async_pubsub().await?;
+        for c in channels {
+            ps.subscribe(c).await?;
+        }
+        Ok(ps)
+    }
+}
+
+fn decode_rows(rows: Vec<String>) -> Vec<Message> {
+    rows.into_iter()
+        .filter_map(|r| match serde_json::from_str::<CachedMessage>(&r) {
+            Ok(m) => Some(Message::from(m)),
+            Err(e) => {
+                tracing::warn!(cause = %e, "undecodable recent-cache entry ignored");
+                None
+            }
+        })
+        .collect()
+}
