@@ -1,0 +1,853 @@
+//! The `ChatCluster` reconciler: looks up what the builders need (Secrets, live objects,
+//! connection counts), applies the built objects with server-side apply under one field
+//! manager, and reports status, conditions and events. It builds no object itself.
+
+use crate::autoscale::{self, Direction, Policy, ScaleState};
+use crate::crd::{ChatCluster, ChatClusterStatus, Dependency, DependencyStatus, EdgeStatus, Role};
+use crate::error::{Error, Result};
+use crate::metrics::{ClusterLabels, ErrorLabels, Metrics, ScaleLabels};
+use crate::reachability;
+use crate::resources::config::{self, checksum, config_env, referenced_secrets};
+use crate::resources::dependencies::{self, managed};
+use crate::resources::{FIELD_MANAGER, edge, pdb, role, selector_string, setup_job};
+use crate::scrape::{self, SCRAPE_TARGETS_ANNOTATION, Sample, Target};
+use crate::status::{self, Observed, Setup, Workload};
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, instrument, warn};
+
+/// Pod annotation the ReplicaSet controller reads when choosing pods to remove.
+pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// How often connections are read when autoscaling is off (for `status.edge.connections`).
+const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Operator settings (see `main.rs` for the command line).
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch one namespace only (`None`: all).
+    pub namespace: Option<String>,
+    /// Honour the `chat.tern.dev/scrape-targets` annotation (tests, special set-ups).
+    pub allow_scrape_override: bool,
+    /// Port of the edge pods' `/metrics`.
+    pub scrape_port: u16,
+    /// Time limit per scrape and per dependency connect.
+    pub probe_timeout: Duration,
+    /// `reportingInstance` of events (the pod name).
+    pub instance: String,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            namespace: None,
+            allow_scrape_override: false,
+            scrape_port: crate::resources::CHAT_PORT as u16,
+            probe_timeout: Duration::from_secs(2),
+            instance: "tern-operator".into(),
+        }
+    }
+}
+
+/// What the autoscaler remembers per cluster.
+struct ScaleMemory {
+    policy: Option<Policy>,
+    state: ScaleState,
+    last_scrape: Option<Instant>,
+    samples: Vec<Sample>,
+    deletion_costs: HashMap<String, i32>,
+}
+
+/// Shared by all reconciliations.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub http: reqwest::Client,
+    pub opts: Options,
+    pub metrics: Arc<Metrics>,
+    scaling: Mutex<HashMap<String, ScaleMemory>>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, opts: Options, metrics: Arc<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: FIELD_MANAGER.into(),
+            instance: Some(opts.instance.clone()),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            http: reqwest::Client::new(),
+            opts,
+            metrics,
+            scaling: Mutex::default(),
+            failures: Mutex::default(),
+        }
+    }
+}
+
+fn key(c: &ChatCluster) -> String {
+    format!("{}/{}", c.namespace().unwrap_or_default(), c.name_any())
+}
+
+fn api_for<K>(client: &Client, ns: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Run the controller until `shutdown` resolves.
+pub async fn run(
+    client: Client,
+    opts: Options,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = opts.namespace.clone();
+    let clusters: Api<ChatCluster> = api_for(&client, &ns);
+    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=tern-operator");
+    let ctx = Arc::new(Context::new(client.clone(), opts, metrics));
+    let controller = Controller::new(clusters, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .owns(api_for::<Deployment>(&client, &ns), owned.clone())
+        .owns(api_for::<StatefulSet>(&client, &ns), owned.clone())
+        .owns(api_for::<Service>(&client, &ns), owned.clone())
+        .owns(api_for::<ConfigMap>(&client, &ns), owned.clone())
+        .owns(api_for::<PodDisruptionBudget>(&client, &ns), owned.clone())
+        .owns(api_for::<Job>(&client, &ns), owned.clone())
+        .owns(api_for::<Secret>(&client, &ns), owned)
+        // User Secrets a cluster references: a created or rotated Secret reconciles it.
+        .watches(
+            api_for::<Secret>(&client, &ns),
+            watcher::Config::default(),
+            move |secret: Secret| {
+                let name = secret.name_any();
+                let ns = secret.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(|c| {
+                        c.namespace() == ns && referenced_secrets(c).iter().any(|u| u.name == name)
+                    })
+                    .map(|c| ObjectRef::from_obj(&*c))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => debug!(cluster = %obj.name, "reconciled"),
+                Err(e) => debug!(cause = %e, "reconcile failed"),
+            }
+        })
+        .await;
+}
+
+/// Backoff per cluster: 2 s, 4 s, … up to 5 min; reset by a successful reconcile.
+pub fn error_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.clamp(1, 8)).min(Duration::from_secs(300))
+}
+
+fn error_policy(cluster: Arc<ChatCluster>, err: &Error, ctx: Arc<Context>) -> Action {
+    let n = {
+        let mut f = ctx.failures.lock().expect("failures lock");
+        let n = f.entry(key(&cluster)).or_default();
+        *n = n.saturating_add(1);
+        *n
+    };
+    let delay = error_backoff(n);
+    warn!(cluster = %key(&cluster), cause = %err, failures = n, retry_in = ?delay, "reconcile failed");
+    ctx.metrics
+        .errors
+        .get_or_create(&ErrorLabels {
+            error: err.metric_label(),
+        })
+        .inc();
+    Action::requeue(delay)
+}
+
+#[instrument(skip_all, fields(cluster = %key(&cluster)))]
+async fn reconcile(cluster: Arc<ChatCluster>, ctx: Arc<Context>) -> Result<Action> {
+    let started = Instant::now();
+    let res = Reconciler::new(&cluster, &ctx)?.run().await;
+    ctx.metrics.observe(started.elapsed());
+    if res.is_ok() {
+        ctx.failures
+            .lock()
+            .expect("failures lock")
+            .remove(&key(&cluster));
+    }
+    res
+}
+
+struct Reconciler<'a> {
+    cluster: &'a ChatCluster,
+    ctx: &'a Context,
+    ns: String,
+    pp: PatchParams,
+}
+
+impl<'a> Reconciler<'a> {
+    fn new(cluster: &'a ChatCluster, ctx: &'a Context) -> Result<Self> {
+        Ok(Reconciler {
+            cluster,
+            ctx,
+            ns: cluster.namespace().ok_or(Error::NoNamespace)?,
+            pp: PatchParams::apply(FIELD_MANAGER).force(),
+        })
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        Api::namespaced(self.ctx.client.clone(), &self.ns)
+    }
+
+    async fn apply<K>(&self, obj: &K) -> Result<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+        K::DynamicType: Default,
+    {
+        let name = obj.meta().name.clone().unwrap_or_default();
+        Ok(self
+            .api::<K>()
+            .patch(&name, &self.pp, &Patch::Apply(obj))
+            .await?)
+    }
+
+    /// Delete `name` if it exists and this cluster controls it (a component that is no longer
+    /// wanted: a PDB after scaling to one pod, a managed dependency switched to external).
+    async fn delete_owned<K>(&self, name: &str) -> Result<()>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + DeserializeOwned + Clone + Debug,
+        K::DynamicType: Default,
+    {
+        let api = self.api::<K>();
+        if let Some(obj) = api.get_opt(name).await?
+            && obj
+                .owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == self.cluster.uid().as_ref())
+        {
+            info!(object = name, kind = %K::kind(&Default::default()), "deleting component no longer wanted");
+            match api.delete(name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self) -> Result<Action> {
+        let c = self.cluster;
+        let previous = c.status.clone().unwrap_or_default();
+
+        // 1. Secrets: every referenced one must exist with its keys before anything runs.
+        let (secret_data, problems) = self.secrets().await?;
+        if !problems.is_empty() {
+            let obs = Observed {
+                generation: c.metadata.generation.unwrap_or(0),
+                secret_problems: problems,
+                dependencies: previous.dependencies.clone(),
+                workloads: vec![],
+                setup: Setup::Running,
+            };
+            let mut status = previous.clone();
+            self.finish_status(&mut status, &obs).await?;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+
+        // 2. Shared configuration and its checksum.
+        let env = config_env(c);
+        let sum = checksum(&env, &c.spec.image, &secret_data);
+        self.apply(&config::config_map(c)).await?;
+
+        // 3. Managed dependencies (and removal of ones switched to external).
+        let mut dep_status = Vec::new();
+        for dep in Dependency::ALL {
+            dep_status.push(self.dependency(dep, &secret_data).await?);
+        }
+        if let Some(pvc) = dependencies::media_pvc(c) {
+            self.apply(&pvc).await?;
+        }
+
+        // 4. Schema and topic setup.
+        let setup = self.setup(&sum).await?;
+
+        // 5. Edge replicas: the autoscaler's decision or the spec.
+        let mut edge_status = EdgeStatus {
+            selector: selector_string(c, Role::Edge.as_str()),
+            ..previous.edge.clone()
+        };
+        let requeue = self.edge_scaling(&mut edge_status).await?;
+
+        // 6. The roles.
+        let mut workloads = Vec::new();
+        for r in Role::ALL {
+            let replicas = match r {
+                Role::Edge => edge_status.desired_replicas,
+                _ => role::spec_replicas(c, r),
+            };
+            let applied = self.apply(&role::deployment(c, r, replicas, &sum)).await?;
+            let w = deployment_state(&applied);
+            if r == Role::Edge {
+                edge_status.replicas = applied
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.replicas)
+                    .unwrap_or(0);
+                edge_status.ready_replicas = w.ready;
+            }
+            workloads.push(w);
+            let max_unavailable = match r {
+                Role::Edge => c.spec.edge.pod_disruption_budget.max_unavailable,
+                _ => 1,
+            };
+            let min_pods = match (&c.spec.edge.autoscaling, r) {
+                (Some(a), Role::Edge) => a.min_replicas.max(replicas),
+                _ => replicas,
+            };
+            match pdb::pdb(c, c.role_name(r), r.as_str(), min_pods, max_unavailable) {
+                Some(p) => {
+                    self.apply(&p).await?;
+                }
+                None => {
+                    self.delete_owned::<PodDisruptionBudget>(&c.role_name(r))
+                        .await?
+                }
+            }
+        }
+        self.apply(&edge::service(c)).await?;
+        self.apply(&edge::headless_service(c)).await?;
+
+        // 7. Status, conditions, events.
+        let obs = Observed {
+            generation: c.metadata.generation.unwrap_or(0),
+            secret_problems: vec![],
+            dependencies: dep_status,
+            workloads,
+            setup,
+        };
+        let mut status = ChatClusterStatus {
+            endpoint: Some(edge::websocket_endpoint(c)),
+            edge: edge_status,
+            config_checksum: Some(sum),
+            ..previous.clone()
+        };
+        status.dependencies = obs.dependencies.clone();
+        let ready = self.finish_status(&mut status, &obs).await?;
+        Ok(match requeue {
+            Some(d) => Action::requeue(d),
+            None if ready => Action::requeue(Duration::from_secs(300)),
+            None => Action::requeue(Duration::from_secs(30)),
+        })
+    }
+
+    /// Fetch every Secret the pods read; create the generated JWT Secret once.
+    async fn secrets(
+        &self,
+    ) -> Result<(BTreeMap<String, BTreeMap<String, ByteString>>, Vec<String>)> {
+        let c = self.cluster;
+        let api = self.api::<Secret>();
+        let mut data = BTreeMap::new();
+        let mut problems = Vec::new();
+        for u in referenced_secrets(c) {
+            match api.get_opt(&u.name).await? {
+                None => problems.push(format!("Secret {} not found ({})", u.name, u.purpose)),
+                Some(s) => {
+                    let d = s.data.unwrap_or_default();
+                    for k in &u.keys {
+                        if !d.contains_key(k) {
+                            problems
+                                .push(format!("Secret {} has no key {k} ({})", u.name, u.purpose));
+                        }
+                    }
+                    data.insert(u.name, d);
+                }
+            }
+        }
+        if c.spec.auth.jwt_secret_ref.is_none() {
+            let name = c.generated_jwt_name();
+            let secret = match api.get_opt(&name).await? {
+                Some(s) => s,
+                None => {
+                    info!(secret = %name, "generating the JWT secret");
+                    let value = random_hex(32);
+                    self.apply(&config::generated_jwt_secret(c, &value)).await?
+                }
+            };
+            data.insert(name, secret.data.unwrap_or_default());
+        }
+        Ok((data, problems))
+    }
+
+    /// Apply a managed dependency (or remove a formerly managed one) and report readiness.
+    async fn dependency(
+        &self,
+        dep: Dependency,
+        secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
+    ) -> Result<DependencyStatus> {
+        let c = self.cluster;
+        let name = dep.as_str().to_string();
+        if let Some(m) = managed(c, dep) {
+            self.apply(&m.headless).await?;
+            self.apply(&m.service).await?;
+            let ss = self.apply(&m.statefulset).await?;
+            let want = ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+            let ready = ss
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            return Ok(DependencyStatus {
+                name,
+                mode: "managed".into(),
+                ready: ready >= want,
+                message: format!("{ready}/{want} pods ready"),
+            });
+        }
+        self.delete_owned::<StatefulSet>(&c.dependency_name(dep))
+            .await?;
+        self.delete_owned::<Service>(&c.dependency_name(dep))
+            .await?;
+        self.delete_owned::<Service>(&c.dependency_headless_name(dep))
+            .await?;
+        let endpoints: Vec<String> = match dep {
+            Dependency::Kafka => c
+                .spec
+                .kafka
+                .external
+                .iter()
+                .flat_map(|e| e.brokers.clone())
+                .collect(),
+            Dependency::Scylla => c
+                .spec
+                .scylla
+                .external
+                .iter()
+                .flat_map(|e| e.nodes.clone())
+                .collect(),
+            Dependency::Redis => {
+                let url = c.spec.redis.external.as_ref().and_then(|e| {
+                    e.url.clone().or_else(|| {
+                        let r = e.url_secret_ref.as_ref()?;
+                        let v = secrets.get(&r.name)?.get(&r.key)?;
+                        String::from_utf8(v.0.clone()).ok()
+                    })
+                });
+                url.as_deref()
+                    .and_then(reachability::redis_endpoint)
+                    .into_iter()
+                    .collect()
+            }
+        };
+        let (ready, message) =
+            match reachability::any_reachable(&endpoints, self.ctx.opts.probe_timeout).await {
+                Ok(m) => (true, m),
+                Err(e) => (false, format!("unreachable: {e}")),
+            };
+        Ok(DependencyStatus {
+            name,
+            mode: "external".into(),
+            ready,
+            message,
+        })
+    }
+
+    /// Create the setup Job for this configuration if missing; once it succeeded, delete the
+    /// Jobs of earlier configurations.
+    async fn setup(&self, sum: &str) -> Result<Setup> {
+        let c = self.cluster;
+        let job = setup_job::setup_job(c, sum);
+        let name = job.metadata.name.clone().unwrap_or_default();
+        let api = self.api::<Job>();
+        let current = match api.get_opt(&name).await? {
+            Some(j) => j,
+            None => {
+                info!(job = %name, "starting schema and topic setup");
+                self.apply(&job).await?
+            }
+        };
+        let state = job_state(&current);
+        if state == Setup::Succeeded {
+            let lp = ListParams::default().labels(&selector_string(c, "setup"));
+            for old in api.list(&lp).await? {
+                if old.name_any() != name {
+                    self.delete_owned::<Job>(&old.name_any()).await?;
+                }
+            }
+        }
+        Ok(state)
+    }
+
+    /// Scrape the edge pods when due, run the autoscaler, set `desired_replicas`,
+    /// `connections` and the scale fields. Returns when to look again.
+    async fn edge_scaling(&self, edge: &mut EdgeStatus) -> Result<Option<Duration>> {
+        let c = self.cluster;
+        let auto = c.spec.edge.autoscaling.as_ref();
+        let interval = auto.map_or(DEFAULT_SCRAPE_INTERVAL, |a| {
+            Duration::from_secs(
+                u64::try_from(a.scrape_interval_seconds)
+                    .unwrap_or(15)
+                    .max(1),
+            )
+        });
+        let due = {
+            let mut map = self.ctx.scaling.lock().expect("scaling lock");
+            let mem = map.entry(key(c)).or_insert_with(|| ScaleMemory {
+                policy: None,
+                state: ScaleState::new(Instant::now()),
+                last_scrape: None,
+                samples: Vec::new(),
+                deletion_costs: HashMap::new(),
+            });
+            let policy = auto.map(Policy::from_spec);
+            if mem.policy != policy {
+                // A new policy starts a fresh observation window.
+                mem.state = ScaleState::new(Instant::now());
+                mem.policy = policy;
+            }
+            mem.last_scrape.is_none_or(|t| t.elapsed() >= interval)
+        };
+        if due {
+            let targets = self.scrape_targets().await?;
+            let samples =
+                scrape::scrape_all(&self.ctx.http, &targets, self.ctx.opts.probe_timeout).await;
+            for s in &samples {
+                if let Err(e) = &s.connections {
+                    warn!(cause = %e, "could not read chat_connections");
+                }
+            }
+            let mut map = self.ctx.scaling.lock().expect("scaling lock");
+            if let Some(mem) = map.get_mut(&key(c)) {
+                mem.last_scrape = Some(Instant::now());
+                mem.samples = samples;
+            }
+        }
+        let (total, complete, costs) = {
+            let map = self.ctx.scaling.lock().expect("scaling lock");
+            let mem = map.get(&key(c)).expect("inserted above");
+            let total: u64 = mem
+                .samples
+                .iter()
+                .filter_map(|s| s.connections.as_ref().ok())
+                .sum();
+            let complete = mem.samples.iter().all(|s| s.connections.is_ok());
+            let costs: Vec<(String, i32)> = mem
+                .samples
+                .iter()
+                .filter_map(|s| {
+                    let pod = s.target.pod.clone()?;
+                    let n = *s.connections.as_ref().ok()?;
+                    let cost = autoscale::deletion_cost(n);
+                    (mem.deletion_costs.get(&pod) != Some(&cost)).then_some((pod, cost))
+                })
+                .collect();
+            (total, complete, costs)
+        };
+        edge.connections = i64::try_from(total).unwrap_or(i64::MAX);
+        let labels = ClusterLabels {
+            namespace: self.ns.clone(),
+            name: c.name_any(),
+        };
+        self.ctx
+            .metrics
+            .edge_connections
+            .get_or_create(&labels)
+            .set(edge.connections);
+        self.annotate_deletion_costs(costs).await;
+
+        let Some(a) = auto else {
+            edge.desired_replicas = c.spec.edge.replicas;
+            edge.scale_reason = None;
+            self.ctx
+                .metrics
+                .edge_desired
+                .get_or_create(&labels)
+                .set(edge.desired_replicas.into());
+            return Ok(None);
+        };
+        let current = if edge.desired_replicas > 0 {
+            edge.desired_replicas
+        } else {
+            a.min_replicas
+        };
+        let decision = if due {
+            let mut map = self.ctx.scaling.lock().expect("scaling lock");
+            let mem = map.get_mut(&key(c)).expect("inserted above");
+            let policy = mem.policy.clone().expect("autoscaling policy set above");
+            Some(autoscale::decide(
+                &policy,
+                &mut mem.state,
+                current,
+                total,
+                complete,
+                Instant::now(),
+            ))
+        } else {
+            None
+        };
+        edge.desired_replicas = current;
+        if let Some(d) = decision {
+            edge.desired_replicas = d.replicas;
+            edge.scale_reason = Some(d.reason.clone());
+            if d.direction != Direction::Hold && d.replicas != current {
+                edge.last_scale_time = Some(Time(Timestamp::now()));
+                let (reason, label) = if d.replicas > current {
+                    ("ScaledUp", "up")
+                } else {
+                    ("ScaledDown", "down")
+                };
+                info!(from = current, to = d.replicas, total, reason = %d.reason, "edge autoscaling");
+                self.ctx
+                    .metrics
+                    .scale_events
+                    .get_or_create(&ScaleLabels { direction: label })
+                    .inc();
+                self.event(EventType::Normal, reason, "Scale", d.reason)
+                    .await;
+            }
+        }
+        self.ctx
+            .metrics
+            .edge_desired
+            .get_or_create(&labels)
+            .set(edge.desired_replicas.into());
+        Ok(Some(interval))
+    }
+
+    /// Edge pods to scrape: the override annotation (when allowed) or the live edge Pods.
+    async fn scrape_targets(&self) -> Result<Vec<Target>> {
+        let c = self.cluster;
+        if self.ctx.opts.allow_scrape_override
+            && let Some(v) = c.annotations().get(SCRAPE_TARGETS_ANNOTATION)
+        {
+            return Ok(scrape::parse_override(v));
+        }
+        let lp = ListParams::default().labels(&selector_string(c, Role::Edge.as_str()));
+        let pods = self.api::<Pod>().list(&lp).await?;
+        Ok(scrape::targets_from_pods(
+            &pods.items,
+            self.ctx.opts.scrape_port,
+        ))
+    }
+
+    /// Set `pod-deletion-cost` on edge pods whose connection count changed. Best effort: a pod
+    /// that is gone or cannot be patched is logged and skipped.
+    async fn annotate_deletion_costs(&self, costs: Vec<(String, i32)>) {
+        let api = self.api::<Pod>();
+        for (pod, cost) in costs {
+            let patch = serde_json::json!({"metadata": {"annotations": {DELETION_COST_ANNOTATION: cost.to_string()}}});
+            match api
+                .patch(&pod, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => {
+                    let mut map = self.ctx.scaling.lock().expect("scaling lock");
+                    if let Some(mem) = map.get_mut(&key(self.cluster)) {
+                        mem.deletion_costs.insert(pod, cost);
+                    }
+                }
+                Err(e) => debug!(pod = %pod, cause = %e, "could not set pod-deletion-cost"),
+            }
+        }
+    }
+
+    /// Compute conditions, write the status (server-side apply on the status subresource)
+    /// and publish events for transitions. Returns whether the cluster is Ready.
+    async fn finish_status(&self, status: &mut ChatClusterStatus, obs: &Observed) -> Result<bool> {
+        let c = self.cluster;
+        let old: Vec<Condition> = c
+            .status
+            .as_ref()
+            .map(|s| s.conditions.clone())
+            .unwrap_or_default();
+        status.conditions = status::conditions(obs, &old, Time(Timestamp::now()));
+        status.observed_generation = c.metadata.generation;
+        if status.edge.selector.is_empty() {
+            status.edge.selector = selector_string(c, Role::Edge.as_str());
+        }
+        let patch = serde_json::json!({
+            "apiVersion": ChatCluster::api_version(&()),
+            "kind": ChatCluster::kind(&()),
+            "status": status,
+        });
+        self.api::<ChatCluster>()
+            .patch_status(&c.name_any(), &self.pp, &Patch::Apply(&patch))
+            .await?;
+        for t in [status::READY, status::DEGRADED, status::DEPENDENCIES_READY] {
+            let (Some(new), prev) = (status::find(&status.conditions, t), status::find(&old, t))
+            else {
+                continue;
+            };
+            if prev.is_some_and(|p| p.status == new.status && p.reason == new.reason) {
+                continue;
+            }
+            let bad = (t == status::DEGRADED) == (new.status == "True");
+            let ty = if bad {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            };
+            let note = if new.message.is_empty() {
+                format!("{t}={}", new.status)
+            } else {
+                format!("{t}={}: {}", new.status, new.message)
+            };
+            self.event(ty, &new.reason, t, note).await;
+        }
+        Ok(status::find(&status.conditions, status::READY).is_some_and(|r| r.status == "True"))
+    }
+
+    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.cluster.object_ref(&()))
+            .await
+        {
+            warn!(cause = %e, "could not publish event");
+        }
+    }
+}
+
+/// A Deployment's rollout state from its status. Pure.
+pub fn deployment_state(d: &Deployment) -> Workload {
+    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let st = d.status.clone().unwrap_or_default();
+    Workload {
+        name: d.name_any(),
+        want,
+        ready: st.ready_replicas.unwrap_or(0),
+        updated: st.updated_replicas.unwrap_or(0),
+        current: st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0),
+    }
+}
+
+/// A Job's state from its conditions. Pure.
+pub fn job_state(job: &Job) -> Setup {
+    let conds = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let is = |t: &str| conds.iter().find(|c| c.type_ == t && c.status == "True");
+    if is("Complete").is_some() {
+        Setup::Succeeded
+    } else if let Some(f) = is("Failed") {
+        Setup::Failed(format!(
+            "setup Job {} failed: {}",
+            job.name_any(),
+            f.message.clone().or(f.reason.clone()).unwrap_or_default()
+        ))
+    } else {
+        Setup::Running
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngCore;
+    let mut buf = vec![0u8; bytes];
+    rand::rng().fill_bytes(&mut buf);
+    config::hex(&buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, DeploymentStatus};
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(error_backoff(1), Duration::from_secs(2));
+        assert_eq!(error_backoff(3), Duration::from_secs(8));
+        assert_eq!(error_backoff(40), Duration::from_secs(256));
+    }
+
+    #[test]
+    fn deployment_rollout_state() {
+        let mut d = Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(3),
+                ..Default::default()
+            }),
+            status: Some(DeploymentStatus {
+                ready_replicas: Some(3),
+                updated_replicas: Some(3),
+                observed_generation: Some(2),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        d.metadata.generation = Some(2);
+        assert!(deployment_state(&d).rolled_out());
+        d.metadata.generation = Some(3);
+        assert!(!deployment_state(&d).rolled_out());
+    }
+
+    #[test]
+    fn job_states() {
+        let job = |t: &str| Job {
+            status: Some(JobStatus {
+                conditions: Some(vec![JobCondition {
+                    type_: t.into(),
+                    status: "True".into(),
+                    message: Some("boom".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(job_state(&job("Complete")), Setup::Succeeded);
+        assert!(matches!(job_state(&job("Failed")), Setup::Failed(m) if m.contains("boom")));
+        assert_eq!(job_state(&Job::default()), Setup::Running);
+    }
+
+    #[test]
+    fn random_secret_is_hex() {
+        let s = random_hex(32);
+        assert_eq!(s.len(), 64);
+        assert_ne!(s, random_hex(32));
+    }
+}

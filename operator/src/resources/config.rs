@@ -1,0 +1,334 @@
+//! The shared `CHAT_*` environment (a ConfigMap), the generated JWT Secret, the list of Secrets
+//! a cluster depends on, and the checksum that rolls pods when any of them changes.
+
+use super::meta;
+use crate::crd::{ChatCluster, Dependency};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+
+/// Key of the generated JWT Secret.
+pub const GENERATED_JWT_KEY: &str = "secret";
+pub const KAFKA_PORT: i32 = 9092;
+pub const KAFKA_CONTROLLER_PORT: i32 = 9093;
+pub const CQL_PORT: i32 = 9042;
+pub const REDIS_PORT: i32 = 6379;
+/// Where media blobs live when `spec.media.volume` is used.
+pub const MEDIA_DIR: &str = "/var/lib/tern/media";
+
+fn svc_host(cluster: &ChatCluster, service: &str) -> String {
+    format!(
+        "{service}.{}.svc",
+        cluster.namespace().unwrap_or_else(|| "default".into())
+    )
+}
+
+/// Host name of pod `i` of a managed dependency's StatefulSet.
+pub fn dependency_pod_host(cluster: &ChatCluster, dep: Dependency, i: i32) -> String {
+    format!(
+        "{}-{i}.{}",
+        cluster.dependency_name(dep),
+        svc_host(cluster, &cluster.dependency_headless_name(dep))
+    )
+}
+
+/// `CHAT_KAFKA_BROKERS`.
+pub fn kafka_brokers(cluster: &ChatCluster) -> String {
+    match &cluster.spec.kafka.external {
+        Some(ext) => ext.brokers.join(","),
+        None => format!(
+            "{}:{KAFKA_PORT}",
+            svc_host(cluster, &cluster.dependency_name(Dependency::Kafka))
+        ),
+    }
+}
+
+/// `CHAT_SCYLLA_NODES`: every managed pod is a contact point.
+pub fn scylla_nodes(cluster: &ChatCluster) -> String {
+    let s = &cluster.spec.scylla;
+    match (&s.external, &s.managed) {
+        (Some(ext), _) => ext.nodes.join(","),
+        (None, Some(m)) => (0..m.replicas)
+            .map(|i| {
+                format!(
+                    "{}:{CQL_PORT}",
+                    dependency_pod_host(cluster, Dependency::Scylla, i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        (None, None) => String::new(),
+    }
+}
+
+/// `CHAT_REDIS_URL` when it is not a secret (`None`: it comes from `urlSecretRef`).
+pub fn redis_url(cluster: &ChatCluster) -> Option<String> {
+    match &cluster.spec.redis.external {
+        Some(ext) => ext.url.clone(),
+        None => Some(format!(
+            "redis://{}:{REDIS_PORT}",
+            svc_host(cluster, &cluster.dependency_name(Dependency::Redis))
+        )),
+    }
+}
+
+/// The environment shared by every role and the setup Job (everything that is not secret).
+pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
+    let s = &cluster.spec;
+    let mut env = BTreeMap::new();
+    let mut set = |k: &str, v: String| {
+        env.insert(k.to_string(), v);
+    };
+    set("CHAT_BACKEND", "distributed".into());
+    set("CHAT_CLUSTER", cluster.cluster_id());
+    set("CHAT_KAFKA_BROKERS", kafka_brokers(cluster));
+    set("CHAT_KAFKA_PARTITIONS", s.kafka.partitions.to_string());
+    set(
+        "CHAT_KAFKA_REPLICATION",
+        s.kafka.replication_factor.to_string(),
+    );
+    set("CHAT_SCYLLA_NODES", scylla_nodes(cluster));
+    set("CHAT_SCYLLA_KEYSPACE", cluster.keyspace());
+    set(
+        "CHAT_SCYLLA_REPLICATION",
+        s.scylla.replication_factor.to_string(),
+    );
+    if let Some(url) = redis_url(cluster) {
+        set("CHAT_REDIS_URL", url);
+    }
+    set(
+        "CHAT_HEARTBEAT_INTERVAL",
+        s.edge.heartbeat_interval_seconds.to_string(),
+    );
+    set(
+        "CHAT_DRAIN_TIMEOUT",
+        s.edge.drain.timeout_seconds.to_string(),
+    );
+    set(
+        "CHAT_RECONNECT_JITTER_MS",
+        s.edge.drain.reconnect_jitter_ms.to_string(),
+    );
+    set("RUST_LOG", s.log_level.clone());
+    if let Some(media) = &s.media {
+        if let Some(s3) = &media.s3 {
+            set("CHAT_MEDIA_S3_BUCKET", s3.bucket.clone());
+            set("AWS_REGION", s3.region.clone());
+            if let Some(ep) = &s3.endpoint {
+                set("CHAT_MEDIA_S3_ENDPOINT", ep.clone());
+                if ep.starts_with("http://") {
+                    set("AWS_ALLOW_HTTP", "true".into());
+                }
+            }
+        }
+        if media.volume.is_some() {
+            set("CHAT_MEDIA_DIR", MEDIA_DIR.into());
+        }
+    }
+    env
+}
+
+/// The ConfigMap `<name>-config` with [`config_env`].
+pub fn config_map(cluster: &ChatCluster) -> ConfigMap {
+    ConfigMap {
+        metadata: meta(cluster, cluster.config_name(), "config"),
+        data: Some(config_env(cluster)),
+        ..Default::default()
+    }
+}
+
+/// The generated JWT Secret `<name>-jwt`, created once with `value` and then kept.
+pub fn generated_jwt_secret(cluster: &ChatCluster, value: &str) -> Secret {
+    Secret {
+        metadata: meta(cluster, cluster.generated_jwt_name(), "auth"),
+        type_: Some("Opaque".into()),
+        string_data: Some(BTreeMap::from([(
+            GENERATED_JWT_KEY.to_string(),
+            value.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// A Secret the cluster needs and the keys it must have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretUse {
+    pub name: String,
+    pub keys: Vec<String>,
+    /// What it is for, in words (used in condition messages).
+    pub purpose: &'static str,
+}
+
+/// The JWT secret: (Secret name, key). Generated when `spec.auth.jwtSecretRef` is unset.
+pub fn jwt_secret_ref(cluster: &ChatCluster) -> (String, String) {
+    match &cluster.spec.auth.jwt_secret_ref {
+        Some(r) => (r.name.clone(), r.key.clone()),
+        None => (cluster.generated_jwt_name(), GENERATED_JWT_KEY.to_string()),
+    }
+}
+
+/// Every user-provided Secret the pods read (the generated JWT Secret is not listed).
+pub fn referenced_secrets(cluster: &ChatCluster) -> Vec<SecretUse> {
+    let s = &cluster.spec;
+    let mut out = Vec::new();
+    if let Some(r) = &s.auth.jwt_secret_ref {
+        out.push(SecretUse {
+            name: r.name.clone(),
+            keys: vec![r.key.clone()],
+            purpose: "JWT signing secret (spec.auth.jwtSecretRef)",
+        });
+    }
+    if let Some(r) = s
+        .kafka
+        .external
+        .as_ref()
+        .and_then(|e| e.credentials_secret_ref.as_ref())
+    {
+        out.push(SecretUse {
+            name: r.name.clone(),
+            keys: vec!["username".into(), "password".into()],
+            purpose: "Kafka credentials (spec.kafka.external.credentialsSecretRef)",
+        });
+    }
+    if let Some(r) = s
+        .scylla
+        .external
+        .as_ref()
+        .and_then(|e| e.credentials_secret_ref.as_ref())
+    {
+        out.push(SecretUse {
+            name: r.name.clone(),
+            keys: vec!["username".into(), "password".into()],
+            purpose: "ScyllaDB credentials (spec.scylla.external.credentialsSecretRef)",
+        });
+    }
+    if let Some(r) = s
+        .redis
+        .external
+        .as_ref()
+        .and_then(|e| e.url_secret_ref.as_ref())
+    {
+        out.push(SecretUse {
+            name: r.name.clone(),
+            keys: vec![r.key.clone()],
+            purpose: "Redis URL (spec.redis.external.urlSecretRef)",
+        });
+    }
+    if let Some(s3) = s.media.as_ref().and_then(|m| m.s3.as_ref()) {
+        out.push(SecretUse {
+            name: s3.credentials_secret_ref.name.clone(),
+            keys: vec!["accessKeyId".into(), "secretAccessKey".into()],
+            purpose: "S3 credentials (spec.media.s3.credentialsSecretRef)",
+        });
+    }
+    out
+}
+
+/// Checksum of everything pods read at start: the config environment, the image and the
+/// contents of every Secret they use (by name, sorted), hex SHA-256.
+pub fn checksum(
+    env: &BTreeMap<String, String>,
+    image: &str,
+    secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
+) -> String {
+    let mut h = Sha256::new();
+    let mut field = |b: &[u8]| {
+        h.update((b.len() as u64).to_be_bytes());
+        h.update(b);
+    };
+    field(image.as_bytes());
+    for (k, v) in env {
+        field(k.as_bytes());
+        field(v.as_bytes());
+    }
+    for (name, data) in secrets {
+        field(name.as_bytes());
+        for (k, v) in data {
+            field(k.as_bytes());
+            field(&v.0);
+        }
+    }
+    hex(&h.finalize())
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing;
+
+    #[test]
+    fn managed_endpoints_point_at_in_cluster_services() {
+        let c = testing::dev();
+        let env = config_env(&c);
+        assert_eq!(env["CHAT_BACKEND"], "distributed");
+        assert_eq!(env["CHAT_CLUSTER"], "chat");
+        assert_eq!(env["CHAT_KAFKA_BROKERS"], "chat-kafka.ns.svc:9092");
+        assert_eq!(
+            env["CHAT_SCYLLA_NODES"],
+            "chat-scylla-0.chat-scylla-headless.ns.svc:9042"
+        );
+        assert_eq!(env["CHAT_REDIS_URL"], "redis://chat-redis.ns.svc:6379");
+        assert_eq!(env["CHAT_SCYLLA_KEYSPACE"], "chat");
+        assert_eq!(env["CHAT_KAFKA_PARTITIONS"], "32");
+        assert_eq!(env["CHAT_DRAIN_TIMEOUT"], "20");
+        assert_eq!(env["RUST_LOG"], "info");
+    }
+
+    #[test]
+    fn external_endpoints_and_secret_references() {
+        let c = testing::external();
+        let env = config_env(&c);
+        assert_eq!(env["CHAT_KAFKA_BROKERS"], "k1:9092,k2:9092");
+        assert_eq!(env["CHAT_SCYLLA_NODES"], "s1:9042");
+        assert_eq!(env["CHAT_SCYLLA_KEYSPACE"], "chat_prod");
+        assert!(!env.contains_key("CHAT_REDIS_URL"), "the URL is a secret");
+        assert_eq!(env["CHAT_MEDIA_S3_BUCKET"], "media");
+        let names: Vec<_> = referenced_secrets(&c).into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["jwt", "kafka-creds", "scylla-creds", "redis", "s3"]);
+        assert_eq!(jwt_secret_ref(&c), ("jwt".into(), "hs256".into()));
+        assert_eq!(
+            jwt_secret_ref(&testing::dev()),
+            ("chat-jwt".into(), "secret".into())
+        );
+        assert!(referenced_secrets(&testing::dev()).is_empty());
+    }
+
+    #[test]
+    fn checksum_changes_with_config_image_and_secrets() {
+        let c = testing::dev();
+        let env = config_env(&c);
+        let mut secrets = BTreeMap::new();
+        secrets.insert(
+            "jwt".to_string(),
+            BTreeMap::from([("k".to_string(), ByteString(b"one".to_vec()))]),
+        );
+        let base = checksum(&env, "img:1", &secrets);
+        assert_eq!(base.len(), 64);
+        assert_eq!(base, checksum(&env, "img:1", &secrets), "deterministic");
+        assert_ne!(base, checksum(&env, "img:2", &secrets));
+        let mut env2 = env.clone();
+        env2.insert("RUST_LOG".into(), "debug".into());
+        assert_ne!(base, checksum(&env2, "img:1", &secrets));
+        let mut s2 = secrets.clone();
+        s2.get_mut("jwt")
+            .unwrap()
+            .insert("k".into(), ByteString(b"two".to_vec()));
+        assert_ne!(base, checksum(&env, "img:1", &s2));
+    }
+
+    #[test]
+    fn config_map_and_generated_secret() {
+        let c = testing::dev();
+        let cm = config_map(&c);
+        assert_eq!(cm.metadata.name.as_deref(), Some("chat-config"));
+        assert_eq!(cm.data.unwrap()["CHAT_CLUSTER"], "chat");
+        let s = generated_jwt_secret(&c, "abc");
+        assert_eq!(s.metadata.name.as_deref(), Some("chat-jwt"));
+        assert_eq!(s.string_data.unwrap()["secret"], "abc");
+    }
+}

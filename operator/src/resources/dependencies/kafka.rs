@@ -1,0 +1,172 @@
+//! Managed Kafka: KRaft, every pod both broker and controller, the official `apache/kafka`
+//! image configured through its `KAFKA_*` environment.
+
+use super::DATA_VOLUME;
+use crate::crd::{ChatCluster, Dependency, ManagedSpec};
+use crate::resources::config::{KAFKA_CONTROLLER_PORT, KAFKA_PORT, dependency_pod_host};
+use k8s_openapi::api::core::v1::{
+    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Probe,
+    VolumeMount,
+};
+use kube::ResourceExt;
+
+pub const DEFAULT_IMAGE: &str = "apache/kafka:4.1.1";
+
+fn env(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..Default::default()
+    }
+}
+
+/// A KRaft cluster id (22 characters of URL-safe base64 of 16 bytes) derived from the
+/// ChatCluster's uid, so it is stable across reconciles and unique per cluster.
+pub fn kraft_cluster_id(cluster: &ChatCluster) -> String {
+    use sha2::{Digest, Sha256};
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let seed = cluster.uid().unwrap_or_else(|| cluster.name_any());
+    let d = Sha256::digest(seed.as_bytes());
+    (0..22)
+        .map(|i| ALPHABET[(d[i] & 63) as usize] as char)
+        .collect()
+}
+
+pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'static str, i32)>) {
+    let headless = format!(
+        "{}.{}.svc",
+        cluster.dependency_headless_name(Dependency::Kafka),
+        cluster.namespace().unwrap_or_default()
+    );
+    let voters = (0..m.replicas)
+        .map(|i| {
+            format!(
+                "{i}@{}:{KAFKA_CONTROLLER_PORT}",
+                dependency_pod_host(cluster, Dependency::Kafka, i)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",");
+    let internal_rf = m.replicas.min(3).to_string();
+    let env = vec![
+        EnvVar {
+            name: "POD_NAME".into(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        env("CLUSTER_ID", kraft_cluster_id(cluster)),
+        env("KAFKA_PROCESS_ROLES", "broker,controller".into()),
+        env(
+            "KAFKA_LISTENERS",
+            format!("PLAINTEXT://:{KAFKA_PORT},CONTROLLER://:{KAFKA_CONTROLLER_PORT}"),
+        ),
+        env(
+            "KAFKA_ADVERTISED_LISTENERS",
+            format!("PLAINTEXT://$(POD_NAME).{headless}:{KAFKA_PORT}"),
+        ),
+        env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER".into()),
+        env(
+            "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".into(),
+        ),
+        env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters),
+        env("KAFKA_LOG_DIRS", "/var/lib/kafka/data/logs".into()),
+        env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false".into()),
+        env(
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+            internal_rf.clone(),
+        ),
+        env(
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+            internal_rf,
+        ),
+        env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1".into()),
+        env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0".into()),
+    ];
+    let c = Container {
+        name: "kafka".into(),
+        image: Some(m.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
+        // The node id is the pod ordinal (`<name>-kafka-<n>`).
+        command: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            "export KAFKA_NODE_ID=\"${POD_NAME##*-}\"; exec /etc/kafka/docker/run".into(),
+        ]),
+        env: Some(env),
+        ports: Some(vec![
+            ContainerPort {
+                name: Some("kafka".into()),
+                container_port: KAFKA_PORT,
+                ..Default::default()
+            },
+            ContainerPort {
+                name: Some("controller".into()),
+                container_port: KAFKA_CONTROLLER_PORT,
+                ..Default::default()
+            },
+        ]),
+        readiness_probe: Some(Probe {
+            exec: Some(ExecAction {
+                command: Some(vec![
+                    "sh".into(),
+                    "-c".into(),
+                    format!(
+                        "/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_PORT} >/dev/null"
+                    ),
+                ]),
+            }),
+            period_seconds: Some(10),
+            timeout_seconds: Some(10),
+            ..Default::default()
+        }),
+        resources: m.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: DATA_VOLUME.into(),
+            mount_path: "/var/lib/kafka/data".into(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    (
+        c,
+        vec![("kafka", KAFKA_PORT), ("controller", KAFKA_CONTROLLER_PORT)],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing;
+
+    #[test]
+    fn kraft_quorum_lists_every_pod() {
+        let c = testing::cluster(serde_json::json!({
+            "image": "i", "kafka": {"managed": {"replicas": 3}}, "scylla": {"managed": {}}, "redis": {"managed": {}}
+        }));
+        let (ctr, ports) = container(&c, c.spec.kafka.managed.as_ref().unwrap());
+        let env = ctr.env.unwrap();
+        let get = |n: &str| {
+            env.iter()
+                .find(|e| e.name == n)
+                .unwrap()
+                .value
+                .clone()
+                .unwrap()
+        };
+        assert_eq!(
+            get("KAFKA_CONTROLLER_QUORUM_VOTERS"),
+            "0@chat-kafka-0.chat-kafka-headless.ns.svc:9093,1@chat-kafka-1.chat-kafka-headless.ns.svc:9093,2@chat-kafka-2.chat-kafka-headless.ns.svc:9093"
+        );
+        assert_eq!(get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"), "3");
+        assert_eq!(get("CLUSTER_ID").len(), 22);
+        assert_eq!(get("CLUSTER_ID"), kraft_cluster_id(&c));
+        assert_eq!(ctr.image.as_deref(), Some(DEFAULT_IMAGE));
+        assert_eq!(ports.len(), 2);
+    }
+}

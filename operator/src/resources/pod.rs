@@ -1,0 +1,354 @@
+//! The chat-server container and pod template shared by the edge, delivery and presence
+//! Deployments and the setup Job.
+
+use super::config::{self, MEDIA_DIR};
+use super::{CHAT_PORT, CHECKSUM_ANNOTATION, labels};
+use crate::crd::ChatCluster;
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// UID the chat-server image runs as (see `docker/chat-server.Dockerfile`).
+pub const RUN_AS_USER: i64 = 10001;
+
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn plain_env(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..Default::default()
+    }
+}
+
+/// Environment beyond the shared ConfigMap: the role, the node id from the pod name and every
+/// secret value (by reference, never copied into the spec).
+pub fn role_env(cluster: &ChatCluster, role: Option<&str>) -> Vec<EnvVar> {
+    let s = &cluster.spec;
+    let mut env = Vec::new();
+    if let Some(role) = role {
+        env.push(plain_env("CHAT_ROLE", role));
+        env.push(plain_env("CHAT_LISTEN", &format!("0.0.0.0:{CHAT_PORT}")));
+    }
+    env.push(EnvVar {
+        name: "CHAT_NODE_ID".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let (jwt_name, jwt_key) = config::jwt_secret_ref(cluster);
+    env.push(secret_env("CHAT_JWT_SECRET", &jwt_name, &jwt_key));
+    if let Some(r) = s
+        .kafka
+        .external
+        .as_ref()
+        .and_then(|e| e.credentials_secret_ref.as_ref())
+    {
+        env.push(secret_env("CHAT_KAFKA_SASL_USERNAME", &r.name, "username"));
+        env.push(secret_env("CHAT_KAFKA_SASL_PASSWORD", &r.name, "password"));
+        let mut mech = secret_env("CHAT_KAFKA_SASL_MECHANISM", &r.name, "mechanism");
+        if let Some(sel) = mech
+            .value_from
+            .as_mut()
+            .and_then(|v| v.secret_key_ref.as_mut())
+        {
+            sel.optional = Some(true);
+        }
+        env.push(mech);
+    }
+    if let Some(r) = s
+        .scylla
+        .external
+        .as_ref()
+        .and_then(|e| e.credentials_secret_ref.as_ref())
+    {
+        env.push(secret_env("CHAT_SCYLLA_USERNAME", &r.name, "username"));
+        env.push(secret_env("CHAT_SCYLLA_PASSWORD", &r.name, "password"));
+    }
+    if let Some(r) = s
+        .redis
+        .external
+        .as_ref()
+        .and_then(|e| e.url_secret_ref.as_ref())
+    {
+        env.push(secret_env("CHAT_REDIS_URL", &r.name, &r.key));
+    }
+    if let Some(s3) = s.media.as_ref().and_then(|m| m.s3.as_ref()) {
+        let n = &s3.credentials_secret_ref.name;
+        env.push(secret_env("AWS_ACCESS_KEY_ID", n, "accessKeyId"));
+        env.push(secret_env("AWS_SECRET_ACCESS_KEY", n, "secretAccessKey"));
+    }
+    env
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// Restricted-profile security context for chat-server containers.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Pod-level security context (restricted Pod Security Standard).
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        run_as_group: Some(RUN_AS_USER),
+        fs_group: Some(RUN_AS_USER),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The chat-server container. `role` is `Some` for a serving role (`chat-server serve`) and
+/// `None` for the setup Job (`chat-server setup`).
+pub fn chat_container(
+    cluster: &ChatCluster,
+    role: Option<&str>,
+    resources: Option<&ResourceRequirements>,
+) -> Container {
+    let s = &cluster.spec;
+    let serving = role.is_some();
+    let mut mounts = vec![VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..Default::default()
+    }];
+    if serving && s.media.as_ref().is_some_and(|m| m.volume.is_some()) {
+        mounts.push(VolumeMount {
+            name: "media".into(),
+            mount_path: MEDIA_DIR.into(),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: "chat-server".into(),
+        image: Some(s.image.clone()),
+        image_pull_policy: s.image_pull_policy.map(|p| p.as_str().to_string()),
+        command: Some(vec!["chat-server".into()]),
+        args: Some(vec![if serving { "serve" } else { "setup" }.into()]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: cluster.config_name(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }]),
+        env: Some(role_env(cluster, role)),
+        ports: serving.then(|| {
+            vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: CHAT_PORT,
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
+        liveness_probe: serving.then(|| http_probe("/healthz", 10, 3)),
+        readiness_probe: serving.then(|| http_probe("/readyz", 5, 2)),
+        resources: resources.cloned(),
+        security_context: Some(container_security()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// Pod template of a chat-server role; `checksum` goes into an annotation so that a change of
+/// configuration or secrets rolls the pods.
+pub fn pod_template(
+    cluster: &ChatCluster,
+    component: &str,
+    container: Container,
+    checksum: &str,
+) -> PodTemplateSpec {
+    let s = &cluster.spec;
+    let mut volumes = vec![Volume {
+        name: "tmp".into(),
+        empty_dir: Some(Default::default()),
+        ..Default::default()
+    }];
+    if container
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "media")
+    {
+        volumes.push(Volume {
+            name: "media".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: cluster.media_pvc_name(),
+                read_only: Some(false),
+            }),
+            ..Default::default()
+        });
+    }
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels(cluster, component)),
+            annotations: Some(BTreeMap::from([(
+                CHECKSUM_ANNOTATION.to_string(),
+                checksum.to_string(),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(PodSpec {
+            containers: vec![container],
+            automount_service_account_token: Some(false),
+            enable_service_links: Some(false),
+            security_context: Some(pod_security()),
+            image_pull_secrets: (!s.image_pull_secrets.is_empty()).then(|| {
+                s.image_pull_secrets
+                    .iter()
+                    .map(|n| LocalObjectReference { name: n.clone() })
+                    .collect()
+            }),
+            volumes: Some(volumes),
+            ..Default::default()
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::testing;
+
+    fn env_names(c: &Container) -> Vec<String> {
+        c.env.iter().flatten().map(|e| e.name.clone()).collect()
+    }
+
+    #[test]
+    fn serving_container_runs_the_role_with_probes() {
+        let c = testing::dev();
+        let ctr = chat_container(&c, Some("edge"), None);
+        assert_eq!(
+            ctr.command.as_deref(),
+            Some(&["chat-server".to_string()][..])
+        );
+        assert_eq!(ctr.args.as_deref(), Some(&["serve".to_string()][..]));
+        let env = ctr.env.clone().unwrap();
+        assert_eq!(env[0].name, "CHAT_ROLE");
+        assert_eq!(env[0].value.as_deref(), Some("edge"));
+        assert_eq!(env[1].value.as_deref(), Some("0.0.0.0:8080"));
+        let node = env.iter().find(|e| e.name == "CHAT_NODE_ID").unwrap();
+        assert_eq!(
+            node.value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.name"
+        );
+        let jwt = env.iter().find(|e| e.name == "CHAT_JWT_SECRET").unwrap();
+        let sel = jwt
+            .value_from
+            .as_ref()
+            .unwrap()
+            .secret_key_ref
+            .as_ref()
+            .unwrap();
+        assert_eq!(
+            (sel.name.as_str(), sel.key.as_str()),
+            ("chat-jwt", "secret")
+        );
+        assert_eq!(
+            ctr.env_from.unwrap()[0]
+                .config_map_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "chat-config"
+        );
+        assert!(ctr.readiness_probe.is_some() && ctr.liveness_probe.is_some());
+        assert_eq!(ctr.security_context.unwrap().run_as_non_root, Some(true));
+    }
+
+    #[test]
+    fn setup_container_has_no_role_or_probes() {
+        let ctr = chat_container(&testing::dev(), None, None);
+        assert_eq!(ctr.args.as_deref(), Some(&["setup".to_string()][..]));
+        assert!(!env_names(&ctr).contains(&"CHAT_ROLE".to_string()));
+        assert!(ctr.readiness_probe.is_none() && ctr.ports.is_none());
+    }
+
+    #[test]
+    fn external_credentials_come_from_secrets() {
+        let ctr = chat_container(&testing::external(), Some("delivery"), None);
+        let names = env_names(&ctr);
+        for n in [
+            "CHAT_KAFKA_SASL_USERNAME",
+            "CHAT_SCYLLA_PASSWORD",
+            "CHAT_REDIS_URL",
+            "AWS_ACCESS_KEY_ID",
+        ] {
+            assert!(names.contains(&n.to_string()), "{n} missing");
+        }
+        assert!(
+            ctr.env
+                .unwrap()
+                .iter()
+                .all(|e| e.name == "CHAT_ROLE" || e.name == "CHAT_LISTEN" || e.value.is_none())
+        );
+    }
+
+    #[test]
+    fn template_carries_checksum_and_labels() {
+        let c = testing::dev();
+        let t = pod_template(&c, "edge", chat_container(&c, Some("edge"), None), "abc");
+        let m = t.metadata.unwrap();
+        assert_eq!(m.annotations.unwrap()[CHECKSUM_ANNOTATION], "abc");
+        assert_eq!(m.labels.unwrap()["app.kubernetes.io/component"], "edge");
+        let spec = t.spec.unwrap();
+        assert_eq!(spec.automount_service_account_token, Some(false));
+        assert_eq!(spec.volumes.unwrap().len(), 1);
+    }
+}
