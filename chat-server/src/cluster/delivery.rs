@@ -269,6 +269,7 @@ async fn process(
             .iter()
             .map(|u| (routes.get(u).cloned().unwrap_or_default(), None))
             .collect();
+        tracing::debug!(seq = m.seq, ?with_routes, "delivery: routes");
         for (node, users) in plan_by_node(&ms.users, with_routes) {
             let except = (node == r.node).then_some(r.conn).flatten();
             per_node.entry(node).or_default().push(EdgeItem::Deliver {

@@ -377,6 +377,7 @@ fn handle(state: &Arc<AppState>, plane: &Distributed, channel: &str, payload: &[
             } => {
                 let f = frame(text);
                 let n = state.hub.deliver(&users, &f, except);
+                tracing::debug!(?users, ?except, n, "edge: deliver");
                 state.metrics.deliveries.inc_by(n as u64);
             }
             EdgeItem::Ack { corr, outcome } => {
@@ -394,16 +395,22 @@ pub async fn presence_refresh_loop(state: Arc<AppState>, presence: Arc<RedisPres
     let ttl = hb * 2 + Duration::from_secs(1);
     let period = (hb / 2).max(Duration::from_millis(500));
     loop {
-        match presence.refresh_all(ttl).await {
+        // After a failure (Redis restarting: the first command on the old connection fails
+        // while the manager reconnects) retry soon, not a whole period later.
+        let wait = match presence.refresh_all(ttl).await {
             Ok(back) => {
                 for p in back {
                     state.announce_presence(p).await;
                 }
+                period
             }
-            Err(e) => tracing::warn!(cause = %e, "presence refresh failed; retrying"),
-        }
+            Err(e) => {
+                tracing::warn!(cause = %e, "presence refresh failed; retrying");
+                Duration::from_millis(250).min(period)
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(period) => {},
+            _ = tokio::time::sleep(wait) => {},
             _ = presence.refresh.notified() => {},
             _ = state.stop.cancelled() => return,
         }

@@ -127,7 +127,11 @@ impl TestServer {
 
     fn command(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_chat-server"));
-        c.env("RUST_LOG", "info").env("RUST_BACKTRACE", "0");
+        c.env(
+            "RUST_LOG",
+            std::env::var("TERN_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .env("RUST_BACKTRACE", "0");
         if let Some(name) = &self.cluster {
             c.env("CHAT_CLUSTER", name)
                 .env(
@@ -359,7 +363,35 @@ impl TestServer {
             .as_u16()
     }
 
-    /// A metric summed over every edge (delivery counters are per process too).
+    /// A metric of one process (`role`, `index`), if it is running and exports it.
+    pub async fn metric_of(&self, role: &str, index: usize, name: &str) -> Option<f64> {
+        let p = self
+            .procs
+            .iter()
+            .find(|p| p.role == role && p.index == index && p.child.is_some())?;
+        let text = reqwest::get(format!("http://{}/metrics", p.addr))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|r| r.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+    }
+
+    /// An API client on a given edge.
+    pub fn api_at(&self, edge: usize, user: u64) -> Api {
+        Api {
+            base: format!("http://{}", self.edge(edge)),
+            token: token(user),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// A metric summed over every process.
     pub async fn metric(&self, name: &str) -> f64 {
         let mut total = 0.0;
         let mut found = false;
@@ -701,6 +733,101 @@ impl Ws {
             let f = self.expect("ack").await;
             if f["client_msg_id"] == cid {
                 return f;
+            }
+        }
+    }
+
+    /// Send a message and wait for its `ack` (`Ok`) or its `error` (`Err(code)`); `Err("closed")`
+    /// when the connection dies, `Err("timeout")` after `timeout`. Other frames are kept.
+    pub async fn try_send_msg(
+        &mut self,
+        chat: u64,
+        content: &str,
+        cid: &str,
+        timeout: Duration,
+    ) -> Result<Value, String> {
+        let frame = json!({"type":"message","chat_id":chat,"content":content,"client_msg_id":cid});
+        if self
+            .stream
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            return Err("closed".into());
+        }
+        self.wait_answer(cid, timeout).await
+    }
+
+    /// Wait for the `ack` or `error` answering `cid` (see [`Ws::try_send_msg`]).
+    pub async fn wait_answer(&mut self, cid: &str, timeout: Duration) -> Result<Value, String> {
+        if let Some(i) = self
+            .backlog
+            .iter()
+            .position(|v| (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cid)
+        {
+            let v = self.backlog.remove(i).unwrap();
+            return if v["type"] == "ack" {
+                Ok(v)
+            } else {
+                Err(v["code"].as_str().unwrap_or("?").to_string())
+            };
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cid {
+                        return if v["type"] == "ack" {
+                            Ok(v)
+                        } else {
+                            Err(v["code"].as_str().unwrap_or("?").to_string())
+                        };
+                    }
+                    self.backlog.push_back(v);
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) => {
+                    return Err("closed".into());
+                }
+                Ok(Some(Ok(_))) => {}
+                Err(_) => return Err("timeout".into()),
+            }
+        }
+    }
+
+    /// Send a frame without waiting; false when the connection is gone.
+    pub async fn try_send(&mut self, v: Value) -> bool {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .is_ok()
+    }
+
+    /// Every `message` frame received within `quiet` of the previous one (backlog included).
+    pub async fn drain_messages(&mut self, quiet: Duration) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        let backlog: Vec<Value> = self.backlog.drain(..).collect();
+        for v in backlog {
+            if v["type"] == "message" {
+                out.push(v);
+            } else {
+                self.backlog.push_back(v);
+            }
+        }
+        loop {
+            match tokio::time::timeout(quiet, self.stream.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                    if v["type"] == "message" {
+                        out.push(v);
+                    } else {
+                        self.backlog.push_back(v);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(_)))) | Ok(Some(Err(_))) | Ok(None) | Err(_) => {
+                    return out;
+                }
+                Ok(Some(Ok(_))) => {}
             }
         }
     }
