@@ -73,6 +73,11 @@ struct ScaleMemory {
     last_scrape: Option<Instant>,
     samples: Vec<Sample>,
     deletion_costs: HashMap<String, i32>,
+    /// The last decision. Authoritative over `status.edge`, which the reconciler may see
+    /// stale from the watch cache right after writing it.
+    desired: Option<i32>,
+    last_scale_time: Option<Time>,
+    reason: Option<String>,
 }
 
 /// Shared by all reconciliations.
@@ -532,11 +537,17 @@ impl<'a> Reconciler<'a> {
                 last_scrape: None,
                 samples: Vec::new(),
                 deletion_costs: HashMap::new(),
+                desired: None,
+                last_scale_time: None,
+                reason: None,
             });
             let policy = auto.map(Policy::from_spec);
             if mem.policy != policy {
                 // A new policy starts a fresh observation window.
                 mem.state = ScaleState::new(Instant::now());
+                if policy.is_none() || mem.policy.is_none() {
+                    mem.desired = None;
+                }
                 mem.policy = policy;
             }
             mem.last_scrape.is_none_or(|t| t.elapsed() >= interval)
@@ -599,46 +610,54 @@ impl<'a> Reconciler<'a> {
                 .set(edge.desired_replicas.into());
             return Ok(None);
         };
-        let current = if edge.desired_replicas > 0 {
-            edge.desired_replicas
-        } else {
-            a.min_replicas
-        };
-        let decision = if due {
+        let (current, scaled) = {
             let mut map = self.ctx.scaling.lock().expect("scaling lock");
             let mem = map.get_mut(&key(c)).expect("inserted above");
-            let policy = mem.policy.clone().expect("autoscaling policy set above");
-            Some(autoscale::decide(
-                &policy,
-                &mut mem.state,
-                current,
-                total,
-                complete,
-                Instant::now(),
-            ))
-        } else {
-            None
-        };
-        edge.desired_replicas = current;
-        if let Some(d) = decision {
-            edge.desired_replicas = d.replicas;
-            edge.scale_reason = Some(d.reason.clone());
-            if d.direction != Direction::Hold && d.replicas != current {
-                edge.last_scale_time = Some(Time(Timestamp::now()));
-                let (reason, label) = if d.replicas > current {
-                    ("ScaledUp", "up")
-                } else {
-                    ("ScaledDown", "down")
-                };
-                info!(from = current, to = d.replicas, total, reason = %d.reason, "edge autoscaling");
-                self.ctx
-                    .metrics
-                    .scale_events
-                    .get_or_create(&ScaleLabels { direction: label })
-                    .inc();
-                self.event(EventType::Normal, reason, "Scale", d.reason)
-                    .await;
+            let current = mem.desired.unwrap_or(if edge.desired_replicas > 0 {
+                edge.desired_replicas
+            } else {
+                a.min_replicas
+            });
+            if mem.last_scale_time.is_none() {
+                mem.last_scale_time = edge.last_scale_time.clone();
             }
+            let mut scaled = None;
+            if due {
+                let policy = mem.policy.clone().expect("autoscaling policy set above");
+                let d = autoscale::decide(
+                    &policy,
+                    &mut mem.state,
+                    current,
+                    total,
+                    complete,
+                    Instant::now(),
+                );
+                if d.direction != Direction::Hold && d.replicas != current {
+                    mem.last_scale_time = Some(Time(Timestamp::now()));
+                    scaled = Some(d.clone());
+                }
+                mem.desired = Some(d.replicas);
+                mem.reason = Some(d.reason);
+            }
+            edge.desired_replicas = mem.desired.unwrap_or(current);
+            edge.last_scale_time = mem.last_scale_time.clone();
+            edge.scale_reason = mem.reason.clone().or(edge.scale_reason.take());
+            (current, scaled)
+        };
+        if let Some(d) = scaled {
+            let (reason, label) = if d.replicas > current {
+                ("ScaledUp", "up")
+            } else {
+                ("ScaledDown", "down")
+            };
+            info!(from = current, to = d.replicas, total, reason = %d.reason, "edge autoscaling");
+            self.ctx
+                .metrics
+                .scale_events
+                .get_or_create(&ScaleLabels { direction: label })
+                .inc();
+            self.event(EventType::Normal, reason, "Scale", d.reason)
+                .await;
         }
         self.ctx
             .metrics

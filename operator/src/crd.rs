@@ -447,6 +447,9 @@ pub struct KafkaSpec {
     /// A single- or multi-node KRaft Kafka run by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedSpec>,
+    /// Topic of the message log (`CHAT_KAFKA_TOPIC`); default `<name>.messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
     /// Partitions of the message topic (`CHAT_KAFKA_PARTITIONS`), set when the setup Job
     /// creates it.
     #[serde(default = "default_partitions")]
@@ -491,14 +494,23 @@ pub struct ScyllaSpec {
     /// A ScyllaDB StatefulSet run by the operator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub managed: Option<ManagedSpec>,
-    /// Keyspace (`CHAT_SCYLLA_KEYSPACE`); default: the cluster name with `-` as `_`.
+    /// Keyspace (`CHAT_SCYLLA_KEYSPACE`); default: the cluster name with `-` and `.` as `_`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_]{0,47}$"))]
     pub keyspace: Option<String>,
-    /// Replication factor of the keyspace (`CHAT_SCYLLA_REPLICATION`).
+    /// Replication factor of the keyspace with SimpleStrategy (`CHAT_SCYLLA_REPLICATION=simple:N`).
+    /// Ignored when `datacenterReplication` is set.
     #[serde(default = "default_replication")]
     #[schemars(range(min = 1))]
     pub replication_factor: i32,
+    /// Replication per datacenter with NetworkTopologyStrategy, e.g. `{dc1: 3, dc2: 3}`
+    /// (`CHAT_SCYLLA_REPLICATION=dc1:3,dc2:3`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub datacenter_replication: BTreeMap<String, i32>,
+    /// CQL consistency for reads and writes (`CHAT_SCYLLA_CONSISTENCY`), e.g. `quorum` or
+    /// `local_quorum`; chat-server's default (`quorum`) when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistency: Option<String>,
 }
 
 /// Connection to an existing ScyllaDB/Cassandra cluster.
@@ -747,13 +759,13 @@ impl ChatCluster {
     pub fn cluster_id(&self) -> String {
         self.name_any()
     }
-    /// The CQL keyspace: `spec.scylla.keyspace` or the name with `-` replaced by `_`.
+    /// The CQL keyspace: `spec.scylla.keyspace` or the name with `-` and `.` replaced by `_`.
     pub fn keyspace(&self) -> String {
         self.spec
             .scylla
             .keyspace
             .clone()
-            .unwrap_or_else(|| self.name_any().replace('-', "_"))
+            .unwrap_or_else(|| self.name_any().replace(['-', '.'], "_"))
     }
 }
 

@@ -74,6 +74,20 @@ pub fn redis_url(cluster: &ChatCluster) -> Option<String> {
     }
 }
 
+/// `CHAT_SCYLLA_REPLICATION`: `simple:N`, or `dc1:N,dc2:M` for NetworkTopologyStrategy.
+pub fn scylla_replication(cluster: &ChatCluster) -> String {
+    let s = &cluster.spec.scylla;
+    if s.datacenter_replication.is_empty() {
+        format!("simple:{}", s.replication_factor)
+    } else {
+        s.datacenter_replication
+            .iter()
+            .map(|(dc, n)| format!("{dc}:{n}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// The environment shared by every role and the setup Job (everything that is not secret).
 pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
     let s = &cluster.spec;
@@ -91,10 +105,13 @@ pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
     );
     set("CHAT_SCYLLA_NODES", scylla_nodes(cluster));
     set("CHAT_SCYLLA_KEYSPACE", cluster.keyspace());
-    set(
-        "CHAT_SCYLLA_REPLICATION",
-        s.scylla.replication_factor.to_string(),
-    );
+    set("CHAT_SCYLLA_REPLICATION", scylla_replication(cluster));
+    if let Some(c) = &s.scylla.consistency {
+        set("CHAT_SCYLLA_CONSISTENCY", c.clone());
+    }
+    if let Some(t) = &s.kafka.topic {
+        set("CHAT_KAFKA_TOPIC", t.clone());
+    }
     if let Some(url) = redis_url(cluster) {
         set("CHAT_REDIS_URL", url);
     }
@@ -276,6 +293,8 @@ mod tests {
         assert_eq!(env["CHAT_SCYLLA_KEYSPACE"], "chat");
         assert_eq!(env["CHAT_KAFKA_PARTITIONS"], "32");
         assert_eq!(env["CHAT_DRAIN_TIMEOUT"], "20");
+        assert_eq!(env["CHAT_SCYLLA_REPLICATION"], "simple:1");
+        assert!(!env.contains_key("CHAT_KAFKA_TOPIC"));
         assert_eq!(env["RUST_LOG"], "info");
     }
 
@@ -288,6 +307,9 @@ mod tests {
         assert_eq!(env["CHAT_SCYLLA_KEYSPACE"], "chat_prod");
         assert!(!env.contains_key("CHAT_REDIS_URL"), "the URL is a secret");
         assert_eq!(env["CHAT_MEDIA_S3_BUCKET"], "media");
+        assert_eq!(env["CHAT_SCYLLA_REPLICATION"], "dc1:3,dc2:2");
+        assert_eq!(env["CHAT_SCYLLA_CONSISTENCY"], "local_quorum");
+        assert_eq!(env["CHAT_KAFKA_TOPIC"], "prod.messages");
         let names: Vec<_> = referenced_secrets(&c).into_iter().map(|s| s.name).collect();
         assert_eq!(names, ["jwt", "kafka-creds", "scylla-creds", "redis", "s3"]);
         assert_eq!(jwt_secret_ref(&c), ("jwt".into(), "hs256".into()));

@@ -104,8 +104,9 @@ pub(crate) mod testing {
     pub fn external() -> ChatCluster {
         cluster(serde_json::json!({
             "image": "tern/chat-server:1.0",
-            "kafka": {"external": {"brokers": ["k1:9092", "k2:9092"], "credentialsSecretRef": {"name": "kafka-creds"}}},
-            "scylla": {"external": {"nodes": ["s1:9042"], "credentialsSecretRef": {"name": "scylla-creds"}}, "keyspace": "chat_prod"},
+            "kafka": {"external": {"brokers": ["k1:9092", "k2:9092"], "credentialsSecretRef": {"name": "kafka-creds"}}, "topic": "prod.messages"},
+            "scylla": {"external": {"nodes": ["s1:9042"], "credentialsSecretRef": {"name": "scylla-creds"}}, "keyspace": "chat_prod",
+                       "datacenterReplication": {"dc1": 3, "dc2": 2}, "consistency": "local_quorum"},
             "redis": {"external": {"urlSecretRef": {"name": "redis", "key": "url"}}},
             "auth": {"jwtSecretRef": {"name": "jwt", "key": "hs256"}},
             "media": {"s3": {"bucket": "media", "credentialsSecretRef": {"name": "s3"}}}
