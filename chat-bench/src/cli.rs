@@ -54,6 +54,9 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
     /// Server base URL (http:// or ws://). `/ws`, `/v1/…` and `/metrics` are derived from it.
+    /// Several, comma separated, for the edges of a cluster: connections are spread over
+    /// them round-robin (senders and receivers land on different edges); the API uses the
+    /// first.
     #[arg(long, env = "CHAT_BENCH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 

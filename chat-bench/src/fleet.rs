@@ -28,8 +28,9 @@ pub enum AfterHello {
 
 /// How to dial.
 pub struct DialOptions {
-    pub addr: SocketAddr,
-    pub ws_url: String,
+    /// Where connections go: connection `i` dials `edges[i % len]` (several edges of a
+    /// cluster share the load).
+    pub edges: Arc<Vec<(SocketAddr, String)>>,
     pub source_ips: Option<SourceIps>,
     pub concurrency: u32,
     pub connect_rate: Option<f64>,
@@ -102,10 +103,10 @@ impl Fleet {
                         .source_ips
                         .as_ref()
                         .map(|s| s.pick(spec.index as usize));
-                    let outcome = timeout(
-                        opts.timeout,
-                        conn::dial(opts.addr, &opts.ws_url, source, &token),
-                    )
+                    let outcome = timeout(opts.timeout, {
+                        let (addr, url) = &opts.edges[spec.index as usize % opts.edges.len()];
+                        conn::dial(*addr, url, source, &token)
+                    })
                     .await;
                     match outcome {
                         Ok(Ok((ws, t))) => {

@@ -12,6 +12,9 @@ pub struct Target {
     pub http_base: String,
     /// `ws://host:port/ws`
     pub ws_url: String,
+    /// Every edge given (`--url a,b,…`) as (address, WebSocket URL); the first is the one
+    /// above. Connections are spread over them; the HTTP API uses the first.
+    pub edges: Vec<(SocketAddr, String)>,
 }
 
 /// Split `scheme://host:port[/path]` into its scheme, host and port (default port 80).
@@ -43,9 +46,22 @@ pub fn split_url(url: &str) -> anyhow::Result<(&str, &str, u16)> {
 }
 
 impl Target {
+    /// Parse and resolve `urls`: one URL, or several separated by commas (the edges of a
+    /// cluster: connections are spread over them).
+    pub fn parse(urls: &str, allow_remote: bool) -> anyhow::Result<Target> {
+        let mut targets = urls
+            .split(',')
+            .map(|u| Self::parse_one(u.trim(), allow_remote))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let edges = targets.iter().map(|t| (t.addr, t.ws_url.clone())).collect();
+        let mut first = targets.remove(0);
+        first.edges = edges;
+        Ok(first)
+    }
+
     /// Parse and resolve `url` (`http://` or `ws://`; no TLS). Refuses non-loopback addresses
     /// unless `allow_remote`.
-    pub fn parse(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
+    fn parse_one(url: &str, allow_remote: bool) -> anyhow::Result<Target> {
         let (scheme, host, port) = split_url(url)?;
         if !matches!(scheme, "http" | "ws") {
             bail!(
@@ -76,6 +92,7 @@ impl Target {
             addr,
             http_base: format!("http://{authority}"),
             ws_url: format!("ws://{authority}/ws"),
+            edges: Vec::new(),
         })
     }
 }

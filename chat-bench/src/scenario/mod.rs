@@ -80,8 +80,7 @@ impl Bench {
 
     pub fn dial_options(&self, after_hello: AfterHello) -> DialOptions {
         DialOptions {
-            addr: self.target.addr,
-            ws_url: self.target.ws_url.clone(),
+            edges: Arc::new(self.target.edges.clone()),
             source_ips: self.common.source_ips.clone(),
             concurrency: self.common.concurrency,
             connect_rate: self.common.connect_rate,

@@ -440,8 +440,55 @@ impl Drop for TestServer {
         if std::thread::panicking() {
             eprintln!("---- server logs ----\n{}", self.log());
         }
+        if let Some(name) = self.cluster.take() {
+            drop_cluster(name);
+        }
     }
 }
+
+/// Drop a test cluster's keyspace and topic, so runs do not pile up schema in Cassandra.
+#[cfg(feature = "distributed")]
+fn drop_cluster(name: String) {
+    let cleanup = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let nodes = vec![env_or("TERN_CQL_NODES", "127.0.0.1:19042")];
+            if let Ok(session) = scylla::client::session_builder::SessionBuilder::new()
+                .known_nodes(&nodes)
+                .build()
+                .await
+            {
+                let _ = session
+                    .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
+                    .await;
+            }
+            let admin: Result<
+                rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
+                _,
+            > = rdkafka::ClientConfig::new()
+                .set(
+                    "bootstrap.servers",
+                    env_or("TERN_KAFKA_BROKERS", "127.0.0.1:19092"),
+                )
+                .create();
+            if let Ok(admin) = admin {
+                let _ = admin
+                    .delete_topics(
+                        &[&format!("{name}.messages")],
+                        &rdkafka::admin::AdminOptions::new(),
+                    )
+                    .await;
+            }
+        });
+    });
+    let _ = cleanup.join();
+}
+
+#[cfg(not(feature = "distributed"))]
+fn drop_cluster(_: String) {}
 
 fn unsafe_kill(pid: u32, sig: &str) {
     Command::new("kill")
