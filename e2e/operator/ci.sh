@@ -9,6 +9,7 @@
 # CRD drift (crds/ and the chart's copy), helm lint --strict, and the e2e suite on the real API
 # server with TERN_REQUIRE_KUBE=1 (a missing API server, helm or chat-server binary fails
 # instead of skipping). Target dir: $CARGO_TARGET_DIR, default ~/.cache/tern/target-op.
+# TERN_CHAT_SERVER_BIN=path skips the chat-server build and uses that binary.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -31,15 +32,25 @@ eval "$(e2e/env/env.sh)"
 kubectl version >/dev/null
 helm version --short
 
+step "free cluster IPs left by earlier failed runs (Services in e2e-* namespaces)"
+# No namespace controller runs here, so namespaces of old tests never go away; their Services
+# would exhaust the API server's small service range. Passing tests delete their own.
+kubectl get svc -A --no-headers 2>/dev/null | awk '$1 ~ /^e2e-/ {print $1, $2}' |
+  while read -r ns name; do kubectl delete svc -n "$ns" "$name" --wait=false >/dev/null; done
+
 step "cargo fmt --check (tern-operator)"
 cargo fmt -p tern-operator --check
 
 step "cargo clippy -D warnings (tern-operator)"
 cargo clippy -p tern-operator --all-targets -- -D warnings
 
-step "build chat-server (edge processes for the autoscaling test)"
-cargo build -p chat-server
-export TERN_CHAT_SERVER_BIN="$CARGO_TARGET_DIR/debug/chat-server"
+if [ -n "${TERN_CHAT_SERVER_BIN:-}" ] && [ -x "$TERN_CHAT_SERVER_BIN" ]; then
+  step "using chat-server $TERN_CHAT_SERVER_BIN (TERN_CHAT_SERVER_BIN)"
+else
+  step "build chat-server (edge processes for the autoscaling test)"
+  cargo build -p chat-server
+  export TERN_CHAT_SERVER_BIN="$CARGO_TARGET_DIR/debug/chat-server"
+fi
 
 step "unit tests + CRD drift check"
 cargo test -p tern-operator --lib --bins --test crd_drift

@@ -185,7 +185,7 @@ async fn edge_replicas_follow_real_websocket_connections() {
         "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}},
         "edge": {"autoscaling": {
             "minReplicas": 1, "maxReplicas": 4, "targetConnectionsPerPod": 5,
-            "scaleUpMaxStep": 4, "scaleDownStabilizationSeconds": 4,
+            "scaleUpMaxStep": 4, "scaleDownStabilizationSeconds": 8,
             "scaleDownMaxStep": 1, "scaleDownPeriodSeconds": 1, "scrapeIntervalSeconds": 1}}
     });
     env.apply_cluster("scale", spec.clone()).await;
@@ -296,8 +296,9 @@ async fn edge_replicas_follow_real_websocket_connections() {
         let _ = ws.send(Message::Close(None)).await;
     }
     // Poll: the last time the status still counted many connections, and the first time the
-    // replicas went down. The scale-down must come a full window (4 s) after the last high
-    // sample (less one scrape interval of slack).
+    // replicas went down. The scale-down must come a full window (8 s) after the last high
+    // sample; the slack (3 s) covers the scrape interval and status-write latency on a busy
+    // machine.
     let mut last_high = Instant::now();
     let mut first_down = None;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -322,8 +323,8 @@ async fn edge_replicas_follow_real_websocket_connections() {
     }
     let waited = first_down.unwrap().duration_since(last_high);
     assert!(
-        waited >= Duration::from_millis(2500),
-        "scaled down {waited:?} after the last high sample, before the 4 s window"
+        waited >= Duration::from_secs(5),
+        "scaled down {waited:?} after the last high sample, before the 8 s window"
     );
     let reasons = env.event_reasons("scale").await;
     assert!(reasons.contains(&"ScaledUp".to_string()), "{reasons:?}");

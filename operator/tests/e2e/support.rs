@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -99,6 +99,13 @@ pub struct TestEnv {
 impl TestEnv {
     /// Connect, install the CRD, create a fresh namespace. `None`: skipped (see [`client`]).
     pub async fn new(prefix: &str) -> Option<TestEnv> {
+        // Operator logs on stderr when RUST_LOG is set (e.g. RUST_LOG=tern_operator=debug).
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let client = client().await?;
         install_crd(&client).await;
         let ns = format!("{prefix}-{:08x}", rand::random::<u32>());
@@ -118,6 +125,13 @@ impl TestEnv {
 
     /// Start the operator in this process, watching only this namespace.
     pub fn start_operator(&mut self) {
+        let client = self.client.clone();
+        self.start_operator_with(client);
+    }
+
+    /// Start the operator with its own client (e.g. one impersonating a ServiceAccount);
+    /// returns its metrics.
+    pub fn start_operator_with(&mut self, client: Client) -> Arc<Metrics> {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let opts = Options {
             namespace: Some(self.ns.clone()),
@@ -126,25 +140,34 @@ impl TestEnv {
             instance: format!("e2e-{}", self.ns),
             ..Options::default()
         };
-        let client = self.client.clone();
+        let metrics = Arc::new(Metrics::default());
         self.operator = Some(tokio::spawn(controller::run(
             client,
             opts,
-            Arc::new(Metrics::default()),
+            metrics.clone(),
             async move {
                 let _ = rx.await;
             },
         )));
         self.stop = Some(tx);
+        metrics
     }
 
-    /// Stop the operator and wait for it (graceful shutdown of the controller).
+    /// Stop the operator, wait for it (graceful shutdown of the controller), then delete the
+    /// namespace's Services: without a namespace controller nothing else frees their cluster
+    /// IPs, and the test API server's service range is small.
     pub async fn stop_operator(&mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(h) = self.operator.take() {
             let _ = tokio::time::timeout(Duration::from_secs(20), h).await;
+        }
+        let svcs = self.api::<Service>();
+        if let Ok(list) = svcs.list(&ListParams::default()).await {
+            for s in list {
+                let _ = svcs.delete(&s.name_any(), &Default::default()).await;
+            }
         }
     }
 
