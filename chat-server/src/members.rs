@@ -85,6 +85,11 @@ impl MemberCache {
     pub fn invalidate(&self, chat_id: ChatId) {
         self.chats.lock().remove(&chat_id);
     }
+
+    /// Drop everything (invalidations may have been missed, e.g. while Redis was away).
+    pub fn clear(&self) {
+        self.chats.lock().clear();
+    }
 }
 
 /// Direct-chat partners per user (who gets whose presence without subscribing). Read on every
@@ -117,5 +122,10 @@ impl PartnerCache {
 
     pub fn invalidate(&self, user: UserId) {
         self.users.lock().remove(&user);
+    }
+
+    /// Drop everything (invalidations may have been missed).
+    pub fn clear(&self) {
+        self.users.lock().clear();
     }
 }

@@ -304,6 +304,10 @@ pub async fn subscribe_loop(
         plane.subscribed.store(true, Ordering::Release);
         if !first {
             tracing::info!("Redis: subscribed again; re-registering this node's connections");
+            // Notices sent while the subscription was down are gone: forget cached members
+            // and partners rather than serve stale ones.
+            state.members.clear();
+            state.partners.clear();
             if let Some(p) = &presence {
                 p.refresh.notify_one();
             }
@@ -464,5 +468,23 @@ pub async fn ack_timeout_loop(state: Arc<AppState>, bus: Arc<KafkaBus>) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn users_are_grouped_by_the_edges_that_hold_them() {
+        let routes = vec![
+            (vec!["a".to_string()], None),
+            (vec!["a".to_string(), "b".to_string()], None),
+            (vec![], Some(5)),
+        ];
+        let plan = plan_by_node(&[1, 2, 3], routes);
+        assert_eq!(plan.len(), 2);
+        assert_eq!(plan["a"], vec![1, 2]);
+        assert_eq!(plan["b"], vec![2]);
     }
 }

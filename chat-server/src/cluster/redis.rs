@@ -425,3 +425,23 @@ fn decode_rows(rows: Vec<String>) -> Vec<Message> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_crossing_zero_is_a_presence_change() {
+        let c = |before, after| CountChange {
+            before,
+            after,
+            last_seen: Some(7),
+        };
+        assert_eq!(c(0, 1).transition(1).unwrap().status, PresenceStatus::Online);
+        let off = c(2, 0).transition(1).unwrap();
+        assert_eq!((off.status, off.last_seen), (PresenceStatus::Offline, Some(7)));
+        assert!(c(1, 2).transition(1).is_none());
+        assert!(c(2, 1).transition(1).is_none());
+        assert!(c(0, 0).transition(1).is_none());
+    }
+}
