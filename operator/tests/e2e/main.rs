@@ -8,6 +8,7 @@
 //! namespace; on failure the test prints the ChatCluster, its events and its children.
 
 mod autoscaling;
+mod binary;
 mod chart;
 mod crd;
 mod examples;

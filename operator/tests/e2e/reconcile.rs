@@ -195,17 +195,28 @@ async fn config_and_secret_changes_roll_the_pods() {
             },
         )
         .await;
-    assert_eq!(
-        template_checksum(&env, "chat-delivery").await.as_deref(),
-        Some(second.as_str())
-    );
-    let c = env.api::<ChatCluster>().get("chat").await.unwrap();
-    let sum = c.status.and_then(|s| s.config_checksum);
-    assert!(
-        sum.is_none()
-            || sum.as_deref() == Some(second.as_str())
-            || sum.as_deref() == Some(first.as_str())
-    );
+    // Every role gets the same checksum, and the status reports it.
+    env.wait(
+        "chat",
+        "delivery and presence rolled too",
+        Duration::from_secs(30),
+        || async {
+            let d = template_checksum(&env, "chat-delivery").await?;
+            let p = template_checksum(&env, "chat-presence").await?;
+            (d == second && p == second).then_some(())
+        },
+    )
+    .await;
+    env.wait(
+        "chat",
+        "status.configChecksum",
+        Duration::from_secs(30),
+        || async {
+            let c = env.api::<ChatCluster>().get("chat").await.ok()?;
+            (c.status?.config_checksum? == second).then_some(())
+        },
+    )
+    .await;
 
     // Rotating the referenced Secret rolls too (the Secret watch triggers the reconcile).
     env.create_secret("jwt", &[("k", "rotated-secret-value")])
