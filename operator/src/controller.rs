@@ -372,12 +372,10 @@ impl<'a> Reconciler<'a> {
             ..previous.clone()
         };
         status.dependencies = obs.dependencies.clone();
-        let ready = self.finish_status(&mut status, &obs).await?;
-        Ok(match requeue {
-            Some(d) => Action::requeue(d),
-            None if ready => Action::requeue(Duration::from_secs(300)),
-            None => Action::requeue(Duration::from_secs(30)),
-        })
+        self.finish_status(&mut status, &obs).await?;
+        // Look again at the scrape interval: connections, external reachability and
+        // conditions stay fresh even when nothing in the cluster changes.
+        Ok(Action::requeue(requeue))
     }
 
     /// Fetch every Secret the pods read; create the generated JWT Secret once.
@@ -519,7 +517,7 @@ impl<'a> Reconciler<'a> {
 
     /// Scrape the edge pods when due, run the autoscaler, set `desired_replicas`,
     /// `connections` and the scale fields. Returns when to look again.
-    async fn edge_scaling(&self, edge: &mut EdgeStatus) -> Result<Option<Duration>> {
+    async fn edge_scaling(&self, edge: &mut EdgeStatus) -> Result<Duration> {
         let c = self.cluster;
         let auto = c.spec.edge.autoscaling.as_ref();
         let interval = auto.map_or(DEFAULT_SCRAPE_INTERVAL, |a| {
@@ -608,7 +606,7 @@ impl<'a> Reconciler<'a> {
                 .edge_desired
                 .get_or_create(&labels)
                 .set(edge.desired_replicas.into());
-            return Ok(None);
+            return Ok(interval);
         };
         let (current, scaled) = {
             let mut map = self.ctx.scaling.lock().expect("scaling lock");
@@ -664,7 +662,7 @@ impl<'a> Reconciler<'a> {
             .edge_desired
             .get_or_create(&labels)
             .set(edge.desired_replicas.into());
-        Ok(Some(interval))
+        Ok(interval)
     }
 
     /// Edge pods to scrape: the override annotation (when allowed) or the live edge Pods.
@@ -705,8 +703,8 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Compute conditions, write the status (server-side apply on the status subresource)
-    /// and publish events for transitions. Returns whether the cluster is Ready.
-    async fn finish_status(&self, status: &mut ChatClusterStatus, obs: &Observed) -> Result<bool> {
+    /// and publish events for transitions.
+    async fn finish_status(&self, status: &mut ChatClusterStatus, obs: &Observed) -> Result<()> {
         let c = self.cluster;
         let old: Vec<Condition> = c
             .status
@@ -747,7 +745,7 @@ impl<'a> Reconciler<'a> {
             };
             self.event(ty, &new.reason, t, note).await;
         }
-        Ok(status::find(&status.conditions, status::READY).is_some_and(|r| r.status == "True"))
+        Ok(())
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
