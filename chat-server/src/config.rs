@@ -224,6 +224,9 @@ pub struct ServeConfig {
     #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
     pub commit_batch: usize,
 
+    #[command(flatten)]
+    pub media: Box<crate::media::config::MediaArgs>,
+
     /// Log filter, RUST_LOG syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,

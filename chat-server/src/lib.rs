@@ -22,6 +22,7 @@ pub mod delivery;
 pub mod error;
 pub mod hub;
 pub mod longpoll;
+pub mod media;
 pub mod members;
 pub mod metrics;
 pub mod model;

@@ -116,6 +116,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         // Long polls and WebSockets outlive the request timeout by design.
         .route("/v1/poll", get(longpoll::poll))
         .route("/ws", get(ws::handler))
+        // Media: own body limits and idle timeouts (uploads outlive the request timeout).
+        .merge(crate::media::http::routes())
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
@@ -130,6 +132,7 @@ struct Backend {
     store: Arc<dyn crate::store::Store>,
     presence: Arc<dyn crate::presence::PresenceStore>,
     cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
+    media: Arc<crate::media::MediaService>,
 }
 
 fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -> Arc<AppState> {
@@ -146,6 +149,7 @@ fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -
         metrics: Metrics::new(),
         delivery,
         cluster: b.cluster,
+        media: b.media,
         longpoll: Default::default(),
         draining: Default::default(),
         stop: Default::default(),
@@ -206,6 +210,11 @@ impl Server {
             store: store.clone(),
             presence: Arc::new(LocalPresence::default()),
             cluster: None,
+            media: Arc::new(crate::media::MediaService::open(
+                &cfg.media,
+                &cfg.data_dir,
+                secret.as_bytes(),
+            )?),
         };
         let state = build_state(cfg, &secret, backend, delivery);
         for rx in shard_rxs {
@@ -290,6 +299,11 @@ impl Server {
             store: store.clone(),
             presence: presence.clone(),
             cluster: Some(plane.clone()),
+            media: Arc::new(crate::media::MediaService::open(
+                &cfg.media,
+                &cfg.data_dir,
+                secret.as_bytes(),
+            )?),
         };
         let (delivery, _) = Delivery::new(1, 1);
         let state = build_state(cfg, &secret, backend, delivery);
@@ -342,6 +356,9 @@ impl Server {
         } else {
             probe_router(state.clone())
         };
+        if clients {
+            state.tasks.spawn(crate::media::gc::run(state.clone()));
+        }
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let accept = tokio::spawn(accept_loop(listener, app, state.clone(), graceful.clone()));
         state.ready.store(true, Ordering::Release);

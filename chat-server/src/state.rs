@@ -41,6 +41,8 @@ pub struct AppState {
     pub delivery: Delivery,
     /// The distributed plane (Kafka, Redis); `None` in the embedded backend.
     pub cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
+    /// Media uploads and serving (blob store, limits, URL signer).
+    pub media: Arc<crate::media::MediaService>,
     pub longpoll: crate::longpoll::Registry,
     /// Fires on SIGTERM: stop accepting, tell clients to reconnect elsewhere.
     pub draining: CancellationToken,
@@ -95,17 +97,19 @@ impl AppState {
         self.members
             .require(self.store.as_ref(), f.chat_id, sender)
             .await?;
-        if let Some(id) = &f.media_id {
-            return Err(Error::invalid(format!(
-                "unknown media_id \"{id}\": upload it with POST /v1/media first"
-            )));
-        }
+        let media = match &f.media_id {
+            Some(id) => Some(crate::media::attach(self, sender, f.chat_id, id).await?),
+            None => None,
+        };
         let message = NewMessage {
             chat_id: f.chat_id,
             sender_id: sender,
             content: f.content.unwrap_or_default(),
-            media_url: f.media_url.filter(|u| !u.is_empty()),
-            media: None,
+            media_url: f.media_url.filter(|u| !u.is_empty()).or_else(|| {
+                let url = media.as_ref()?.get("url")?.as_str()?;
+                Some(url.to_string())
+            }),
+            media,
             client_msg_id: f.client_msg_id,
             message_id: None,
         };

@@ -16,6 +16,7 @@ pub mod scylla_schema;
 pub mod sqlite;
 
 use crate::error::Result;
+use crate::media::MediaRecord;
 use crate::model::{Chat, ChatId, Marks, Member, NewMessage, Seq, SharedMessage, UserId};
 use async_trait::async_trait;
 
@@ -96,6 +97,21 @@ pub trait Store: Send + Sync + 'static {
     async fn save_marks(&self, updates: Vec<(ChatId, Marks)>) -> Result<()>;
     /// Everyone who shares a direct chat with `user_id`.
     async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>>;
+
+    // ---- media (see `crate::media`) ----
+    /// Record an uploaded media object (durably, before the upload is answered). It counts as
+    /// "never sent" until [`Store::link_media`].
+    async fn put_media(&self, media: MediaRecord) -> Result<()>;
+    async fn media(&self, media_id: &str) -> Result<Option<MediaRecord>>;
+    /// Record that the media was sent to `chat_id` (idempotent): members of that chat may read
+    /// it, and it is no longer an orphan. Called before the message is appended.
+    async fn link_media(&self, media: &MediaRecord, chat_id: ChatId) -> Result<()>;
+    /// The chats the media was sent to.
+    async fn media_chats(&self, media_id: &str) -> Result<Vec<ChatId>>;
+    /// Up to `limit` media never sent to any chat and created before `before_ms`.
+    async fn unsent_media(&self, before_ms: i64, limit: usize) -> Result<Vec<MediaRecord>>;
+    /// Forget a media object entirely (its blobs are deleted by the caller first).
+    async fn delete_media(&self, media: &MediaRecord) -> Result<()>;
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@
 //!
 //! Every statement is prepared once, in [`ScyllaStore::connect`].
 
+mod media;
+
 use super::scylla_schema::{self, SCHEMA_VERSION};
 use super::{Appended, MessagePage, Page, Store, UserChat};
 use crate::error::{Error, Result};
@@ -123,6 +125,7 @@ pub struct ScyllaStore {
     keyspace: String,
     bucket_size: u64,
     seqs: SeqCache,
+    media: media::MediaStatements,
 }
 
 impl ScyllaStore {
@@ -156,12 +159,14 @@ impl ScyllaStore {
             )));
         }
         let st = Statements::prepare(&session, keyspace, &options).await?;
+        let media = media::MediaStatements::prepare(&session, keyspace, &options).await?;
         Ok(ScyllaStore {
             session,
             st,
             keyspace: keyspace.to_string(),
             bucket_size: info.bucket_size.max(1),
             seqs: SeqCache::new(options.seq_cache_chats),
+            media,
         })
     }
 
@@ -1482,6 +1487,34 @@ impl Store for ScyllaStore {
             .into_iter()
             .filter_map(|r| r.peer.map(|p| p as u64))
             .collect())
+    }
+
+    async fn put_media(&self, m: crate::media::MediaRecord) -> Result<()> {
+        self.media_put(m).await
+    }
+
+    async fn media(&self, media_id: &str) -> Result<Option<crate::media::MediaRecord>> {
+        self.media_get(media_id).await
+    }
+
+    async fn link_media(&self, m: &crate::media::MediaRecord, chat_id: ChatId) -> Result<()> {
+        self.media_link(m, chat_id).await
+    }
+
+    async fn media_chats(&self, media_id: &str) -> Result<Vec<ChatId>> {
+        self.media_chat_ids(media_id).await
+    }
+
+    async fn unsent_media(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::media::MediaRecord>> {
+        self.media_unsent(before_ms, limit).await
+    }
+
+    async fn delete_media(&self, m: &crate::media::MediaRecord) -> Result<()> {
+        self.media_delete(m).await
     }
 }
 

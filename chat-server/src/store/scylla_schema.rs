@@ -16,7 +16,8 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The schema version this binary writes and understands.
-pub const SCHEMA_VERSION: i32 = 1;
+/// 1: chats, members, messages, receipts, idempotency. 2: adds the media tables.
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Messages per partition of `messages` by default: partition key `(chat_id, seq / 10_000)`.
 pub const DEFAULT_BUCKET_SIZE: u64 = 10_000;
@@ -134,7 +135,7 @@ pub fn check_keyspace_name(keyspace: &str) -> Result<()> {
     }
 }
 
-/// The tables of schema version 1, in creation order (`{ks}` is the keyspace).
+/// The tables of the current schema version, in creation order (`{ks}` is the keyspace).
 pub fn table_statements(keyspace: &str) -> Vec<String> {
     let ttl = IDEMPOTENCY_TTL_SECS;
     [
@@ -208,6 +209,25 @@ pub fn table_statements(keyspace: &str) -> Vec<String> {
             message_id    text,
             PRIMARY KEY ((chat_id, sender_id), client_msg_id))
           WITH default_time_to_live = {ttl} AND gc_grace_seconds = 10800",
+        // Version 2 — media. One row per upload; `info` is the JSON of `MediaRecord`.
+        "CREATE TABLE IF NOT EXISTS {ks}.media (
+            media_id   text PRIMARY KEY,
+            uploader   bigint,
+            created_at timestamp,
+            info       text)",
+        // The chats a media was sent to: members of those chats may read it.
+        "CREATE TABLE IF NOT EXISTS {ks}.media_chats (
+            media_id text,
+            chat_id  bigint,
+            PRIMARY KEY (media_id, chat_id))",
+        // Uploads never sent, in 16 partitions by id, oldest first: the orphan collector reads
+        // `created_at < cutoff` per shard. A row is deleted when its media is first sent.
+        "CREATE TABLE IF NOT EXISTS {ks}.media_unsent (
+            shard      int,
+            created_at timestamp,
+            media_id   text,
+            PRIMARY KEY (shard, created_at, media_id))
+          WITH gc_grace_seconds = 10800",
     ]
     .iter()
     .map(|s| {
@@ -282,7 +302,35 @@ pub async fn setup_with(
             recorded.bucket_size, options.bucket_size
         )));
     }
-    // Versions older than SCHEMA_VERSION would be migrated here; version 1 is the first.
+    // Older versions: every table above exists now (`IF NOT EXISTS`), and versions only add
+    // tables, so moving the recorded version forward is the whole migration. The LWT makes
+    // concurrent setups agree.
+    if recorded.version < SCHEMA_VERSION {
+        let mut bump = scylla::statement::Statement::new(format!(
+            "UPDATE {keyspace}.schema_version SET version = ?, applied_at = ? \
+             WHERE component = 'store' IF version = ?"
+        ));
+        bump.set_consistency(Consistency::Quorum);
+        session
+            .query_unpaged(bump, (SCHEMA_VERSION, now, recorded.version))
+            .await
+            .map_err(|e| {
+                Error::internal(format!("cql schema setup: upgrading the version: {e}"))
+            })?;
+        let after = read_version(session, keyspace).await?.map(|i| i.version);
+        if after != Some(SCHEMA_VERSION) {
+            return Err(Error::internal(format!(
+                "keyspace {keyspace}: schema version is {after:?} after upgrading to \
+                 {SCHEMA_VERSION}"
+            )));
+        }
+        tracing::info!(
+            keyspace,
+            from = recorded.version,
+            to = SCHEMA_VERSION,
+            "CQL schema upgraded"
+        );
+    }
     Ok(())
 }
 
@@ -367,16 +415,15 @@ mod tests {
     #[test]
     fn every_table_is_created_if_missing_in_the_keyspace() {
         let stmts = table_statements("ks1");
-        assert_eq!(stmts.len(), 8);
+        assert_eq!(stmts.len(), 11);
         for s in &stmts {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{ks}") && !s.contains("{ttl}"), "{s}");
         }
         assert!(
             stmts
-                .last()
-                .unwrap()
-                .contains("default_time_to_live = 172800")
+                .iter()
+                .any(|s| s.contains(".idempotency") && s.contains("default_time_to_live = 172800"))
         );
     }
 }

@@ -6,6 +6,8 @@
 //! operation runs inside its own SAVEPOINT, so one failing operation does not undo the others.
 //! Reads use a small pool of read-only connections on the blocking thread pool.
 
+mod media;
+
 use super::{Appended, MessagePage, Page, Store, UserChat};
 use crate::error::{Error, Result};
 use crate::model::{
@@ -67,6 +69,8 @@ enum WriteOp {
     RemoveMember(ChatId, UserId, Reply<bool>),
     Append(Vec<NewMessage>, oneshot::Sender<Vec<Result<Appended>>>),
     SaveMarks(Vec<(ChatId, Marks)>, Reply<()>),
+    /// A media metadata write (`media.rs`), in its own savepoint like the others.
+    Media(media::Write, Reply<()>),
     Shutdown,
 }
 
@@ -135,6 +139,7 @@ impl SqliteStore {
         let path = dir.join("tern.db");
         let conn = open(&path, false)?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(media::SCHEMA)?;
         let version: Option<i64> = conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .optional()?;
@@ -243,6 +248,7 @@ enum Done {
         Vec<Result<Appended>>,
     ),
     Marks(Reply<()>, Result<()>),
+    Media(Reply<()>, Result<()>),
 }
 
 impl Done {
@@ -254,6 +260,7 @@ impl Done {
             Done::Removed(tx, r) => drop(tx.send(r)),
             Done::Appended(tx, r) => drop(tx.send(r)),
             Done::Marks(tx, r) => drop(tx.send(r)),
+            Done::Media(tx, r) => drop(tx.send(r)),
         }
     }
 
@@ -267,6 +274,7 @@ impl Done {
             Done::Removed(tx, _) => drop(tx.send(Err(e()))),
             Done::Appended(tx, r) => drop(tx.send(r.into_iter().map(|_| Err(e())).collect())),
             Done::Marks(tx, _) => drop(tx.send(Err(e()))),
+            Done::Media(tx, _) => drop(tx.send(Err(e()))),
         }
     }
 }
@@ -340,6 +348,7 @@ impl Writer {
             WriteOp::SaveMarks(marks, tx) => {
                 Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks)))
             }
+            WriteOp::Media(write, tx) => Done::Media(tx, self.savepoint(|w| write(&w.conn))),
             WriteOp::Shutdown => unreachable!("handled by run"),
         }
     }
@@ -852,5 +861,36 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn put_media(&self, m: crate::media::MediaRecord) -> Result<()> {
+        self.media_write(media::put(m)).await
+    }
+
+    async fn media(&self, media_id: &str) -> Result<Option<crate::media::MediaRecord>> {
+        let id = media_id.to_string();
+        self.read(move |c| media::get(c, &id)).await
+    }
+
+    async fn link_media(&self, m: &crate::media::MediaRecord, chat_id: ChatId) -> Result<()> {
+        self.media_write(media::link(m.media_id.clone(), chat_id))
+            .await
+    }
+
+    async fn media_chats(&self, media_id: &str) -> Result<Vec<ChatId>> {
+        let id = media_id.to_string();
+        self.read(move |c| media::chats(c, &id)).await
+    }
+
+    async fn unsent_media(
+        &self,
+        before_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::media::MediaRecord>> {
+        self.read(move |c| media::unsent(c, before_ms, limit)).await
+    }
+
+    async fn delete_media(&self, m: &crate::media::MediaRecord) -> Result<()> {
+        self.media_write(media::delete(m.media_id.clone())).await
     }
 }

@@ -1,0 +1,338 @@
+//! HTTP handlers of the media API: `POST /v1/media` (streaming upload), `GET /v1/media/{id}`
+//! (bytes, ranges, ETag, cache headers; token or signed URL) and `GET /v1/media/{id}/url`
+//! (a signed URL).
+
+use super::range::{RangeAnswer, if_range_allows, none_match, parse_range};
+use super::{MediaRecord, MediaService, Spool, blobs, record, signing, sniff};
+use crate::api::Caller;
+use crate::auth;
+use crate::error::{Error, Result};
+use crate::model::UserId;
+use crate::state::AppState;
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{StreamExt, TryStreamExt};
+use object_store::ObjectStore;
+use serde_json::json;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    h.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Receive `body` into `spool`, enforcing the limit of the declared kind, then (once sniffed)
+/// of the actual kind, and refusing a type mismatch as soon as the first bytes are in. A body
+/// that stalls for the idle timeout is abandoned (408).
+pub(crate) async fn receive(
+    media: &MediaService,
+    declared: &str,
+    body: Body,
+    spool: &mut Spool,
+    mut limit: u64,
+) -> Result<()> {
+    let mut kind = sniff::declared_kind(declared);
+    let idle = Duration::from_secs(media.cfg.media_idle_timeout);
+    let mut stream = body.into_data_stream();
+    let mut sniffed = false;
+    loop {
+        let next = tokio::time::timeout(idle, stream.next())
+            .await
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "no data for {} s; the upload was abandoned",
+                    idle.as_secs()
+                ))
+            })?;
+        let Some(chunk) = next else { break };
+        let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
+        if spool.len + chunk.len() as u64 > limit {
+            return Err(media.too_large(kind));
+        }
+        spool.write(&chunk).await?;
+        if !sniffed && spool.can_sniff() {
+            sniffed = true;
+            let (_, k) = sniff::resolve(declared, sniff::sniff(&spool.head))?;
+            kind = Some(k);
+            limit = limit.min(media.limit(kind));
+            if spool.len > limit {
+                return Err(media.too_large(kind));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `POST /v1/media`: the raw bytes, `Content-Type` declared. 201 with the media object.
+pub async fn upload(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response> {
+    let media = &st.media;
+    let declared = header_str(&headers, header::CONTENT_TYPE)
+        .unwrap_or("application/octet-stream")
+        .to_string();
+    sniff::check_declared(&declared)?;
+    let kind = sniff::declared_kind(&declared);
+    let limit = media.limit(kind);
+    // Refuse before reading a byte when the length is announced.
+    if let Some(len) =
+        header_str(&headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok())
+        && len > limit
+    {
+        return Err(media.too_large(kind));
+    }
+    let mut spool = media.spool().await?;
+    receive(media, &declared, body, &mut spool, limit).await?;
+    let record = media.ingest(&st, me, &declared, spool).await?;
+    Ok((StatusCode::CREATED, Json(record.to_json())).into_response())
+}
+
+/// Which served object a request names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Main,
+    Thumbnail,
+}
+
+impl Variant {
+    fn parse(q: &HashMap<String, String>) -> Result<Self> {
+        match q.get("variant").map(String::as_str) {
+            None | Some("") | Some("main") => Ok(Variant::Main),
+            Some("thumbnail") => Ok(Variant::Thumbnail),
+            Some(other) => Err(Error::invalid(format!(
+                "variant {other:?}: use \"thumbnail\" or leave it out"
+            ))),
+        }
+    }
+    fn as_str(self) -> &'static str {
+        match self {
+            Variant::Main => "main",
+            Variant::Thumbnail => "thumbnail",
+        }
+    }
+}
+
+fn now_secs() -> i64 {
+    crate::model::now_ms() / 1000
+}
+
+/// The caller from `Authorization: Bearer` or `?token=`.
+fn caller(st: &AppState, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<UserId> {
+    let token = auth::bearer(
+        header_str(headers, header::AUTHORIZATION),
+        q.get("token").map(String::as_str),
+    )
+    .ok_or_else(|| {
+        Error::Unauthenticated(
+            "missing token: send Authorization: Bearer <jwt>, or use a signed URL".into(),
+        )
+    })?;
+    st.auth.verify(&token)
+}
+
+async fn load(st: &AppState, id: &str) -> Result<MediaRecord> {
+    let missing = || Error::not_found(format!("media {id} does not exist"));
+    if !record::valid_id(id) {
+        return Err(missing());
+    }
+    st.store.media(id).await?.ok_or_else(missing)
+}
+
+async fn require_read(st: &AppState, me: UserId, m: &MediaRecord) -> Result<()> {
+    if super::can_read(st, me, m).await? {
+        Ok(())
+    } else {
+        Err(Error::forbidden(
+            "only the uploader and members of chats this media was sent to may read it",
+        ))
+    }
+}
+
+/// `GET /v1/media/{id}[?variant=thumbnail]`: with a token, or a signed URL
+/// (`expires` + `sig`).
+pub async fn get_media(
+    State(st): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Result<Response> {
+    let variant = Variant::parse(&q)?;
+    let signed_until = match (q.get("expires"), q.get("sig")) {
+        (Some(exp), Some(sig)) => {
+            let exp: i64 = exp
+                .parse()
+                .map_err(|_| Error::invalid("expires must be a Unix time in seconds"))?;
+            if !st
+                .media
+                .signer
+                .verify(&id, variant.as_str(), exp, sig, now_secs())
+            {
+                return Err(Error::forbidden(
+                    "the signed URL is not valid for this media, or has expired",
+                ));
+            }
+            Some(exp)
+        }
+        (None, None) => None,
+        _ => return Err(Error::invalid("a signed URL needs both expires and sig")),
+    };
+    let me = match signed_until {
+        Some(_) => None,
+        None => Some(caller(&st, &headers, &q)?),
+    };
+    let m = load(&st, &id).await?;
+    if let Some(me) = me {
+        require_read(&st, me, &m).await?;
+    }
+    let (key, content_type, size, etag) = match variant {
+        Variant::Main => (
+            blobs::main_key(&id),
+            m.content_type.clone(),
+            m.size,
+            m.etag.clone(),
+        ),
+        Variant::Thumbnail => {
+            let t = m
+                .thumbnail
+                .as_ref()
+                .ok_or_else(|| Error::not_found(format!("media {id} has no thumbnail")))?;
+            (
+                blobs::thumbnail_key(&id),
+                t.content_type.clone(),
+                t.size,
+                t.etag.clone(),
+            )
+        }
+    };
+    let etag = format!("\"{etag}\"");
+    let cache = match signed_until {
+        // Shared caches (a CDN) may keep it until the URL expires.
+        Some(exp) => format!("public, max-age={}, immutable", (exp - now_secs()).max(0)),
+        None => "private, max-age=31536000, immutable".to_string(),
+    };
+    let mut out = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).map_err(Error::internal);
+    out.insert(header::ETAG, hv(&etag)?);
+    out.insert(header::CACHE_CONTROL, hv(&cache)?);
+    out.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    out.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    out.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; sandbox"),
+    );
+    if none_match(header_str(&headers, header::IF_NONE_MATCH), &etag) {
+        return Ok((StatusCode::NOT_MODIFIED, out).into_response());
+    }
+    let range = if if_range_allows(header_str(&headers, header::IF_RANGE), &etag) {
+        parse_range(header_str(&headers, header::RANGE), size)
+    } else {
+        RangeAnswer::Full
+    };
+    let (status, start, end) = match range {
+        RangeAnswer::Full => (StatusCode::OK, 0, size),
+        RangeAnswer::Partial { start, end } => {
+            out.insert(
+                header::CONTENT_RANGE,
+                hv(&format!("bytes {start}-{end}/{size}"))?,
+            );
+            (StatusCode::PARTIAL_CONTENT, start, end + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            out.insert(header::CONTENT_RANGE, hv(&format!("bytes */{size}"))?);
+            return Ok((StatusCode::RANGE_NOT_SATISFIABLE, out).into_response());
+        }
+    };
+    out.insert(header::CONTENT_TYPE, hv(&content_type)?);
+    out.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string())?);
+    if size == 0 {
+        return Ok((status, out, Body::empty()).into_response());
+    }
+    let opts = object_store::GetOptions {
+        range: Some(object_store::GetRange::Bounded(start..end)),
+        ..Default::default()
+    };
+    let got = st
+        .media
+        .blobs
+        .get_opts(&key, opts)
+        .await
+        .map_err(|e| match e {
+            object_store::Error::NotFound { .. } => {
+                Error::not_found(format!("media {id} has no stored bytes (deleted?)"))
+            }
+            e => Error::internal(format!("media blob store: {e}")),
+        })?;
+    let stream = got
+        .into_stream()
+        .map_err(|e| std::io::Error::other(e.to_string()));
+    Ok((status, out, Body::from_stream(stream)).into_response())
+}
+
+/// `GET /v1/media/{id}/url[?variant=thumbnail]`: a signed URL for a reader, valid until
+/// `expires_at` without a token (shareable with a CDN).
+pub async fn signed_url(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>> {
+    let variant = Variant::parse(&q)?;
+    let m = load(&st, &id).await?;
+    require_read(&st, me, &m).await?;
+    if variant == Variant::Thumbnail && m.thumbnail.is_none() {
+        return Err(Error::not_found(format!("media {id} has no thumbnail")));
+    }
+    let ttl = st.media.cfg.media_url_ttl as i64;
+    let expires = signing::expiry(now_secs(), ttl, (ttl / 10).max(1));
+    let sig = st.media.signer.sign(&id, variant.as_str(), expires);
+    let base = st
+        .media
+        .cfg
+        .media_public_url
+        .as_deref()
+        .unwrap_or("")
+        .trim_end_matches('/');
+    let mut url = format!("{base}/v1/media/{id}?");
+    if variant == Variant::Thumbnail {
+        url.push_str("variant=thumbnail&");
+    }
+    url.push_str(&format!("expires={expires}&sig={sig}"));
+    Ok(Json(json!({
+        "url": url,
+        "expires_at": crate::model::format_ts(expires * 1000),
+    })))
+}
+
+/// The media routes. They sit outside the API's request timeout and body limit: uploads are
+/// limited per kind while streaming and abandoned after the idle timeout instead.
+pub fn routes() -> axum::Router<Arc<AppState>> {
+    use super::tus_http;
+    use axum::extract::DefaultBodyLimit;
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route("/v1/media", post(upload))
+        .route("/v1/media/{id}", get(get_media))
+        .route("/v1/media/{id}/url", get(signed_url))
+        .route(
+            "/v1/media/tus",
+            post(tus_http::create).options(tus_http::options),
+        )
+        .route(
+            "/v1/media/tus/{id}",
+            get(tus_http::status)
+                .head(tus_http::head)
+                .patch(tus_http::patch)
+                .delete(tus_http::terminate),
+        )
+        .layer(DefaultBodyLimit::disable())
+}

@@ -1,0 +1,186 @@
+//! The media part of the `Store` contract, on both implementations: the embedded SQLite store
+//! and the ScyllaDB store against a real CQL server (`TERN_CQL_NODES`, default
+//! `127.0.0.1:19042`, which `e2e/env/up.sh cassandra` starts), plus the schema upgrade from
+//! version 1 (before media) to 2.
+//!
+//! ```sh
+//! cargo test -p chat-server --test media_store
+//! ```
+
+use chat_server::media::{MediaRecord, VariantInfo};
+use chat_server::store::Store;
+use chat_server::store::sqlite::SqliteStore;
+
+fn record(id: &str, uploader: u64, created_at: i64) -> MediaRecord {
+    MediaRecord {
+        media_id: id.to_string(),
+        uploader,
+        content_type: "image/jpeg".into(),
+        size: 1234,
+        etag: "00ff".into(),
+        width: Some(64),
+        height: Some(48),
+        duration_ms: None,
+        thumbnail: Some(VariantInfo {
+            content_type: "image/jpeg".into(),
+            size: 99,
+            etag: "11ee".into(),
+        }),
+        created_at,
+    }
+}
+
+fn id(n: u32) -> String {
+    format!("{n:032x}")
+}
+
+/// The contract every store keeps for media.
+async fn media_contract(s: &dyn Store) {
+    let a = record(&id(1), 7, 1_000);
+    let b = record(&id(2), 7, 2_000);
+    let c = record(&id(3), 8, 3_000);
+    for m in [&a, &b, &c] {
+        s.put_media(m.clone()).await.unwrap();
+    }
+    assert_eq!(s.media(&id(1)).await.unwrap(), Some(a.clone()));
+    assert_eq!(s.media(&id(9)).await.unwrap(), None);
+    assert!(s.media_chats(&id(1)).await.unwrap().is_empty());
+
+    // Never sent, older than the cutoff: listed (all three before 10 000, two before 2 500).
+    let mut unsent: Vec<_> = s
+        .unsent_media(10_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.media_id)
+        .collect();
+    unsent.sort();
+    assert_eq!(unsent, vec![id(1), id(2), id(3)]);
+    assert_eq!(s.unsent_media(2_500, 100).await.unwrap().len(), 2);
+    assert_eq!(s.unsent_media(10_000, 1).await.unwrap().len(), 1);
+
+    // Sending links it (idempotently) and takes it off the unsent list.
+    s.link_media(&a, 100).await.unwrap();
+    s.link_media(&a, 100).await.unwrap();
+    s.link_media(&a, 200).await.unwrap();
+    let mut chats = s.media_chats(&id(1)).await.unwrap();
+    chats.sort();
+    assert_eq!(chats, vec![100, 200]);
+    let unsent: Vec<_> = s
+        .unsent_media(10_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.media_id)
+        .collect();
+    assert!(!unsent.contains(&id(1)), "{unsent:?}");
+    assert_eq!(unsent.len(), 2);
+
+    // Deleting forgets it entirely.
+    s.delete_media(&b).await.unwrap();
+    assert_eq!(s.media(&id(2)).await.unwrap(), None);
+    assert_eq!(s.unsent_media(10_000, 100).await.unwrap().len(), 1);
+    s.delete_media(&a).await.unwrap();
+    assert!(s.media_chats(&id(1)).await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn sqlite_keeps_the_media_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), 16).unwrap();
+    media_contract(&store).await;
+    // Durable: visible after a reopen.
+    store.put_media(record(&id(5), 1, 5)).await.unwrap();
+    store.close().await;
+    let store = SqliteStore::open(dir.path(), 16).unwrap();
+    assert!(store.media(&id(5)).await.unwrap().is_some());
+    store.close().await;
+}
+
+#[cfg(feature = "distributed")]
+mod cql {
+    use super::*;
+    use chat_server::store::scylla::{ScyllaOptions, ScyllaStore};
+    use chat_server::store::scylla_schema::{self, Replication};
+    use scylla::client::session::Session;
+    use scylla::client::session_builder::SessionBuilder;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    async fn session() -> Arc<Session> {
+        let nodes: Vec<String> = std::env::var("TERN_CQL_NODES")
+            .unwrap_or_else(|_| "127.0.0.1:19042".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        Arc::new(
+            SessionBuilder::new()
+                .known_nodes(&nodes)
+                .connection_timeout(Duration::from_secs(5))
+                .build()
+                .await
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "cannot reach the CQL server at {nodes:?} ({e}); start it with \
+                         `e2e/env/up.sh cassandra` or set TERN_CQL_NODES"
+                    )
+                }),
+        )
+    }
+
+    async fn drop_keyspace(s: &Session, ks: &str) {
+        s.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
+            .await
+            .unwrap();
+    }
+
+    fn keyspace() -> String {
+        format!("tern_m_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
+    }
+
+    #[tokio::test]
+    async fn scylla_keeps_the_media_contract() {
+        let s = session().await;
+        let ks = keyspace();
+        scylla_schema::setup(&s, &ks, &Replication::Simple { factor: 1 })
+            .await
+            .unwrap();
+        let store = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default())
+            .await
+            .unwrap();
+        media_contract(&store).await;
+        drop(store);
+        drop_keyspace(&s, &ks).await;
+    }
+
+    #[tokio::test]
+    async fn a_version_1_keyspace_is_upgraded_by_setup() {
+        let s = session().await;
+        let ks = keyspace();
+        let r = Replication::Simple { factor: 1 };
+        scylla_schema::setup(&s, &ks, &r).await.unwrap();
+        // Pretend it was written by a binary from before media.
+        s.query_unpaged(
+            format!("UPDATE {ks}.schema_version SET version = 1 WHERE component = 'store'"),
+            (),
+        )
+        .await
+        .unwrap();
+        let refused = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default()).await;
+        assert!(
+            refused.is_err(),
+            "a version 1 keyspace must be set up first"
+        );
+        scylla_schema::setup(&s, &ks, &r).await.unwrap();
+        let v = scylla_schema::read_version(&s, &ks).await.unwrap().unwrap();
+        assert_eq!(v.version, scylla_schema::SCHEMA_VERSION);
+        assert_eq!(v.version, 2);
+        let store = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default())
+            .await
+            .unwrap();
+        store.put_media(record(&id(1), 1, 1)).await.unwrap();
+        assert!(store.media(&id(1)).await.unwrap().is_some());
+        drop(store);
+        drop_keyspace(&s, &ks).await;
+    }
+}
