@@ -54,7 +54,8 @@ impl MediaStatements {
             .await?,
             chats: prep("SELECT chat_id FROM {ks}.media_chats WHERE media_id = ?").await?,
             unsent_list: prep(
-                "SELECT media_id FROM {ks}.media_unsent WHERE shard = ? AND created_at < ? LIMIT ?",
+                "SELECT created_at, media_id FROM {ks}.media_unsent WHERE shard = ? AND created_at < ? \
+                 LIMIT ?",
             )
             .await?,
             delete: prep("DELETE FROM {ks}.media WHERE media_id = ?").await?,
@@ -168,11 +169,20 @@ impl ScyllaStore {
                     (shard, CqlTimestamp(before_ms), n),
                 )
                 .await?;
-            for (media_id,) in rows_of::<(String,)>("listing unsent media", r)? {
+            for (at, media_id) in rows_of::<(CqlTimestamp, String)>("listing unsent media", r)? {
                 match self.media_get(&media_id).await? {
                     Some(m) => out.push(m),
-                    // The metadata is gone already (a collector died half-way): drop the entry.
-                    None => tracing::warn!(media_id, "unsent index names a missing media"),
+                    // The metadata is gone already (a collector stopped half-way): drop the
+                    // index entry so it is not listed again.
+                    None => {
+                        tracing::warn!(media_id, "unsent index names a missing media; dropping it");
+                        self.exec(
+                            "dropping a stale unsent entry",
+                            &self.media.unsent_delete,
+                            (shard, at, media_id.as_str()),
+                        )
+                        .await?;
+                    }
                 }
             }
         }
