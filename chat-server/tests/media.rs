@@ -285,6 +285,15 @@ async fn every_allowed_type_uploads_with_its_metadata() {
             None,
             Some(4200),
         ),
+        // A fragmented M4A (Safari's MediaRecorder): the duration comes from the fragments.
+        (
+            "audio/mp4",
+            fixtures::fmp4(2000),
+            "audio/mp4",
+            None,
+            None,
+            Some(2000),
+        ),
         (
             "audio/aac",
             fixtures::adts(47),

@@ -69,9 +69,20 @@ fn mp4_box<R: Read + Seek>(r: &mut R, end: u64) -> io::Result<Option<([u8; 4], u
     Ok(Some((kind, start + header, start + size)))
 }
 
+/// Per-track facts of a fragmented MP4 (MediaRecorder in Safari/Chrome writes one with a
+/// zero `mvhd` duration): timescale (`mdhd`), default sample duration (`trex`), and how far its
+/// fragments reach (`tfdt` + `trun` sample durations).
+#[derive(Default)]
+struct Fragments {
+    timescale: std::collections::HashMap<u32, u64>,
+    default_duration: std::collections::HashMap<u32, u64>,
+    reached: std::collections::HashMap<u32, u64>,
+}
+
 fn mp4<R: Read + Seek>(r: &mut R) -> io::Result<AvInfo> {
     let len = len_of(r)?;
     let mut info = AvInfo::default();
+    let mut frags = Fragments::default();
     let mut found_moov = false;
     let mut pos = 0;
     while pos < len {
@@ -79,25 +90,57 @@ fn mp4<R: Read + Seek>(r: &mut R) -> io::Result<AvInfo> {
         let Some((kind, body, next)) = mp4_box(r, len)? else {
             break;
         };
-        if &kind == b"moov" {
-            found_moov = true;
-            mp4_moov(r, body, next, &mut info)?;
+        match &kind {
+            b"moov" => {
+                found_moov = true;
+                mp4_moov(r, body, next, &mut info, &mut frags)?;
+            }
+            b"moof" => mp4_moof(r, body, next, &mut frags)?,
+            _ => {}
         }
         pos = next;
     }
     if !found_moov {
         return Err(bad("MP4 without a moov box (truncated or not finished?)"));
     }
+    if info.duration_ms.is_none() {
+        info.duration_ms = frags
+            .reached
+            .iter()
+            .filter_map(|(track, end)| {
+                let ts = *frags.timescale.get(track)?;
+                (ts > 0).then(|| end * 1000 / ts)
+            })
+            .max();
+    }
     Ok(info)
 }
 
-fn mp4_moov<R: Read + Seek>(r: &mut R, start: u64, end: u64, info: &mut AvInfo) -> io::Result<()> {
+/// The child boxes of `[start, end)`: (type, payload start, end).
+fn mp4_children<R: Read + Seek>(
+    r: &mut R,
+    start: u64,
+    end: u64,
+) -> io::Result<Vec<([u8; 4], u64, u64)>> {
+    let mut out = Vec::new();
     let mut pos = start;
     while pos < end {
         r.seek(SeekFrom::Start(pos))?;
-        let Some((kind, body, next)) = mp4_box(r, end)? else {
-            break;
-        };
+        let Some(b) = mp4_box(r, end)? else { break };
+        pos = b.2;
+        out.push(b);
+    }
+    Ok(out)
+}
+
+fn mp4_moov<R: Read + Seek>(
+    r: &mut R,
+    start: u64,
+    end: u64,
+    info: &mut AvInfo,
+    frags: &mut Fragments,
+) -> io::Result<()> {
+    for (kind, body, next) in mp4_children(r, start, end)? {
         match &kind {
             b"mvhd" => {
                 r.seek(SeekFrom::Start(body))?;
@@ -114,56 +157,156 @@ fn mp4_moov<R: Read + Seek>(r: &mut R, start: u64, end: u64, info: &mut AvInfo) 
                 }
             }
             b"trak" => {
-                if let Some((w, h)) = mp4_trak(r, body, next)? {
+                if let Some((w, h)) = mp4_trak(r, body, next, frags)? {
                     info.width.get_or_insert(w);
                     info.height.get_or_insert(h);
                 }
             }
+            b"mvex" => {
+                for (k, b, _) in mp4_children(r, body, next)? {
+                    if &k == b"trex" {
+                        r.seek(SeekFrom::Start(b + 4))?;
+                        let t = read_n(r, 12)?;
+                        frags
+                            .default_duration
+                            .insert(be(&t[0..4]) as u32, be(&t[8..12]));
+                    }
+                }
+            }
             _ => {}
         }
-        pos = next;
     }
     Ok(())
 }
 
-/// The display size of a video track (from `tkhd`), `None` for other tracks.
-fn mp4_trak<R: Read + Seek>(r: &mut R, start: u64, end: u64) -> io::Result<Option<(u32, u32)>> {
+/// The display size of a video track (from `tkhd`), `None` for other tracks; records the
+/// track's timescale (`mdhd`) for fragmented files.
+fn mp4_trak<R: Read + Seek>(
+    r: &mut R,
+    start: u64,
+    end: u64,
+    frags: &mut Fragments,
+) -> io::Result<Option<(u32, u32)>> {
     let mut size = None;
     let mut video = false;
-    let mut pos = start;
-    while pos < end {
-        r.seek(SeekFrom::Start(pos))?;
-        let Some((kind, body, next)) = mp4_box(r, end)? else {
-            break;
-        };
+    let mut track = None;
+    let mut timescale = None;
+    for (kind, body, next) in mp4_children(r, start, end)? {
         match &kind {
             b"tkhd" => {
                 r.seek(SeekFrom::Start(body))?;
                 let v = read_n(r, 1)?[0];
-                let skip = if v == 1 { 3 + 32 + 52 } else { 3 + 20 + 52 };
+                let head = read_n(r, if v == 1 { 3 + 20 } else { 3 + 12 })?;
+                track = Some(be(&head[head.len() - 4..]) as u32);
+                let skip = if v == 1 { 12 + 52 } else { 8 + 52 };
                 r.seek(SeekFrom::Current(skip))?;
                 let b = read_n(r, 8)?;
                 size = Some(((be(&b[0..4]) >> 16) as u32, (be(&b[4..8]) >> 16) as u32));
             }
             b"mdia" => {
-                let mut p = body;
-                while p < next {
-                    r.seek(SeekFrom::Start(p))?;
-                    let Some((k, b, n)) = mp4_box(r, next)? else {
-                        break;
-                    };
-                    if &k == b"hdlr" {
-                        r.seek(SeekFrom::Start(b + 8))?;
-                        video = &read_n(r, 4)?[..] == b"vide";
+                for (k, b, _) in mp4_children(r, body, next)? {
+                    match &k {
+                        b"hdlr" => {
+                            r.seek(SeekFrom::Start(b + 8))?;
+                            video = &read_n(r, 4)?[..] == b"vide";
+                        }
+                        b"mdhd" => {
+                            r.seek(SeekFrom::Start(b))?;
+                            let v = read_n(r, 1)?[0];
+                            let h = read_n(r, if v == 1 { 3 + 16 + 4 } else { 3 + 8 + 4 })?;
+                            timescale = Some(be(&h[h.len() - 4..]));
+                        }
+                        _ => {}
                     }
-                    p = n;
                 }
             }
             _ => {}
         }
-        pos = next;
+    }
+    if let (Some(t), Some(ts)) = (track, timescale) {
+        frags.timescale.insert(t, ts);
     }
     Ok(if video { size } else { None })
+}
+
+/// A movie fragment: for each `traf`, where its samples end on the track's timeline.
+fn mp4_moof<R: Read + Seek>(
+    r: &mut R,
+    start: u64,
+    end: u64,
+    frags: &mut Fragments,
+) -> io::Result<()> {
+    for (kind, body, next) in mp4_children(r, start, end)? {
+        if &kind != b"traf" {
+            continue;
+        }
+        let mut track = None;
+        let mut default = None;
+        let mut base = None;
+        let mut total = 0u64;
+        for (k, b, _) in mp4_children(r, body, next)? {
+            r.seek(SeekFrom::Start(b))?;
+            match &k {
+                b"tfhd" => {
+                    let h = read_n(r, 8)?;
+                    let flags = be(&h[1..4]);
+                    let t = be(&h[4..8]) as u32;
+                    track = Some(t);
+                    let mut skip = 0;
+                    if flags & 0x01 != 0 {
+                        skip += 8;
+                    }
+                    if flags & 0x02 != 0 {
+                        skip += 4;
+                    }
+                    if flags & 0x08 != 0 {
+                        r.seek(SeekFrom::Current(skip))?;
+                        default = Some(be(&read_n(r, 4)?));
+                    }
+                }
+                b"tfdt" => {
+                    let v = read_n(r, 4)?[0];
+                    base = Some(be(&read_n(r, if v == 1 { 8 } else { 4 })?));
+                }
+                b"trun" => {
+                    let h = read_n(r, 8)?;
+                    let flags = be(&h[1..4]);
+                    let count = be(&h[4..8]);
+                    let mut skip = 0;
+                    if flags & 0x001 != 0 {
+                        skip += 4;
+                    }
+                    if flags & 0x004 != 0 {
+                        skip += 4;
+                    }
+                    r.seek(SeekFrom::Current(skip))?;
+                    let fields = [0x100u64, 0x200, 0x400, 0x800]
+                        .iter()
+                        .filter(|f| flags & **f != 0)
+                        .count() as i64;
+                    if flags & 0x100 != 0 {
+                        let per = (fields * 4) as usize;
+                        for _ in 0..count.min(10_000_000) {
+                            let s = read_n(r, per)?;
+                            total += be(&s[0..4]);
+                        }
+                    } else {
+                        let d = default
+                            .or_else(|| track.and_then(|t| frags.default_duration.get(&t).copied()))
+                            .unwrap_or(0);
+                        total += count * d;
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(t) = track {
+            let reached = frags.reached.entry(t).or_insert(0);
+            let from = base.unwrap_or(*reached);
+            *reached = (*reached).max(from + total);
+        }
+    }
+    Ok(())
 }
 
 // ---- WebM (EBML) -------------------------------------------------------------------------
@@ -469,6 +612,15 @@ mod tests {
         assert_eq!(i.duration_ms, Some(4200));
         assert_eq!(i.width, None);
         assert!(probe_bytes(Container::Mp4, &v[..v.len() - 10]).is_err());
+    }
+
+    #[test]
+    fn fragmented_mp4_duration_from_its_fragments() {
+        // As MediaRecorder writes MP4: mvhd duration 0, samples in moof/trun.
+        let f = fixtures::fmp4(2000);
+        let i = probe_bytes(Container::Mp4, &f).unwrap();
+        assert_eq!(i.duration_ms, Some(2000));
+        assert_eq!(i.width, None);
     }
 
     #[test]

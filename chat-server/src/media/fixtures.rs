@@ -38,6 +38,69 @@ pub fn mp4(video: bool, ms: u32, w: u32, h: u32) -> Vec<u8> {
     out
 }
 
+/// A fragmented M4A as MediaRecorder writes it: `mvhd` duration 0, a `trex`, and one
+/// `moof`+`mdat` per 10 samples of 20 ms at 48 kHz (per-sample durations in `trun`), `ms` long.
+pub fn fmp4(ms: u32) -> Vec<u8> {
+    let mut out = boxed(b"ftyp", b"iso5\0\0\x02\0iso5iso6mp41");
+    let mut mvhd = vec![0u8; 100];
+    mvhd[12..16].copy_from_slice(&1000u32.to_be_bytes());
+    let mut tkhd = vec![0u8; 84];
+    tkhd[12..16].copy_from_slice(&1u32.to_be_bytes());
+    let mut mdhd = vec![0u8; 24];
+    mdhd[12..16].copy_from_slice(&48_000u32.to_be_bytes());
+    let mut hdlr = vec![0u8; 25];
+    hdlr[8..12].copy_from_slice(b"soun");
+    let mdia = [boxed(b"mdhd", &mdhd), boxed(b"hdlr", &hdlr)].concat();
+    let trak = [boxed(b"tkhd", &tkhd), boxed(b"mdia", &mdia)].concat();
+    let mut trex = vec![0u8; 24];
+    trex[4..8].copy_from_slice(&1u32.to_be_bytes());
+    trex[12..16].copy_from_slice(&960u32.to_be_bytes());
+    let moov = [
+        boxed(b"mvhd", &mvhd),
+        boxed(b"trak", &trak),
+        boxed(b"mvex", &boxed(b"trex", &trex)),
+    ]
+    .concat();
+    out.extend(boxed(b"moov", &moov));
+    let total = ms as u64 * 48;
+    let mut t = 0u64;
+    let mut seq = 1u32;
+    while t < total {
+        let mut tfhd = vec![0, 0x02, 0, 0];
+        tfhd.extend(1u32.to_be_bytes());
+        let mut tfdt = vec![1, 0, 0, 0];
+        tfdt.extend(t.to_be_bytes());
+        let mut durations = Vec::new();
+        while durations.len() < 10 && t < total {
+            let d = (total - t).min(960);
+            durations.push(d as u32);
+            t += d;
+        }
+        let mut trun = vec![0, 0, 0x03, 0x01]; // data offset, duration + size per sample
+        trun.extend((durations.len() as u32).to_be_bytes());
+        trun.extend(0u32.to_be_bytes());
+        for d in &durations {
+            trun.extend(d.to_be_bytes());
+            trun.extend(3u32.to_be_bytes());
+        }
+        let traf = [
+            boxed(b"tfhd", &tfhd),
+            boxed(b"tfdt", &tfdt),
+            boxed(b"trun", &trun),
+        ]
+        .concat();
+        let mut mfhd = vec![0u8; 4];
+        mfhd.extend(seq.to_be_bytes());
+        out.extend(boxed(
+            b"moof",
+            &[boxed(b"mfhd", &mfhd), boxed(b"traf", &traf)].concat(),
+        ));
+        out.extend(boxed(b"mdat", &vec![0u8; 3 * durations.len()]));
+        seq += 1;
+    }
+    out
+}
+
 fn ebml(id: u32, payload: &[u8]) -> Vec<u8> {
     let mut b: Vec<u8> = id
         .to_be_bytes()
