@@ -574,6 +574,16 @@ async fn range_reads_etags_and_cache_headers() {
     assert_eq!(r.headers()["etag"], etag.as_str());
     let r = fetch(&a, &path, true, &[("if-none-match", "\"something-else\"")]).await;
     assert_eq!(r.status(), 200);
+    let r = a
+        .http
+        .head(format!("{}{path}", a.base))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+    assert_eq!(r.headers()["etag"], etag.as_str());
 }
 
 #[tokio::test]

@@ -159,6 +159,7 @@ async fn require_read(st: &AppState, me: UserId, m: &MediaRecord) -> Result<()> 
 /// (`expires` + `sig`).
 pub async fn get_media(
     State(st): State<Arc<AppState>>,
+    method: axum::http::Method,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -254,7 +255,8 @@ pub async fn get_media(
     };
     out.insert(header::CONTENT_TYPE, hv(&content_type)?);
     out.insert(header::CONTENT_LENGTH, hv(&(end - start).to_string())?);
-    if size == 0 {
+    // HEAD (routed here by axum) needs the headers only: no blob request.
+    if size == 0 || method == axum::http::Method::HEAD {
         return Ok((status, out, Body::empty()).into_response());
     }
     let opts = object_store::GetOptions {
