@@ -230,6 +230,9 @@ pub struct ServeConfig {
     /// Log filter, RUST_LOG syntax.
     #[arg(long, env = "RUST_LOG", default_value = "info")]
     pub log: String,
+
+    #[command(flatten)]
+    pub push: Box<crate::push::config::PushArgs>,
 }
 
 #[derive(Debug, Args)]

@@ -117,6 +117,7 @@ async fn process(state: &AppState, batch: &mut Vec<Submission>) {
                             let f = frame(protocol::message_frame(m));
                             let n = state.hub.deliver(&members.users, &f, sub.origin);
                             state.metrics.deliveries.inc_by(n as u64);
+                            crate::push::on_stored(state, m, &members.users).await;
                             state
                                 .metrics
                                 .delivery_latency

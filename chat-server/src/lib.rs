@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod model;
 pub mod presence;
 pub mod protocol;
+pub mod push;
 pub mod ratelimit;
 pub mod receipts;
 pub mod server;

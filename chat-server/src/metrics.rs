@@ -33,6 +33,8 @@ pub struct Metrics {
     /// From receiving a send to the durable ack.
     pub ack_latency: Histogram,
     pub store_batch: Histogram,
+    /// Push notifications (`chat_push_*`).
+    pub push: crate::push::metrics::PushMetrics,
 }
 
 impl Metrics {
@@ -108,6 +110,7 @@ impl Metrics {
             "Messages per group commit",
             store_batch.clone(),
         );
+        let push = crate::push::metrics::PushMetrics::register(&mut registry);
         Metrics {
             registry,
             connections,
@@ -121,6 +124,7 @@ impl Metrics {
             delivery_latency,
             ack_latency,
             store_batch,
+            push,
         }
     }
 

@@ -107,6 +107,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/presence", get(api::presence))
         .route("/v1/dev/token", post(api::dev_token))
         .route("/v1/frames", post(longpoll::frames))
+        .merge(crate::push::api::routes())
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             timeout,
@@ -133,6 +134,7 @@ struct Backend {
     presence: Arc<dyn crate::presence::PresenceStore>,
     cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
     media: Arc<crate::media::MediaService>,
+    push: Option<Arc<crate::push::Push>>,
 }
 
 fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -> Arc<AppState> {
@@ -150,6 +152,7 @@ fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -
         delivery,
         cluster: b.cluster,
         media: b.media,
+        push: b.push,
         longpoll: Default::default(),
         draining: Default::default(),
         stop: Default::default(),
@@ -206,6 +209,7 @@ impl Server {
             .map_or(2, |n| n.get())
             .clamp(2, 16);
         let (delivery, shard_rxs) = Delivery::new(shards, 16 * 1024);
+        let (push, push_rx) = crate::push::Push::open_embedded(&cfg)?;
         let backend = Backend {
             store: store.clone(),
             presence: Arc::new(LocalPresence::default()),
@@ -215,8 +219,10 @@ impl Server {
                 &cfg.data_dir,
                 secret.as_bytes(),
             )?),
+            push: Some(push.clone()),
         };
         let state = build_state(cfg, &secret, backend, delivery);
+        crate::push::spawn_worker(&state, push, crate::push::worker::ChannelSource(push_rx))?;
         for rx in shard_rxs {
             state.tasks.spawn(delivery::run_shard(state.clone(), rx));
         }
@@ -293,6 +299,9 @@ impl Server {
             None
         };
         let topic = c.topic();
+        let (push, push_source) =
+            crate::push::open_distributed(&cfg, store.session().clone(), &keyspace, delivers)
+                .await?;
         let listener = bind(cfg.listen, cfg.reuse_port)?;
         let addr = listener.local_addr()?;
         let backend = Backend {
@@ -304,6 +313,7 @@ impl Server {
                 &cfg.data_dir,
                 secret.as_bytes(),
             )?),
+            push: Some(push.clone()),
         };
         let (delivery, _) = Delivery::new(1, 1);
         let state = build_state(cfg, &secret, backend, delivery);
@@ -325,6 +335,9 @@ impl Server {
                     .tasks
                     .spawn(node::ack_timeout_loop(state.clone(), bus));
             }
+        }
+        if let Some(source) = push_source {
+            crate::push::spawn_worker(&state, push, source)?;
         }
         if let Some(consumer) = consumer {
             state.tasks.spawn(kdelivery::run(
@@ -488,6 +501,15 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
             Err(e) => return Err(e),
         }
     }
+    crate::push::setup(
+        &session,
+        &c.keyspace(),
+        &c.kafka_brokers,
+        &c.cluster,
+        args.partitions,
+        args.kafka_replication,
+    )
+    .await?;
     Ok(())
 }
 

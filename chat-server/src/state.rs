@@ -43,6 +43,8 @@ pub struct AppState {
     pub cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
     /// Media uploads and serving (blob store, limits, URL signer).
     pub media: Arc<crate::media::MediaService>,
+    /// Push notifications (devices, mutes, the push queue); `None` where not served.
+    pub push: Option<Arc<crate::push::Push>>,
     pub longpoll: crate::longpoll::Registry,
     /// Fires on SIGTERM: stop accepting, tell clients to reconnect elsewhere.
     pub draining: CancellationToken,

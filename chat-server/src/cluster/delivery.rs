@@ -311,6 +311,17 @@ async fn process(
         // and recipients catch up with sync.
         tracing::warn!(cause = %e, "Redis: fan-out/ack publish failed");
     }
+    // Push notifications for members with no route (offline), before offsets are stored.
+    crate::push::on_stored_cluster(
+        state,
+        fan.iter().filter_map(|(m, _)| {
+            let ms = members.get(&m.chat_id)?;
+            Some((&**m, ms.users.as_slice()))
+        }),
+        |u| routes.get(&u).is_some_and(|nodes| !nodes.is_empty()),
+        routes.len() == users.len(),
+    )
+    .await;
 }
 
 /// Add the batch's messages to the recent cache. A chat whose update failed is marked dirty
