@@ -74,9 +74,30 @@ pub struct ClusterArgs {
     #[arg(long, env = "CHAT_SCYLLA_CONSISTENCY", default_value = "quorum")]
     pub scylla_consistency: String,
 
+    /// CQL username, when the cluster requires authentication.
+    #[arg(long, env = "CHAT_SCYLLA_USERNAME")]
+    pub scylla_username: Option<String>,
+
+    /// CQL password (with --scylla-username).
+    #[arg(long, env = "CHAT_SCYLLA_PASSWORD", hide_env_values = true)]
+    pub scylla_password: Option<String>,
+
     /// Kafka bootstrap servers, comma separated.
     #[arg(long, env = "CHAT_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
     pub kafka_brokers: String,
+
+    /// Kafka SASL mechanism (`PLAIN`; SCRAM and TLS need a build with librdkafka's SSL
+    /// support). Setting it switches the connection to SASL_PLAINTEXT.
+    #[arg(long, env = "CHAT_KAFKA_SASL_MECHANISM")]
+    pub kafka_sasl_mechanism: Option<String>,
+
+    /// Kafka SASL username.
+    #[arg(long, env = "CHAT_KAFKA_SASL_USERNAME")]
+    pub kafka_sasl_username: Option<String>,
+
+    /// Kafka SASL password.
+    #[arg(long, env = "CHAT_KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub kafka_sasl_password: Option<String>,
 
     /// Kafka topic of the message log (default `<cluster>.messages`).
     #[arg(long, env = "CHAT_KAFKA_TOPIC")]
@@ -93,6 +114,30 @@ impl ClusterArgs {
             .clone()
             .unwrap_or_else(|| self.cluster.replace(['-', '.'], "_"))
     }
+    /// librdkafka security settings shared by producers, consumers and the admin client.
+    pub fn kafka_security(&self) -> Vec<(&'static str, String)> {
+        let mut s = Vec::new();
+        if let Some(m) = &self.kafka_sasl_mechanism {
+            s.push(("security.protocol", "SASL_PLAINTEXT".into()));
+            s.push(("sasl.mechanism", m.clone()));
+            if let Some(u) = &self.kafka_sasl_username {
+                s.push(("sasl.username", u.clone()));
+            }
+            if let Some(p) = &self.kafka_sasl_password {
+                s.push(("sasl.password", p.clone()));
+            }
+        }
+        s
+    }
+
+    /// CQL credentials, when both are given.
+    pub fn scylla_credentials(&self) -> Option<(String, String)> {
+        match (&self.scylla_username, &self.scylla_password) {
+            (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+            _ => None,
+        }
+    }
+
     pub fn topic(&self) -> String {
         self.kafka_topic
             .clone()

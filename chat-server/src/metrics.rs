@@ -13,6 +13,11 @@ pub struct CodeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StageLabel {
+    pub stage: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
     pub transport: &'static str,
 }
@@ -33,6 +38,8 @@ pub struct Metrics {
     /// From receiving a send to the durable ack.
     pub ack_latency: Histogram,
     pub store_batch: Histogram,
+    /// Distributed mode: time spent per stage of the message path (where the time goes).
+    pub stages: Family<StageLabel, Histogram>,
     /// Push notifications (`chat_push_*`).
     pub push: crate::push::metrics::PushMetrics,
 }
@@ -55,6 +62,17 @@ impl Metrics {
         let ack_latency = Histogram::new(buckets);
         let store_batch =
             Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0]);
+        let stages = Family::<StageLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1.0,
+            ])
+        });
+        registry.register(
+            "chat_stage_seconds",
+            "Distributed message path, per stage: produce (edge → Kafka ack), consume_lag \
+             (accepted → consumed), append (store), cache, routes, publish",
+            stages.clone(),
+        );
         registry.register(
             "chat_connections",
             "Live WebSocket connections and long-poll sessions",
@@ -124,8 +142,16 @@ impl Metrics {
             delivery_latency,
             ack_latency,
             store_batch,
+            stages,
             push,
         }
+    }
+
+    /// Record `seconds` spent in a stage of the distributed message path.
+    pub fn stage(&self, stage: &'static str, seconds: f64) {
+        self.stages
+            .get_or_create(&StageLabel { stage })
+            .observe(seconds);
     }
 
     pub fn error(&self, code: &'static str) {

@@ -256,9 +256,11 @@ impl Server {
             scylla = %c.scylla_nodes.join(","), redis = %c.redis_url, "joining the cluster"
         );
         let wait = Duration::from_secs(60);
+        kafka::configure_security(c.kafka_security());
         let options = ScyllaOptions {
             consistency: parse_consistency(&c.scylla_consistency)
                 .map_err(|e| anyhow::anyhow!("--scylla-consistency: {e}"))?,
+            credentials: c.scylla_credentials(),
             ..ScyllaOptions::default()
         };
         let keyspace = c.keyspace();
@@ -474,7 +476,11 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         "--kafka-replication must be at least 1"
     );
     tracing::info!(nodes = %c.scylla_nodes.join(","), keyspace = %c.keyspace(), "CQL: connecting");
-    let options = ScyllaOptions::default();
+    crate::cluster::kafka::configure_security(c.kafka_security());
+    let options = ScyllaOptions {
+        credentials: c.scylla_credentials(),
+        ..ScyllaOptions::default()
+    };
     let session = retry(wait, "ScyllaDB", || {
         connect_session(&c.scylla_nodes, &options)
     })

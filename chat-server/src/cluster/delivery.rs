@@ -14,7 +14,6 @@ use crate::state::AppState;
 use crate::store::Appended;
 use crate::store::scylla::ScyllaStore;
 use futures::FutureExt;
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -62,8 +61,7 @@ pub fn consumer(
     store: Arc<ScyllaStore>,
     assigned: Arc<AtomicBool>,
 ) -> anyhow::Result<DeliveryConsumer> {
-    let c: DeliveryConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let c: DeliveryConsumer = super::kafka::client_config(brokers)
         .set("group.id", group)
         .set("enable.auto.commit", "true")
         .set("auto.commit.interval.ms", "1000")
@@ -200,7 +198,16 @@ async fn process(
         return;
     }
     state.metrics.store_batch.observe(records.len() as f64);
+    let consumed = now_ms();
+    for r in &records {
+        state.metrics.stage(
+            "consume_lag",
+            ((consumed - r.accepted_ms).max(0) as f64) / 1000.0,
+        );
+    }
+    let t = std::time::Instant::now();
     let results = append(store, &records).await;
+    state.metrics.stage("append", t.elapsed().as_secs_f64());
 
     // What to fan out: new messages, and replays of a record (same message_id) whose first
     // fan-out may not have happened. A client's resend (new message_id) is only acked.
@@ -221,7 +228,10 @@ async fn process(
             Err(_) => {}
         }
     }
+    let t = std::time::Instant::now();
     update_cache(&plane.redis, &fan, dirty).await;
+    state.metrics.stage("cache", t.elapsed().as_secs_f64());
+    let t = std::time::Instant::now();
 
     // Members of each chat, then where each recipient is connected.
     let mut members: HashMap<ChatId, Arc<crate::members::ChatMembers>> = HashMap::new();
@@ -244,7 +254,9 @@ async fn process(
         .collect();
     users.sort_unstable();
     users.dedup();
-    let routes: HashMap<UserId, Vec<String>> = match plane.redis.lookup(&users).await {
+    let looked_up = plane.redis.lookup(&users).await;
+    state.metrics.stage("routes", t.elapsed().as_secs_f64());
+    let routes: HashMap<UserId, Vec<String>> = match looked_up {
         Ok(r) => users
             .iter()
             .copied()
@@ -306,7 +318,10 @@ async fn process(
             )
         })
         .collect();
-    if let Err(e) = plane.redis.publish_all(&out).await {
+    let t = std::time::Instant::now();
+    let published = plane.redis.publish_all(&out).await;
+    state.metrics.stage("publish", t.elapsed().as_secs_f64());
+    if let Err(e) = published {
         // Stored, so nothing is lost: edges time out the acks (clients resend, deduplicated)
         // and recipients catch up with sync.
         tracing::warn!(cause = %e, "Redis: fan-out/ack publish failed");

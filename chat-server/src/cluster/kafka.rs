@@ -22,10 +22,26 @@ use std::time::{Duration, Instant};
 /// outage longer than this turns into `unavailable` errors, never into silent loss).
 const MESSAGE_TIMEOUT_MS: &str = "5000";
 
-pub fn producer_config(brokers: &str) -> ClientConfig {
+static SECURITY: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
+
+/// Set the security settings (SASL) every Kafka client of this process uses; once, at start.
+pub fn configure_security(settings: Vec<(&'static str, String)>) {
+    let _ = SECURITY.set(settings);
+}
+
+/// A client configuration for `brokers` with the process's security settings.
+pub fn client_config(brokers: &str) -> ClientConfig {
     let mut c = ClientConfig::new();
-    c.set("bootstrap.servers", brokers)
-        .set("enable.idempotence", "true")
+    c.set("bootstrap.servers", brokers);
+    for (k, v) in SECURITY.get().map(Vec::as_slice).unwrap_or_default() {
+        c.set(*k, v);
+    }
+    c
+}
+
+pub fn producer_config(brokers: &str) -> ClientConfig {
+    let mut c = client_config(brokers);
+    c.set("enable.idempotence", "true")
         .set("acks", "all")
         .set("linger.ms", "1")
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
@@ -130,9 +146,10 @@ impl KafkaBus {
             }
             Ok(delivery) => {
                 let (bus, st) = (self.clone(), state.clone());
+                let t = Instant::now();
                 state.tasks.spawn(async move {
                     match delivery.await {
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(_)) => st.metrics.stage("produce", t.elapsed().as_secs_f64()),
                         Ok(Err((e, _))) => failed(&bus, &st, e.to_string()),
                         Err(_) => failed(&bus, &st, "producer closed".into()),
                     }
@@ -195,8 +212,7 @@ pub async fn ensure_topic(
     partitions: i32,
     replication: i32,
 ) -> anyhow::Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
         .create()
         .map_err(|e| anyhow::anyhow!("Kafka admin client for {brokers}: {e}"))?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));

@@ -437,9 +437,15 @@ mod tests {
             after,
             last_seen: Some(7),
         };
-        assert_eq!(c(0, 1).transition(1).unwrap().status, PresenceStatus::Online);
+        assert_eq!(
+            c(0, 1).transition(1).unwrap().status,
+            PresenceStatus::Online
+        );
         let off = c(2, 0).transition(1).unwrap();
-        assert_eq!((off.status, off.last_seen), (PresenceStatus::Offline, Some(7)));
+        assert_eq!(
+            (off.status, off.last_seen),
+            (PresenceStatus::Offline, Some(7))
+        );
         assert!(c(1, 2).transition(1).is_none());
         assert!(c(2, 1).transition(1).is_none());
         assert!(c(0, 0).transition(1).is_none());
