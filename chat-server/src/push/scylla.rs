@@ -3,8 +3,8 @@
 //!
 //! | table | key | what |
 //! |---|---|---|
-//! | `push_devices` | (user_id), token | a user's devices |
-//! | `push_device_owner` | token | which user a token belongs to (tokens are unique) |
+//! | `push_devices` | (user_id), push_token | a user's devices |
+//! | `push_device_owner` | push_token | which user a token belongs to (tokens are unique) |
 //! | `push_mutes` | (user_id), chat_id | muted chats |
 //! | `push_pending` | (shard), user_id, chat_id | coalescing rows of one shard |
 //! | `push_outbox` | (shard), id | notifications to send, with retry state |
@@ -26,9 +26,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {ks}.push_devices (user_id bigint, token text, platform text, \
-     p256dh text, auth text, created_ms bigint, PRIMARY KEY (user_id, token))",
-    "CREATE TABLE IF NOT EXISTS {ks}.push_device_owner (token text PRIMARY KEY, user_id bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.push_devices (user_id bigint, push_token text, \
+     platform text, p256dh text, auth text, created_ms bigint, PRIMARY KEY (user_id, push_token))",
+    "CREATE TABLE IF NOT EXISTS {ks}.push_device_owner (push_token text PRIMARY KEY, \
+     user_id bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.push_mutes (user_id bigint, chat_id bigint, \
      PRIMARY KEY (user_id, chat_id))",
     "CREATE TABLE IF NOT EXISTS {ks}.push_pending (shard int, user_id bigint, chat_id bigint, \
@@ -171,13 +172,13 @@ impl ScyllaPushStore {
             }
         };
         let st = Statements {
-            device_insert: prep("INSERT INTO {ks}.push_devices (user_id, token, platform, p256dh, auth, created_ms) VALUES (?, ?, ?, ?, ?, ?)".into()).await?,
-            device_delete: prep("DELETE FROM {ks}.push_devices WHERE user_id = ? AND token = ?".into()).await?,
-            devices_of: prep("SELECT token, platform, p256dh, auth FROM {ks}.push_devices WHERE user_id = ?".into()).await?,
-            any_device: prep("SELECT token FROM {ks}.push_devices WHERE user_id = ? LIMIT 1".into()).await?,
-            owner_get: prep("SELECT user_id FROM {ks}.push_device_owner WHERE token = ?".into()).await?,
-            owner_set: prep("INSERT INTO {ks}.push_device_owner (token, user_id) VALUES (?, ?)".into()).await?,
-            owner_delete: prep("DELETE FROM {ks}.push_device_owner WHERE token = ?".into()).await?,
+            device_insert: prep("INSERT INTO {ks}.push_devices (user_id, push_token, platform, p256dh, auth, created_ms) VALUES (?, ?, ?, ?, ?, ?)".into()).await?,
+            device_delete: prep("DELETE FROM {ks}.push_devices WHERE user_id = ? AND push_token = ?".into()).await?,
+            devices_of: prep("SELECT push_token, platform, p256dh, auth FROM {ks}.push_devices WHERE user_id = ?".into()).await?,
+            any_device: prep("SELECT push_token FROM {ks}.push_devices WHERE user_id = ? LIMIT 1".into()).await?,
+            owner_get: prep("SELECT user_id FROM {ks}.push_device_owner WHERE push_token = ?".into()).await?,
+            owner_set: prep("INSERT INTO {ks}.push_device_owner (push_token, user_id) VALUES (?, ?)".into()).await?,
+            owner_delete: prep("DELETE FROM {ks}.push_device_owner WHERE push_token = ?".into()).await?,
             mute_insert: prep("INSERT INTO {ks}.push_mutes (user_id, chat_id) VALUES (?, ?)".into()).await?,
             mute_delete: prep("DELETE FROM {ks}.push_mutes WHERE user_id = ? AND chat_id = ?".into()).await?,
             mute_get: prep("SELECT chat_id FROM {ks}.push_mutes WHERE user_id = ? AND chat_id = ?".into()).await?,
