@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The distributed mode's tests, on the real services of e2e/env (Redis, Kafka, Cassandra):
+# The distributed mode's tests, on the real services of e2e/env (Redis, Kafka, Cassandra, MinIO):
 #   1. the ScyllaDB store suite (same cases as SQLite),
 #   2. the whole protocol suite against a cluster of separate processes per test
 #      (2 edges, 2 delivery, 1 presence; clients spread over both edges),
-#   3. the failure tests (kill -9 delivery, kill -9 edge, restart Redis, stop Kafka 10 s),
+#   3. media on S3 (MinIO): embedded, and on a cluster (tus resumed through the other edge),
+#   4. the failure tests (kill -9 delivery, kill -9 edge, restart Redis, stop Kafka 10 s),
 #      one at a time, since they restart shared services.
 # Each test gets its own cluster name (keyspace, topic, Redis prefix) and drops it after.
 #   e2e/test-distributed.sh            everything
@@ -15,7 +16,7 @@ what="${1:-all}"
 on_failure() {
   echo "---- services ----" >&2
   e2e/env/status.sh >&2 || true
-  for svc in redis kafka cassandra; do
+  for svc in redis kafka cassandra minio; do
     for f in "${TERN_CACHE:-$HOME/.cache/tern}/run/$svc/log/"*; do
       [[ -f "$f" ]] || continue
       echo "---- $f (last 30 lines) ----" >&2
@@ -25,7 +26,7 @@ on_failure() {
 }
 trap 'on_failure' ERR
 
-e2e/env/up.sh redis kafka cassandra
+e2e/env/up.sh redis kafka cassandra minio
 eval "$(e2e/env/env.sh)"
 export TERN_TEST_BACKEND=distributed
 
@@ -34,6 +35,9 @@ if [[ "$what" == all ]]; then
   cargo test -p chat-server --test scylla_store
   echo "==> protocol suite against 2 edges + 2 delivery + 1 presence"
   cargo test -p chat-server --test protocol -- --test-threads 2
+  echo "==> media on S3 (MinIO), embedded and on a cluster"
+  TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media
+  TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media -- --test-threads 2
 fi
 echo "==> failure tests"
 cargo test -p chat-server --test cluster_failures -- --ignored --test-threads 1
