@@ -10,7 +10,6 @@ use crate::model::UserId;
 use async_trait::async_trait;
 use futures::FutureExt;
 use parking_lot::Mutex;
-use rdkafka::ClientConfig;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::Message as _;
@@ -149,8 +148,8 @@ pub struct KafkaSource {
 impl KafkaSource {
     pub fn new(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
         let owned: Arc<Mutex<BTreeSet<i32>>> = Default::default();
-        let consumer: StreamConsumer<ShardContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+        // With the process's Kafka security settings (SASL), like every other client.
+        let consumer: StreamConsumer<ShardContext> = crate::cluster::kafka::client_config(brokers)
             .set("group.id", group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")
