@@ -11,7 +11,9 @@
 //! | `push_dead_letters` | (user_id), id | given-up notifications (30-day TTL) |
 //!
 //! Only the owner of a shard (its Kafka partition of `<cluster>.push`) reads and writes that
-//! shard's `push_pending` and `push_outbox` partitions, so read-modify-write needs no locks.
+//! shard's `push_pending` and `push_outbox` partitions, so read-modify-write needs no locks,
+//! and the owner knows when a partition it found empty gets rows: idle shards are read again
+//! only every 10 s (in case another owner wrote them before this one took the shard over).
 //! [`PushStore::schedule`] writes the outbox items before it updates the pending row: a crash
 //! between the two sends a notification twice, never zero times.
 
@@ -19,6 +21,7 @@ use super::{Device, OutboxItem, Pending, Platform, Provider, PushEvent, PushStor
 use crate::error::{Error, Result};
 use crate::model::{ChatId, UserId, now_ms};
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use scylla::client::session::Session;
 use scylla::response::query_result::QueryResult;
 use scylla::statement::prepared::PreparedStatement;
@@ -91,6 +94,24 @@ const OUTBOX_COLS: &str = "shard, id, user_id, chat_id, provider, target, payloa
 pub struct ScyllaPushStore {
     session: Arc<Session>,
     st: Statements,
+    /// What the last scans found per shard, so idle shards cost no reads.
+    scans: Mutex<HashMap<i32, ShardScan>>,
+}
+
+/// An empty partition is read again only after this long (or once this process writes to it):
+/// covers rows written by another owner while this process did not own the shard.
+const RESCAN_MS: i64 = 10_000;
+
+/// The last scan of a shard's `push_pending` and `push_outbox` partitions. A partition this
+/// process writes to is marked non-empty, so new work is seen at the next tick.
+#[derive(Debug, Clone, Copy, Default)]
+struct ShardScan {
+    pending_empty: bool,
+    pending_at_ms: i64,
+    oldest_pending: Option<i64>,
+    outbox_empty: bool,
+    outbox_at_ms: i64,
+    oldest_outbox: Option<i64>,
 }
 
 type PendingRow = (i32, i64, i64, i32, i64, i64, i64, String, i64, i64);
@@ -192,7 +213,11 @@ impl ScyllaPushStore {
             outbox_retry: prep("UPDATE {ks}.push_outbox SET attempts = ?, next_at_ms = ?, last_error = ? WHERE shard = ? AND id = ?".into()).await?,
             dead_put: prep("INSERT INTO {ks}.push_dead_letters (user_id, id, chat_id, provider, target, payload, attempts, created_ms, failed_ms, error) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)".into()).await?,
         };
-        Ok(ScyllaPushStore { session, st })
+        Ok(ScyllaPushStore {
+            session,
+            st,
+            scans: Mutex::new(HashMap::new()),
+        })
     }
 
     async fn pending_row(&self, shard: i32, user: UserId, chat: ChatId) -> Result<Option<Pending>> {
@@ -376,22 +401,37 @@ impl PushStore for ScyllaPushStore {
             }
             if let (true, Some(p)) = (changed, &row) {
                 self.put_pending(p).await?;
+                self.scans.lock().entry(shard).or_default().pending_empty = false;
             }
         }
         Ok(taken)
     }
 
     async fn due_pending(&self, shard: i32, now: i64, limit: usize) -> Result<Vec<Pending>> {
+        let clock = now_ms();
+        if let Some(sc) = self.scans.lock().get(&shard)
+            && sc.pending_empty
+            && clock - sc.pending_at_ms < RESCAN_MS
+        {
+            return Ok(vec![]);
+        }
         let r = self
             .session
             .execute_unpaged(&self.st.pending_shard, (shard,))
             .await
             .map_err(cql("reading push_pending"))?;
-        let mut due: Vec<Pending> = rows::<PendingRow>("push_pending", r)?
+        let all: Vec<Pending> = rows::<PendingRow>("push_pending", r)?
             .into_iter()
             .map(pending_of)
-            .filter(|p| p.due_at_ms <= now)
             .collect();
+        {
+            let mut scans = self.scans.lock();
+            let sc = scans.entry(shard).or_default();
+            sc.pending_empty = all.is_empty();
+            sc.pending_at_ms = clock;
+            sc.oldest_pending = all.iter().map(|p| p.first_at_ms).min();
+        }
+        let mut due: Vec<Pending> = all.into_iter().filter(|p| p.due_at_ms <= now).collect();
         due.sort_by_key(|p| p.due_at_ms);
         due.truncate(limit);
         Ok(due)
@@ -418,6 +458,7 @@ impl PushStore for ScyllaPushStore {
                 )
                 .await
                 .map_err(cql("writing push_outbox"))?;
+            self.scans.lock().entry(i.shard).or_default().outbox_empty = false;
         }
         let current = self
             .pending_row(taken.shard, taken.user_id, taken.chat_id)
@@ -439,16 +480,30 @@ impl PushStore for ScyllaPushStore {
     }
 
     async fn due_outbox(&self, shard: i32, now: i64, limit: usize) -> Result<Vec<OutboxItem>> {
+        let clock = now_ms();
+        if let Some(sc) = self.scans.lock().get(&shard)
+            && sc.outbox_empty
+            && clock - sc.outbox_at_ms < RESCAN_MS
+        {
+            return Ok(vec![]);
+        }
         let r = self
             .session
             .execute_unpaged(&self.st.outbox_shard, (shard,))
             .await
             .map_err(cql("reading push_outbox"))?;
-        let mut due: Vec<OutboxItem> = rows::<OutboxRow>("push_outbox", r)?
+        let all: Vec<OutboxItem> = rows::<OutboxRow>("push_outbox", r)?
             .into_iter()
             .map(outbox_of)
-            .filter(|i| i.next_at_ms <= now)
             .collect();
+        {
+            let mut scans = self.scans.lock();
+            let sc = scans.entry(shard).or_default();
+            sc.outbox_empty = all.is_empty();
+            sc.outbox_at_ms = clock;
+            sc.oldest_outbox = all.iter().map(|i| i.created_ms).min();
+        }
+        let mut due: Vec<OutboxItem> = all.into_iter().filter(|i| i.next_at_ms <= now).collect();
         due.sort_by_key(|i| i.next_at_ms);
         due.truncate(limit);
         Ok(due)
@@ -501,12 +556,14 @@ impl PushStore for ScyllaPushStore {
         self.outbox_done(item).await
     }
 
+    /// From the last scans (no extra reads): the worker scans every shard it owns each tick.
     async fn oldest(&self, shard: i32) -> Result<Option<i64>> {
-        let p = self.due_pending(shard, i64::MAX, usize::MAX).await?;
-        let o = self.due_outbox(shard, i64::MAX, usize::MAX).await?;
-        Ok(p.iter()
-            .map(|p| p.first_at_ms)
-            .chain(o.iter().map(|i| i.created_ms))
-            .min())
+        let scans = self.scans.lock();
+        let Some(sc) = scans.get(&shard) else {
+            return Ok(None);
+        };
+        let pending = (!sc.pending_empty).then_some(sc.oldest_pending).flatten();
+        let outbox = (!sc.outbox_empty).then_some(sc.oldest_outbox).flatten();
+        Ok(pending.into_iter().chain(outbox).min())
     }
 }
