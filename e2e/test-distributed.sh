@@ -4,7 +4,8 @@
 #   2. the whole protocol suite against a cluster of separate processes per test
 #      (2 edges, 2 delivery, 1 presence; clients spread over both edges),
 #   3. media on S3 (MinIO): embedded, and on a cluster (tus resumed through the other edge),
-#   4. the failure tests (kill -9 delivery, kill -9 edge, restart Redis, stop Kafka 10 s),
+#   4. push through the <cluster>.push topic (ignored in plain `cargo test`),
+#   5. the failure tests (kill -9 delivery, kill -9 edge, restart Redis, stop Kafka 10 s),
 #      one at a time, since they restart shared services.
 # Each test gets its own cluster name (keyspace, topic, Redis prefix) and drops it after.
 #   e2e/test-distributed.sh            everything
@@ -39,5 +40,7 @@ if [[ "$what" == all ]]; then
   TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media
   TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media -- --test-threads 2
 fi
+echo "==> push through Kafka and ScyllaDB (coalesced push; kill -9 with pushes pending)"
+cargo test -p chat-server --test push -- --ignored --test-threads 1
 echo "==> failure tests"
 cargo test -p chat-server --test cluster_failures -- --ignored --test-threads 1

@@ -37,7 +37,31 @@ run() { # name, args...
   echo "== $name: chat-bench $*" | tee -a "$OUT/summary.txt"
   "$BIN/chat-bench" "$@" 2>"$OUT/$name.progress" | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
 }
+# Where the time goes: each process's chat_stage_seconds (and ack/delivery histograms).
+stages() { # name
+  for port in 18180 18181 18182 18183; do
+    curl -sf "http://127.0.0.1:$port/metrics" >"$OUT/$1-metrics-$port.txt" || true
+  done
+  python3 - "$OUT" "$1" <<'PY' | tee -a "$OUT/summary.txt"
+import glob, re, sys
+out, name = sys.argv[1], sys.argv[2]
+acc = {}
+for f in glob.glob(f"{out}/{name}-metrics-*.txt"):
+    for line in open(f):
+        m = re.match(r'chat_stage_seconds_(sum|count)\{stage="(\w+)"\} (\S+)', line)
+        if m:
+            acc.setdefault(m[2], [0.0, 0.0])[0 if m[1] == "sum" else 1] += float(m[3])
+print(f"stage means after {name} (ms): " + ", ".join(
+    f"{k} {1000 * s / c:.2f} (n={int(c)})" for k, (s, c) in sorted(acc.items()) if c))
+PY
+}
+if [ -n "${ONLY_DIRECT:-}" ]; then
+  run "direct-$ONLY_DIRECT" direct --rate "$ONLY_DIRECT" --duration 15s --warmup 5s
+  stages "direct-$ONLY_DIRECT"
+  exit 0
+fi
 run sweep sweep --rates "$RATES" --duration 10s --warmup 3s --p99-limit-ms 50 --keep-going
 run direct-2k direct --rate 2000 --duration 20s --warmup 5s
+stages direct-2k
 run group-1000 group --members 1000 --rate 20 --duration 15s --warmup 5s
 echo "results in $OUT"

@@ -72,6 +72,7 @@ pub fn consumer(
         .set("session.timeout.ms", "6000")
         .set("heartbeat.interval.ms", "1000")
         .set("fetch.wait.max.ms", "10")
+        .set("socket.nagle.disable", "true")
         .set("isolation.level", "read_committed")
         .create_with_context(RebalanceContext { store, assigned })
         .map_err(|e| anyhow::anyhow!("Kafka consumer for {brokers}: {e}"))?;
