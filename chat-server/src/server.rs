@@ -265,7 +265,7 @@ impl Server {
         };
         let keyspace = c.keyspace();
         let store = Arc::new(
-            retry(wait, "ScyllaDB", || {
+            retry(wait, Duration::from_secs(1), "ScyllaDB", || {
                 ScyllaStore::connect(&c.scylla_nodes, &keyspace, options.clone())
             })
             .await?,
@@ -441,10 +441,16 @@ fn default_node_id() -> String {
 
 /// Retry `connect` until it succeeds or `wait` has passed (services starting together).
 #[cfg(feature = "distributed")]
-async fn retry<T, F, Fut>(wait: Duration, what: &str, mut connect: F) -> anyhow::Result<T>
+async fn retry<T, E, F, Fut>(
+    wait: Duration,
+    pause: Duration,
+    what: &str,
+    mut connect: F,
+) -> anyhow::Result<T>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::error::Result<T>>,
+    Fut: std::future::Future<Output = std::result::Result<T, E>>,
 {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
@@ -452,7 +458,7 @@ where
             Ok(v) => return Ok(v),
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(cause = %e, "{what} not ready yet; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(pause).await;
             }
             Err(e) => bail!("{what}: {e}"),
         }
@@ -481,7 +487,7 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         credentials: c.scylla_credentials(),
         ..ScyllaOptions::default()
     };
-    let session = retry(wait, "ScyllaDB", || {
+    let session = retry(wait, Duration::from_secs(1), "ScyllaDB", || {
         connect_session(&c.scylla_nodes, &options)
     })
     .await?;
@@ -489,24 +495,16 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("creating the schema in {}: {e}", c.keyspace()))?;
     tracing::info!(keyspace = %c.keyspace(), "CQL schema is current");
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match crate::cluster::kafka::ensure_topic(
+    let topic = c.topic();
+    retry(wait, Duration::from_secs(2), "Kafka", || {
+        crate::cluster::kafka::ensure_topic(
             &c.kafka_brokers,
-            &c.topic(),
+            &topic,
             args.partitions,
             args.kafka_replication,
         )
-        .await
-        {
-            Ok(()) => break,
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(cause = %e, "Kafka not ready yet; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    })
+    .await?;
     crate::push::setup(
         &session,
         &c.keyspace(),

@@ -3,7 +3,7 @@
 //!
 //! They need the real services (`e2e/env/up.sh redis kafka cassandra`,
 //! `eval "$(e2e/env/env.sh)"`) and they restart shared services (Redis, Kafka), so they are
-//! `#[ignore]`d in a plain `cargo test` and run one at a time by `scripts/test-distributed.sh`:
+//! `#[ignore]`d in a plain `cargo test` and run one at a time by `e2e/test-distributed.sh`:
 //! `TERN_TEST_BACKEND=distributed cargo test -p chat-server --test cluster_failures -- --ignored --test-threads 1`
 
 #[path = "protocol/support.rs"]
@@ -15,13 +15,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
 
-const IGNORE: &str = "needs the e2e services; run with scripts/test-distributed.sh";
+const IGNORE: &str = "needs the e2e services; run with e2e/test-distributed.sh";
 
 fn require_cluster() {
     assert!(
         distributed(),
         "run with TERN_TEST_BACKEND=distributed and the services of e2e/env up \
-         (scripts/test-distributed.sh does both)"
+         (e2e/test-distributed.sh does both)"
     );
 }
 
@@ -133,7 +133,7 @@ fn seqs_of(frames: &[Value]) -> Vec<u64> {
 }
 
 #[tokio::test]
-#[ignore = "needs the e2e services; run with scripts/test-distributed.sh"]
+#[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn kill_9_the_delivery_process_mid_stream() {
     require_cluster();
     let _ = IGNORE;
@@ -205,7 +205,7 @@ async fn kill_9_the_delivery_process_mid_stream() {
 }
 
 #[tokio::test]
-#[ignore = "needs the e2e services; run with scripts/test-distributed.sh"]
+#[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn kill_9_an_edge_clients_move_to_the_other_and_sync() {
     require_cluster();
     let mut s =
@@ -295,7 +295,7 @@ async fn kill_9_an_edge_clients_move_to_the_other_and_sync() {
 }
 
 #[tokio::test]
-#[ignore = "needs the e2e services; run with scripts/test-distributed.sh"]
+#[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn restart_redis_routing_and_presence_recover() {
     require_cluster();
     let s = TestServer::start_with(&["--heartbeat-interval", "10"]).await;
@@ -356,7 +356,7 @@ async fn restart_redis_routing_and_presence_recover() {
 }
 
 #[tokio::test]
-#[ignore = "needs the e2e services; run with scripts/test-distributed.sh"]
+#[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn stop_kafka_for_10_s_sends_fail_clearly_then_recover() {
     require_cluster();
     let s = TestServer::start().await;

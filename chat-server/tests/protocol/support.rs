@@ -807,29 +807,25 @@ impl Ws {
 
     /// Wait for the `ack` or `error` answering `cid` (see [`Ws::try_send_msg`]).
     pub async fn wait_answer(&mut self, cid: &str, timeout: Duration) -> Result<Value, String> {
-        if let Some(i) = self
-            .backlog
-            .iter()
-            .position(|v| (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cid)
-        {
-            let v = self.backlog.remove(i).unwrap();
-            return if v["type"] == "ack" {
+        let answers =
+            |v: &Value| (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cid;
+        let outcome = |v: Value| {
+            if v["type"] == "ack" {
                 Ok(v)
             } else {
                 Err(v["code"].as_str().unwrap_or("?").to_string())
-            };
+            }
+        };
+        if let Some(i) = self.backlog.iter().position(answers) {
+            return outcome(self.backlog.remove(i).unwrap());
         }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Ok(Some(Ok(Message::Text(t)))) => {
                     let v: Value = serde_json::from_str(t.as_str()).unwrap();
-                    if (v["type"] == "ack" || v["type"] == "error") && v["client_msg_id"] == cid {
-                        return if v["type"] == "ack" {
-                            Ok(v)
-                        } else {
-                            Err(v["code"].as_str().unwrap_or("?").to_string())
-                        };
+                    if answers(&v) {
+                        return outcome(v);
                     }
                     self.backlog.push_back(v);
                 }
