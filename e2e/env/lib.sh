@@ -42,6 +42,12 @@ MINIO_ROOT_PASSWORD_DEFAULT="tern-admin-secret"
 TERN_S3_BUCKET_DEFAULT="tern-media"
 
 ALL_SERVICES="redis kafka cassandra etcd kube minio"
+# Services up.sh/down.sh/status.sh know but do not run by default (a real Kubernetes node:
+# root only, changes routes/iptables/sysctls; `e2e/env/up.sh node`).
+EXTRA_SERVICES="node"
+
+# Commands built from k8s.io/kubernetes by services/kube.sh (one build, one Go cache).
+KUBE_COMMANDS="kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy"
 
 # ---------------------------------------------------------------------------------------
 # logging

@@ -25,13 +25,15 @@ do_install() {
 _install_kube() {
 	go_env
 	local key
-	key="k8s:$KUBERNETES_VERSION staging:$KUBERNETES_STAGING_VERSION $(go env GOVERSION)"
-	stamp_ok "$KUBE_BUILD" "$key" && [[ -x "$TERN_BIN/kube-apiserver" && -x "$TERN_BIN/kubectl" ]] && return 0
+	key="k8s:$KUBERNETES_VERSION staging:$KUBERNETES_STAGING_VERSION cmds:${KUBE_COMMANDS// /,} $(go env GOVERSION)"
+	local cmd have=1
+	for cmd in $KUBE_COMMANDS; do [[ -x "$TERN_BIN/$cmd" ]] || have=0; done
+	stamp_ok "$KUBE_BUILD" "$key" && ((have)) && return 0
 	local t0
 	t0="$(now_s)"
-	log "building kube-apiserver + kubectl $KUBERNETES_VERSION from k8s.io/kubernetes (first time: ~10-20 min on 2 cores, nice 10)"
+	log "building $KUBE_COMMANDS $KUBERNETES_VERSION from k8s.io/kubernetes (first time: ~15-25 min on 2 cores, nice 10; the node binaries ~2 min more once the apiserver is built)"
 	mkdir -p "$KUBE_BUILD"
-	heartbeat_start "building kube-apiserver + kubectl"
+	heartbeat_start "building $KUBE_COMMANDS"
 	(
 		cd "$KUBE_BUILD"
 		: >build.log
@@ -55,7 +57,9 @@ _install_kube() {
 			echo ")"
 		} >go.mod
 		echo "replace lines: $(grep -c '=>' go.mod)" >>build.log
-		nice -n 10 go get "k8s.io/kubernetes/cmd/kube-apiserver@$KUBERNETES_VERSION" "k8s.io/kubernetes/cmd/kubectl@$KUBERNETES_VERSION" >>build.log 2>&1
+		local gets=()
+		for cmd in $KUBE_COMMANDS; do gets+=("k8s.io/kubernetes/cmd/$cmd@$KUBERNETES_VERSION"); done
+		nice -n 10 go get "${gets[@]}" >>build.log 2>&1
 		local minor="${KUBERNETES_VERSION#v1.}"
 		minor="${minor%%.*}"
 		local ld="-s -w" pkgv
@@ -63,20 +67,25 @@ _install_kube() {
 			ld+=" -X $pkgv.gitVersion=$KUBERNETES_VERSION -X $pkgv.gitMajor=1 -X $pkgv.gitMinor=$minor"
 			ld+=" -X $pkgv.gitTreeState=clean -X $pkgv.buildDate=1970-01-01T00:00:00Z"
 		done
-		local cmd
-		for cmd in kube-apiserver kubectl; do
-			echo "== go build $cmd" >>build.log
+		for cmd in $KUBE_COMMANDS; do
+			# Already built by an earlier run with the same version (e.g. before the node
+			# commands were added): keep it, the stamp below covers the whole set.
+			if [[ -x "$TERN_BIN/$cmd" && -f "$KUBE_BUILD/.built-$cmd" && "$(cat "$KUBE_BUILD/.built-$cmd")" == "$KUBERNETES_VERSION $(go env GOVERSION)" ]]; then
+				continue
+			fi
+			echo "== go build $cmd ($(date +%T))" >>build.log
 			nice -n 10 go build -trimpath -ldflags "$ld" -o "$TERN_BIN/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd" >>build.log 2>&1
 			mv "$TERN_BIN/$cmd.tmp" "$TERN_BIN/$cmd"
+			printf '%s' "$KUBERNETES_VERSION $(go env GOVERSION)" >"$KUBE_BUILD/.built-$cmd"
 		done
 	) || {
 		heartbeat_stop
 		log_tail "$KUBE_BUILD/build.log" 40
-		die "building kube-apiserver/kubectl failed (log: $KUBE_BUILD/build.log)"
+		die "building $KUBE_COMMANDS failed (log: $KUBE_BUILD/build.log)"
 	}
 	heartbeat_stop
 	stamp_set "$KUBE_BUILD" "$key"
-	log "kube-apiserver + kubectl built in $(elapsed_since "$t0")s"
+	log "$KUBE_COMMANDS built in $(elapsed_since "$t0")s"
 }
 
 _install_helm() {
