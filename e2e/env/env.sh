@@ -18,5 +18,6 @@ export AWS_SECRET_ACCESS_KEY=$(q "${MINIO_ROOT_PASSWORD:-$MINIO_ROOT_PASSWORD_DE
 export AWS_REGION=us-east-1
 export AWS_ALLOW_HTTP=true
 export KUBECONFIG=$(q "$TERN_RUN/kube/kubeconfig")
+export TERN_CONTAINERD_SOCK=$(q "$TERN_RUN/node/containerd/containerd.sock")
 export PATH=$(q "$TERN_BIN"):\$PATH
 ENV

@@ -46,6 +46,24 @@ ALL_SERVICES="redis kafka cassandra etcd kube minio"
 # root only, changes routes/iptables/sysctls; `e2e/env/up.sh node`).
 EXTRA_SERVICES="node"
 
+# Address ranges of the Kubernetes node (services/node.sh); they exist only inside this machine.
+KUBE_SERVICE_CIDR="10.0.0.0/24"   # ClusterIPs (kube-apiserver --service-cluster-ip-range)
+KUBE_SERVICE_APISERVER_IP="10.0.0.1"
+KUBE_CLUSTER_DNS_IP="10.0.0.10"  # Service kube-system/kube-dns (CoreDNS)
+KUBE_POD_CIDR="10.244.0.0/16"     # blackholed (unreachable) except the node's /24 below
+KUBE_NODE_POD_SUBNET="10.244.0.0/24"
+KUBE_NODE_NAME="tern-node"        # mapped to 127.0.0.1 in /etc/hosts while the node runs
+
+# host_uplink: the interface of the default route (eth0 on these VMs).
+host_uplink() { ip -4 route show default | awk '{ for (i = 1; i < NF; i++) if ($i == "dev") { print $(i + 1); exit } }'; }
+# host_node_ip: the first IPv4 address of that interface (192.0.2.2 on these VMs).
+host_node_ip() {
+	local dev
+	dev="$(host_uplink)"
+	[[ -n "$dev" ]] || return 1
+	ip -4 -o addr show dev "$dev" scope global | awk '{ sub(/\/.*/, "", $4); print $4; exit }'
+}
+
 # Commands built from k8s.io/kubernetes by services/kube.sh (one build, one Go cache).
 KUBE_COMMANDS="kube-apiserver kubectl kube-controller-manager kube-scheduler kubelet kube-proxy"
 

@@ -6,13 +6,14 @@
 #   e2e/env/tool.sh nodetool status                Cassandra nodetool over local JMX (17199)
 #   e2e/env/tool.sh redis-cli ARGS...              redis-cli against 127.0.0.1:16379
 #   e2e/env/tool.sh kubectl|helm|etcd|minio ARGS... the binaries built into $TERN_CACHE/bin
+#   e2e/env/tool.sh ctr ARGS...                    containerd's ctr on the node's socket, namespace k8s.io
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 SVC=tool
 cmd="${1:-}"
 [[ -n "$cmd" ]] || {
-	sed -n '2,8p' "$0"
+	sed -n '2,9p' "$0"
 	exit 2
 }
 shift
@@ -56,6 +57,7 @@ XML
 redis-cli) exec redis-cli -h 127.0.0.1 -p "$REDIS_PORT" "$@" ;;
 kubectl) exec "$TERN_BIN/kubectl" --kubeconfig "$TERN_RUN/kube/kubeconfig" "$@" ;;
 helm) KUBECONFIG="$TERN_RUN/kube/kubeconfig" exec "$TERN_BIN/helm" "$@" ;;
-etcd | etcdctl | minio | kube-apiserver) exec "$TERN_BIN/$cmd" "$@" ;;
+etcd | etcdctl | minio | kube-apiserver | kube-controller-manager | kube-scheduler | kubelet | kube-proxy) exec "$TERN_BIN/$cmd" "$@" ;;
+ctr) exec ctr --address "$TERN_RUN/node/containerd/containerd.sock" -n k8s.io "$@" ;;
 *) die "unknown tool '$cmd'" ;;
 esac

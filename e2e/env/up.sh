@@ -4,6 +4,7 @@
 #   e2e/env/up.sh                   all services: redis kafka cassandra etcd kube minio
 #   e2e/env/up.sh redis kafka       just those
 #   e2e/env/up.sh --only-install    download/build everything, start nothing
+#   e2e/env/up.sh node              a real single-node Kubernetes cluster (root; not in the default set)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -15,12 +16,12 @@ for a in "$@"; do
 	case "$a" in
 	--only-install) only_install=1 ;;
 	-h | --help)
-		sed -n '2,7p' "$0"
+		sed -n '2,8p' "$0"
 		exit 0
 		;;
 	-*) die "unknown option $a" ;;
 	*)
-		[[ " $ALL_SERVICES " == *" $a "* ]] || die "unknown service '$a' (known: $ALL_SERVICES)"
+		[[ " $ALL_SERVICES $EXTRA_SERVICES " == *" $a "* ]] || die "unknown service '$a' (known: $ALL_SERVICES $EXTRA_SERVICES)"
 		services+=("$a")
 		;;
 	esac

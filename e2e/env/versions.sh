@@ -8,6 +8,10 @@
 # --- Debian packages (apt) -------------------------------------------------------------
 # Debian 12 ships redis-server 7.0.x; we take what apt has and record it.
 REDIS_APT_PACKAGES="redis-server redis-tools"
+# The Kubernetes node (services/node.sh): containerd 1.6.20, runc 1.1.5, CNI plugins 1.1.1 on
+# Debian 12; busybox-static 1.35.0 goes into the test image; nftables only to drop the empty
+# iptables tables kube-proxy leaves behind at `down`.
+NODE_APT_PACKAGES="containerd runc containernetworking-plugins busybox-static nftables gcc libc6-dev"
 
 # --- Maven Central -----------------------------------------------------------------------
 KAFKA_VERSION="4.1.1"              # org.apache.kafka:kafka_2.13 (KRaft only in 4.x)
@@ -26,4 +30,10 @@ ETCD_VERSION="v3.6.13"             # go.etcd.io/etcd/server/v3 (k8s 1.34 wants e
 KUBERNETES_VERSION="v1.34.4"       # k8s.io/kubernetes -> kube-apiserver + kubectl (k8s-openapi feature v1_34)
 KUBERNETES_STAGING_VERSION="v0.34.4"  # k8s.io/<staging> modules matching KUBERNETES_VERSION
 HELM_VERSION="v3.19.0"             # helm.sh/helm/v3/cmd/helm
+COREDNS_VERSION="v1.13.1"          # github.com/coredns/coredns (1.13.1 is built on client-go 0.34, the node's k8s line)
 MINIO_VERSION="v0.0.0-20260212201848-7aac2a2c5b7c"  # github.com/minio/minio (no semver tags: pseudo-version)
+
+# --- Images the node builds itself (e2e/env/node/oci-image.py), never pulled -----------------
+NODE_PAUSE_IMAGE="registry.k8s.io/pause:3.10.1"   # static C pause (e2e/env/node/pause.c); kubelet 1.34's default name
+NODE_COREDNS_IMAGE="tern.local/coredns:$COREDNS_VERSION"
+NODE_BUSYBOX_IMAGE="tern.local/busybox:1.35.0"     # Debian busybox-static (its wget segfaults; nc works)

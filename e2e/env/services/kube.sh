@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# kube-apiserver (envtest style: a real API server on etcd, no kubelet, no controllers),
-# kubectl and helm, all built from their Go modules into $TERN_CACHE/bin.
-# Admission: the defaults minus ServiceAccount (no token controller creates `default` SAs)
-# and StorageObjectInUseProtection (its finalizers would keep deleted PVCs/PVs Terminating
-# for ever: the controller that removes them is not running).
-# Secure port 127.0.0.1:16443; admin token in group system:masters; kubeconfig at
-# $TERN_CACHE/run/kube/kubeconfig. Starts etcd first if needed.
+# kube-apiserver on etcd, kubectl and helm, all built from their Go modules into
+# $TERN_CACHE/bin (the same build also makes the node's commands: kube-controller-manager,
+# kube-scheduler, kubelet, kube-proxy — see KUBE_COMMANDS in lib.sh).
+#
+# Two modes, chosen by the file run/kube/mode (written by services/node.sh):
+#  bare (default; envtest style: no kubelet, no controllers): bound to 127.0.0.1, admission
+#    = the defaults minus ServiceAccount (no token controller creates `default` SAs) and
+#    StorageObjectInUseProtection (its finalizers would keep deleted PVCs/PVs Terminating for
+#    ever: the controller that removes them is not running).
+#  node (`e2e/env/up.sh node`): advertises the node's address (the default route's interface,
+#    192.0.2.2 on these VMs) so the `kubernetes` Service gets endpoints, listens on all
+#    addresses (node.sh drops port 16443 arriving on the uplink), all default admission
+#    plugins + NodeRestriction, authorization Node,RBAC, a client certificate for kubelets.
+# `start` restarts a running API server whose mode differs from run/kube/mode.
+# Secure port 16443; admin token in group system:masters; kubeconfig at
+# $TERN_CACHE/run/kube/kubeconfig (https://127.0.0.1:16443 in both modes). Starts etcd first.
 set -euo pipefail
 # shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -16,6 +25,11 @@ KUBE_BUILD="$TERN_PKG/kube-$KUBERNETES_VERSION"
 HELM_BUILD="$TERN_PKG/helm-$HELM_VERSION"
 PKI_DIR="$RUN_DIR/pki"
 KUBECONFIG_FILE="$RUN_DIR/kubeconfig"
+MODE_FILE="$RUN_DIR/mode"                 # desired mode: "node" or absent (bare)
+MODE_RUNNING_FILE="$RUN_DIR/mode.running" # the mode the running API server was started in
+
+wanted_mode() { if [[ "$(cat "$MODE_FILE" 2>/dev/null)" == node ]]; then echo node; else echo bare; fi; }
+running_mode() { cat "$MODE_RUNNING_FILE" 2>/dev/null || echo bare; }
 
 do_install() {
 	with_lock kube-install _install_kube
@@ -130,6 +144,41 @@ EXT
 			rm -f apiserver.csr
 		)
 	fi
+	if [[ "$(wanted_mode)" == node ]]; then
+		local ip
+		ip="$(host_node_ip)" || die "no IPv4 address on the default route's interface"
+		# The serving certificate must name the advertised address (pods reach the API server
+		# through the `kubernetes` Service, whose endpoint is that address).
+		if ! openssl x509 -in "$PKI_DIR/apiserver.crt" -noout -ext subjectAltName 2>/dev/null | grep -q "IP Address:$ip\(,\|$\)"; then
+			log "serving certificate lacks IP:$ip: regenerating it (same CA)"
+			(
+				cd "$PKI_DIR"
+				openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
+					-subj "/CN=kube-apiserver" 2>/dev/null
+				cat >apiserver.ext <<EXT
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,IP:$KUBE_SERVICE_APISERVER_IP,IP:$ip,DNS:localhost,DNS:$KUBE_NODE_NAME,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+EXT
+				openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
+					-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+				rm -f apiserver.csr
+			)
+		fi
+		# The API server's client certificate for kubelets (logs, exec, port-forward).
+		if ! openssl verify -CAfile "$PKI_DIR/ca.crt" "$PKI_DIR/apiserver-kubelet-client.crt" >/dev/null 2>&1; then
+			(
+				cd "$PKI_DIR"
+				openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver-kubelet-client.key \
+					-out apiserver-kubelet-client.csr -subj "/O=system:masters/CN=kube-apiserver-kubelet-client" 2>/dev/null
+				printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth\n' >client.ext
+				openssl x509 -req -in apiserver-kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
+					-days 3650 -extfile client.ext -out apiserver-kubelet-client.crt 2>/dev/null
+				rm -f apiserver-kubelet-client.csr
+			)
+		fi
+	fi
 	if [[ ! -s "$PKI_DIR/admin.token" ]]; then
 		openssl rand -hex 24 >"$PKI_DIR/admin.token"
 	fi
@@ -165,23 +214,41 @@ do_launch() {
 	"$E2E_ENV_DIR/services/etcd.sh" start
 	SVC=kube
 	ensure_pki
+	local mode mode_args=()
+	mode="$(wanted_mode)"
+	if [[ "$mode" == node ]]; then
+		mode_args=(
+			--bind-address=0.0.0.0
+			--advertise-address="$(host_node_ip)"
+			--authorization-mode=Node,RBAC
+			--enable-admission-plugins=NodeRestriction
+			--kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt"
+			--kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key"
+		)
+	else
+		mode_args=(
+			--bind-address=127.0.0.1
+			--advertise-address=127.0.0.1
+			--authorization-mode=RBAC
+			--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection
+		)
+	fi
+	log "mode: $mode"
+	echo "$mode" >"$MODE_RUNNING_FILE"
 	start_daemon "$SVC_LOG" "$TERN_BIN/kube-apiserver" \
 		--etcd-servers="http://127.0.0.1:$ETCD_CLIENT_PORT" \
 		--etcd-prefix=/registry \
-		--bind-address=127.0.0.1 \
-		--advertise-address=127.0.0.1 \
+		"${mode_args[@]}" \
 		--secure-port="$KUBE_SECURE_PORT" \
 		--tls-cert-file="$PKI_DIR/apiserver.crt" \
 		--tls-private-key-file="$PKI_DIR/apiserver.key" \
 		--client-ca-file="$PKI_DIR/ca.crt" \
 		--token-auth-file="$PKI_DIR/tokens.csv" \
-		--authorization-mode=RBAC \
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$PKI_DIR/sa.pub" \
 		--service-account-signing-key-file="$PKI_DIR/sa.key" \
-		--service-cluster-ip-range=10.0.0.0/24 \
+		--service-cluster-ip-range="$KUBE_SERVICE_CIDR" \
 		--allow-privileged=true \
-		--disable-admission-plugins=ServiceAccount,StorageObjectInUseProtection \
 		--profiling=false \
 		--v="${TERN_KUBE_VERBOSITY:-1}"
 }
@@ -202,7 +269,13 @@ do_info() {
 	local v
 	v="$(curl -fsS --max-time 5 --cacert "$PKI_DIR/ca.crt" -H "Authorization: Bearer $token" \
 		"https://127.0.0.1:$KUBE_SECURE_PORT/version" | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p')"
-	echo "kube-apiserver $v, kubeconfig $KUBECONFIG_FILE"
+	echo "kube-apiserver $v, $(running_mode) mode, kubeconfig $KUBECONFIG_FILE"
 }
+
+# An API server running in the other mode is restarted by `start`.
+if [[ "${1:-}" == start ]] && is_running && [[ "$(running_mode)" != "$(wanted_mode)" ]]; then
+	log "running in $(running_mode) mode, wanted $(wanted_mode): restarting"
+	stop_pidfile "$PID_FILE" 60
+fi
 
 svc_main "$@"
