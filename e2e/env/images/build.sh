@@ -236,15 +236,15 @@ build_jre() {
 	[[ -x "$jh/bin/jlink" ]] || apt_install openjdk-17-jdk-headless
 	rm -rf "$WORK/jre"
 	mkdir -p "$ctx"
-	# Modules: what Kafka (broker + tools) and Cassandra (server + nodetool via JMX, jamm agent,
-	# snakeyaml's java.beans, jdk.attach/jdk.compiler named by its JPMS flags) use.
-	local mods=java.base,java.compiler,java.desktop,java.instrument,java.logging,java.management,java.management.rmi,java.naming,java.net.http,java.prefs,java.rmi,java.scripting,java.security.jgss,java.security.sasl,java.sql,java.transaction.xa,java.xml,jdk.attach,jdk.compiler,jdk.crypto.cryptoki,jdk.crypto.ec,jdk.httpserver,jdk.jfr,jdk.management,jdk.management.agent,jdk.naming.dns,jdk.net,jdk.security.auth,jdk.security.jgss,jdk.unsupported,jdk.zipfs,jdk.localedata
+	local mods
+	mods="$(grep -vE '^\s*(#|$)' "$IMAGES_DIR/jre/modules" | paste -sd, -)"
 	log "jre: jlink from $jh"
 	nice -n 10 "$jh/bin/jlink" --add-modules "$mods" --include-locales=en \
 		--strip-debug --no-man-pages --no-header-files --compress=2 --output "$ctx/jre"
 	# A class-data-sharing archive for the runtime's own classes (faster JVM start).
 	"$ctx/jre/bin/java" -Xshare:dump >/dev/null 2>&1 || true
 	cp "$IMAGES_DIR/jre/Containerfile" "$ctx/"
+	log "jre: $(du -sh "$ctx/jre" | cut -f1) runtime"
 	bud jre "$ctx" "$ctx/Containerfile"
 }
 
