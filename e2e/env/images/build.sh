@@ -201,7 +201,8 @@ build_base() {
 		log_tail "$w/debootstrap.log" 30
 		die "debootstrap failed (log: $w/debootstrap.log)"
 	}
-	"$IMAGES_DIR/base/slim.sh" "$rootfs"
+	log "base: apt-get upgrade (security + updates) and slimming"
+	SLIM_LOG="$w/slim.log" "$IMAGES_DIR/base/slim.sh" "$rootfs"
 	log "base: rootfs $(du -sh "$rootfs" | cut -f1); committing"
 	tar -C "$rootfs" --sort=name --numeric-owner --xattrs -cf "$w/rootfs.tar" .
 	local c
@@ -296,6 +297,9 @@ build_rust_image() {
 	log "$short: $bin ($(du -h "$bin" | cut -f1)) -> stripped $(du -h "$ctx/$binname" | cut -f1)"
 	bud "$short" "$ctx" "$dockerfile" --build-arg BINARY=prebuilt
 }
+
+build_chat_server() { build_rust_image chat-server; }
+build_operator() { build_rust_image operator; }
 
 # ---------------------------------------------------------------------------------------
 

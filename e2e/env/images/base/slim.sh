@@ -2,7 +2,7 @@
 # Slim a debootstrap'ed rootfs the way Debian's official `debian:<suite>-slim` images are:
 # dpkg path excludes for docs/man/locales, apt configured like the docker images (no caches,
 # no translations, gzip'ed indexes, lists removed), no host files (resolv.conf, hostname).
-# Usage: slim.sh ROOTFS
+# Usage: [SLIM_LOG=file] slim.sh ROOTFS
 set -euo pipefail
 r="$1"
 [[ -d "$r/etc/apt" ]] || { echo "slim.sh: $r is not a Debian rootfs" >&2; exit 1; }
@@ -47,6 +47,16 @@ printf 'Apt::AutoRemove::SuggestsImportant "false";\n' >"$r/etc/apt/apt.conf.d/d
 # policy-rc.d: never start services from maintainer scripts inside a build
 printf '#!/bin/sh\nexit 101\n' >"$r/usr/sbin/policy-rc.d"
 chmod 755 "$r/usr/sbin/policy-rc.d"
+
+# security and point-release updates (debootstrap installs the suite only), in a private
+# mount namespace so /proc and resolv.conf never leak out of the chroot
+cp /etc/resolv.conf "$r/etc/resolv.conf"
+unshare --mount --fork sh -ec '
+	mount -t proc proc "$1/proc"
+	DEBIAN_FRONTEND=noninteractive chroot "$1" apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive chroot "$1" apt-get -y -qq -o Dpkg::Options::=--force-confold upgrade
+	umount "$1/proc"
+' sh "$r" >"${SLIM_LOG:-/dev/stderr}" 2>&1 || { echo "slim.sh: apt-get upgrade in the chroot failed${SLIM_LOG:+ (log: $SLIM_LOG)}" >&2; exit 1; }
 
 # what the package excludes would have kept out of the bootstrap itself
 find "$r/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
