@@ -11,7 +11,7 @@ use crate::resources::config::{self, checksum, config_env, referenced_secrets};
 use crate::resources::dependencies::{self, managed};
 use crate::resources::{FIELD_MANAGER, edge, pdb, role, selector_string, setup_job};
 use crate::scrape::{self, SCRAPE_TARGETS_ANNOTATION, Sample, Target};
-use crate::status::{self, Observed, Setup, Workload};
+use crate::status::{self, Gate, Observed, Setup, Workload};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -288,6 +288,10 @@ impl<'a> Reconciler<'a> {
                 dependencies: previous.dependencies.clone(),
                 workloads: vec![],
                 setup: Setup::Running,
+                gate: Gate::Held {
+                    reason: "Blocked",
+                    message: "waiting for Secrets".into(),
+                },
             };
             let mut status = previous.clone();
             self.finish_status(&mut status, &obs).await?;
@@ -301,41 +305,60 @@ impl<'a> Reconciler<'a> {
 
         // 3. Managed dependencies (and removal of ones switched to external).
         let mut dep_status = Vec::new();
+        let mut managed_redis_ready = None;
         for dep in Dependency::ALL {
-            dep_status.push(self.dependency(dep, &secret_data).await?);
+            let (st, ready_pods) = self.dependency(dep, &secret_data).await?;
+            if dep == Dependency::Redis {
+                managed_redis_ready = ready_pods;
+            }
+            dep_status.push(st);
         }
         if let Some(pvc) = dependencies::media_pvc(c) {
             self.apply(&pvc).await?;
         }
 
-        // 4. Schema and topic setup.
-        let setup = self.setup(&sum).await?;
+        // 4. Schema and topic setup, after the dependency StatefulSets exist (the Job's
+        //    chat-server waits for them to answer).
+        let (setup, setup_requeue) = self.setup(&sum).await?;
+        let gate = status::roles_gate(&setup, managed_redis_ready);
 
         // 5. Edge replicas: the autoscaler's decision or the spec.
         let mut edge_status = EdgeStatus {
             selector: selector_string(c, Role::Edge.as_str()),
             ..previous.edge.clone()
         };
-        let requeue = self.edge_scaling(&mut edge_status).await?;
+        let mut requeue = self.edge_scaling(&mut edge_status).await?;
+        if let Some(r) = setup_requeue {
+            requeue = requeue.min(r);
+        }
 
-        // 6. The roles.
+        // 6. The roles: applied only through an open gate; while it is held, existing
+        //    Deployments keep their template and pods (the edge still gets its replica
+        //    count) and missing ones are not created.
+        if let Gate::Held { reason, .. } = &gate {
+            debug!(reason, "role Deployments held");
+        }
         let mut workloads = Vec::new();
         for r in Role::ALL {
             let replicas = match r {
                 Role::Edge => edge_status.desired_replicas,
                 _ => role::spec_replicas(c, r),
             };
-            let applied = self.apply(&role::deployment(c, r, replicas, &sum)).await?;
-            let w = deployment_state(&applied);
-            if r == Role::Edge {
-                edge_status.replicas = applied
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.replicas)
-                    .unwrap_or(0);
-                edge_status.ready_replicas = w.ready;
+            let live = match gate {
+                Gate::Open => Some(self.apply(&role::deployment(c, r, replicas, &sum)).await?),
+                Gate::Held { .. } => self.held_deployment(r, replicas).await?,
+            };
+            if let Some(d) = &live {
+                let w = deployment_state(d);
+                if r == Role::Edge {
+                    edge_status.replicas = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                    edge_status.ready_replicas = w.ready;
+                }
+                workloads.push(w);
+            } else if r == Role::Edge {
+                edge_status.replicas = 0;
+                edge_status.ready_replicas = 0;
             }
-            workloads.push(w);
             let max_unavailable = match r {
                 Role::Edge => c.spec.edge.pod_disruption_budget.max_unavailable,
                 _ => 1,
@@ -364,6 +387,7 @@ impl<'a> Reconciler<'a> {
             dependencies: dep_status,
             workloads,
             setup,
+            gate,
         };
         let mut status = ChatClusterStatus {
             endpoint: Some(edge::websocket_endpoint(c)),
@@ -416,12 +440,35 @@ impl<'a> Reconciler<'a> {
         Ok((data, problems))
     }
 
-    /// Apply a managed dependency (or remove a formerly managed one) and report readiness.
+    /// A role Deployment while the gate is held: the live one, untouched except that the edge
+    /// follows `replicas` (a merge patch of `spec.replicas` only, so the template stays);
+    /// `None` when it does not exist (it is not created).
+    async fn held_deployment(&self, r: Role, replicas: i32) -> Result<Option<Deployment>> {
+        let name = self.cluster.role_name(r);
+        let api = self.api::<Deployment>();
+        let Some(d) = api.get_opt(&name).await? else {
+            return Ok(None);
+        };
+        let live = d.spec.as_ref().and_then(|s| s.replicas);
+        if r != Role::Edge || live == Some(replicas) {
+            return Ok(Some(d));
+        }
+        info!(deployment = %name, from = ?live, to = replicas, "scaling the edge while its template is held");
+        let pp = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        let patch = serde_json::json!({"spec": {"replicas": replicas}});
+        Ok(Some(api.patch(&name, &pp, &Patch::Merge(&patch)).await?))
+    }
+
+    /// Apply a managed dependency (or remove a formerly managed one) and report readiness,
+    /// plus its ready pods when it is managed.
     async fn dependency(
         &self,
         dep: Dependency,
         secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
-    ) -> Result<DependencyStatus> {
+    ) -> Result<(DependencyStatus, Option<i32>)> {
         let c = self.cluster;
         let name = dep.as_str().to_string();
         if let Some(m) = managed(c, dep) {
@@ -434,12 +481,13 @@ impl<'a> Reconciler<'a> {
                 .as_ref()
                 .and_then(|s| s.ready_replicas)
                 .unwrap_or(0);
-            return Ok(DependencyStatus {
+            let st = DependencyStatus {
                 name,
                 mode: "managed".into(),
                 ready: ready >= want,
                 message: format!("{ready}/{want} pods ready"),
-            });
+            };
+            return Ok((st, Some(ready)));
         }
         self.delete_owned::<StatefulSet>(&c.dependency_name(dep))
             .await?;
@@ -481,38 +529,84 @@ impl<'a> Reconciler<'a> {
                 Ok(m) => (true, m),
                 Err(e) => (false, format!("unreachable: {e}")),
             };
-        Ok(DependencyStatus {
+        let st = DependencyStatus {
             name,
             mode: "external".into(),
             ready,
             message,
-        })
+        };
+        Ok((st, None))
     }
 
-    /// Create the setup Job for this configuration if missing; once it succeeded, delete the
-    /// Jobs of earlier configurations.
-    async fn setup(&self, sum: &str) -> Result<Setup> {
+    /// Create the setup Job for this configuration if missing; replace a Failed one once its
+    /// retry delay has passed (until then it stays for `kubectl describe`/`logs`); once it
+    /// succeeded, delete the Jobs of earlier configurations. Also returns when to look again
+    /// (a retry due).
+    async fn setup(&self, sum: &str) -> Result<(Setup, Option<Duration>)> {
         let c = self.cluster;
-        let job = setup_job::setup_job(c, sum);
+        let job = setup_job::setup_job(c, sum, 1);
         let name = job.metadata.name.clone().unwrap_or_default();
         let api = self.api::<Job>();
         let current = match api.get_opt(&name).await? {
+            // A failed attempt being replaced; the next one is created when it is gone.
+            Some(j) if j.metadata.deletion_timestamp.is_some() => {
+                return Ok((Setup::Running, Some(Duration::from_secs(2))));
+            }
             Some(j) => j,
             None => {
                 info!(job = %name, "starting schema and topic setup");
                 self.apply(&job).await?
             }
         };
-        let state = job_state(&current);
-        if state == Setup::Succeeded {
-            let lp = ListParams::default().labels(&selector_string(c, "setup"));
-            for old in api.list(&lp).await? {
-                if old.name_any() != name {
-                    self.delete_owned::<Job>(&old.name_any()).await?;
+        match job_state(&current) {
+            Setup::Succeeded => {
+                let lp = ListParams::default().labels(&selector_string(c, "setup"));
+                for old in api.list(&lp).await? {
+                    if old.name_any() != name {
+                        self.delete_owned::<Job>(&old.name_any()).await?;
+                    }
                 }
+                Ok((Setup::Succeeded, None))
+            }
+            Setup::Running => Ok((Setup::Running, None)),
+            Setup::Failed(why) => {
+                let attempt = setup_job::attempt(&current);
+                let delay = setup_job::retry_delay(attempt);
+                let now = Timestamp::now();
+                let failed_at = failed_since(&current).unwrap_or(now);
+                let waited = now.duration_since(failed_at).as_secs().max(0);
+                let left = delay.as_secs().saturating_sub(waited.unsigned_abs());
+                if left == 0 {
+                    warn!(job = %name, attempt, cause = %why, "setup failed; starting the next attempt");
+                    self.event(
+                        EventType::Warning,
+                        "SetupRetry",
+                        "Setup",
+                        format!("{why}; starting attempt {}", attempt + 1),
+                    )
+                    .await;
+                    self.delete_owned::<Job>(&name).await?;
+                    if api.get_opt(&name).await?.is_some() {
+                        return Ok((Setup::Running, Some(Duration::from_secs(2))));
+                    }
+                    self.apply(&setup_job::setup_job(c, sum, attempt + 1))
+                        .await?;
+                    return Ok((Setup::Running, None));
+                }
+                let next = failed_at
+                    .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(
+                        delay.as_secs() as i64,
+                    ))
+                    .unwrap_or(now);
+                Ok((
+                    Setup::Failed(format!(
+                        "{why} (attempt {attempt}); attempt {} starts at {next}",
+                        attempt + 1,
+                    )),
+                    Some(Duration::from_secs(left)),
+                ))
             }
         }
-        Ok(state)
     }
 
     /// Scrape the edge pods when due, run the autoscaler, set `desired_replicas`,
@@ -799,6 +893,19 @@ pub fn job_state(job: &Job) -> Setup {
     } else {
         Setup::Running
     }
+}
+
+/// When a Job got its `Failed` condition.
+fn failed_since(job: &Job) -> Option<Timestamp> {
+    job.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "Failed" && c.status == "True")?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
 }
 
 fn random_hex(bytes: usize) -> String {

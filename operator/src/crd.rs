@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
     status = "ChatClusterStatus",
     shortname = "chat",
     category = "tern",
-    doc = "A Tern chat platform: edge, delivery and presence roles of chat-server plus Kafka, ScyllaDB and Redis (external or managed).",
+    doc = "A Tern chat platform: edge, delivery and presence roles of chat-server plus Kafka, a CQL store (ScyllaDB or Cassandra) and Redis (external or managed).",
     scale(
         spec_replicas_path = ".spec.edge.replicas",
         status_replicas_path = ".status.edge.replicas",
@@ -91,7 +91,9 @@ pub struct ChatClusterSpec {
     pub presence: RoleSpec,
     /// The message log (Kafka).
     pub kafka: KafkaSpec,
-    /// The message store (ScyllaDB or any Cassandra-compatible CQL server).
+    /// The CQL store that keeps the messages: ScyllaDB or Apache Cassandra (or any
+    /// Cassandra-compatible server). The field is named `scylla` for compatibility; it means
+    /// "the CQL store" whichever engine runs it.
     pub scylla: ScyllaSpec,
     /// Routing, presence and recent-message cache (Redis).
     pub redis: RedisSpec,
@@ -481,19 +483,63 @@ pub struct ExternalKafka {
     pub credentials_secret_ref: Option<SecretRef>,
 }
 
-/// ScyllaDB: exactly one of `external` or `managed`.
+/// The CQL server a managed `spec.scylla` runs.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum CqlEngine {
+    #[default]
+    Scylla,
+    Cassandra,
+}
+
+impl CqlEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CqlEngine::Scylla => "scylla",
+            CqlEngine::Cassandra => "cassandra",
+        }
+    }
+}
+
+/// A managed CQL store: the common managed settings plus the engine.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ManagedCqlSpec {
+    /// Which CQL server the StatefulSet runs: `scylla` (ScyllaDB, `scylladb/scylla`) or
+    /// `cassandra` (Apache Cassandra, the official `cassandra` image). Both serve CQL on 9042
+    /// in the datacenter `datacenter1`. Cannot be changed later: the data on the volumes
+    /// belongs to the engine that wrote it.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("engine cannot be changed: the data on the volumes belongs to the engine that wrote it"))]
+    pub engine: CqlEngine,
+    /// Pods, image, storage and resources, as for the other managed dependencies.
+    #[serde(flatten)]
+    pub common: ManagedSpec,
+}
+
+impl std::ops::Deref for ManagedCqlSpec {
+    type Target = ManagedSpec;
+    fn deref(&self) -> &ManagedSpec {
+        &self.common
+    }
+}
+
+/// The CQL store: exactly one of `external` or `managed`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of scylla.external or scylla.managed must be set").reason(Reason::FieldValueRequired)
 )]
 pub struct ScyllaSpec {
-    /// An existing ScyllaDB (or Cassandra) cluster.
+    /// An existing ScyllaDB or Cassandra cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalScylla>,
-    /// A ScyllaDB StatefulSet run by the operator.
+    /// A CQL StatefulSet run by the operator: ScyllaDB (default) or Apache Cassandra
+    /// (`engine`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub managed: Option<ManagedSpec>,
+    pub managed: Option<ManagedCqlSpec>,
     /// Keyspace (`CHAT_SCYLLA_KEYSPACE`); default: the cluster name with `-` and `.` as `_`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_]{0,47}$"))]
@@ -612,7 +658,7 @@ pub struct ChatClusterStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded` and `DependenciesReady`.
+    /// `Ready`, `Progressing`, `Degraded`, `DependenciesReady` and `SetupComplete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// In-cluster WebSocket URL of the edge Service.
@@ -621,7 +667,7 @@ pub struct ChatClusterStatus {
     /// Edge replicas and connections.
     #[serde(default)]
     pub edge: EdgeStatus,
-    /// Readiness of Kafka, ScyllaDB and Redis.
+    /// Readiness of Kafka, the CQL store (`scylla`) and Redis.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dependencies: Vec<DependencyStatus>,
     /// Checksum of the configuration and secrets the pods run with.

@@ -8,6 +8,7 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 pub const DEPENDENCIES_READY: &str = "DependenciesReady";
+pub const SETUP_COMPLETE: &str = "SetupComplete";
 
 /// A workload (Deployment or StatefulSet) as seen in its status.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +35,43 @@ pub enum Setup {
     Failed(String),
 }
 
+/// Whether the role Deployments may be applied (created, or updated to a new template) in
+/// this reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// Held: existing role Deployments keep their template (only the edge replica count still
+    /// follows the spec or the autoscaler) and missing ones are not created. `reason` is
+    /// `WaitingForSetup`, `SetupFailed` or `WaitingForRedis`.
+    Held {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The gating decision, pure. Roles start only after the setup Job of the configuration in
+/// force succeeded (the keyspace, tables and topic exist, so Kafka and CQL answered), and,
+/// with a managed Redis, once its pod is ready: chat-server exits when Redis stays
+/// unreachable for 60 s at start. `managed_redis_ready`: ready Redis pods, `None` when Redis
+/// is external (its reachability is only reported, see `DependenciesReady`).
+pub fn roles_gate(setup: &Setup, managed_redis_ready: Option<i32>) -> Gate {
+    match setup {
+        Setup::Running => Gate::Held {
+            reason: "WaitingForSetup",
+            message: "role Deployments wait for the schema and topic setup Job of the current configuration".into(),
+        },
+        Setup::Failed(m) => Gate::Held {
+            reason: "SetupFailed",
+            message: format!("role Deployments are held: {m}"),
+        },
+        Setup::Succeeded if managed_redis_ready.is_some_and(|n| n < 1) => Gate::Held {
+            reason: "WaitingForRedis",
+            message: "role Deployments wait for the managed Redis pod to be ready".into(),
+        },
+        Setup::Succeeded => Gate::Open,
+    }
+}
+
 /// Everything the conditions depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
@@ -43,6 +81,7 @@ pub struct Observed {
     pub dependencies: Vec<DependencyStatus>,
     pub workloads: Vec<Workload>,
     pub setup: Setup,
+    pub gate: Gate,
 }
 
 fn cond(type_: &str, ok: bool, reason: &str, message: String, generation: i64) -> Condition {
@@ -56,7 +95,7 @@ fn cond(type_: &str, ok: bool, reason: &str, message: String, generation: i64) -
     }
 }
 
-/// The four conditions, keeping `lastTransitionTime` from `previous` when the status is the
+/// The five conditions, keeping `lastTransitionTime` from `previous` when the status is the
 /// same and using `now` otherwise.
 pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Condition> {
     let g = obs.generation;
@@ -135,16 +174,12 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
             "waiting for Secrets".into(),
             g,
         )
+    } else if let Gate::Held { reason, message } = &obs.gate {
+        // Waiting is progress; a failed setup is not (it needs a look, and is retried).
+        let waiting = *reason != "SetupFailed";
+        cond(PROGRESSING, waiting, reason, message.clone(), g)
     } else if !pending.is_empty() {
         cond(PROGRESSING, true, "RollingOut", pending.join("; "), g)
-    } else if obs.setup == Setup::Running {
-        cond(
-            PROGRESSING,
-            true,
-            "SetupRunning",
-            "schema and topic setup Job is running".into(),
-            g,
-        )
     } else {
         cond(
             PROGRESSING,
@@ -187,7 +222,35 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         cond(READY, true, "AllReady", "all roles are ready".into(), g)
     };
 
-    [ready, progressing, degraded, deps]
+    let setup = if !obs.secret_problems.is_empty() {
+        cond(
+            SETUP_COMPLETE,
+            false,
+            "MissingSecret",
+            "waiting for Secrets".into(),
+            g,
+        )
+    } else {
+        match &obs.setup {
+            Setup::Succeeded => cond(
+                SETUP_COMPLETE,
+                true,
+                "SetupSucceeded",
+                "keyspace, tables and topic are set up for the current configuration".into(),
+                g,
+            ),
+            Setup::Running => cond(
+                SETUP_COMPLETE,
+                false,
+                "SetupRunning",
+                "the setup Job of the current configuration has not completed".into(),
+                g,
+            ),
+            Setup::Failed(m) => cond(SETUP_COMPLETE, false, "SetupFailed", m.clone(), g),
+        }
+    };
+
+    [ready, progressing, degraded, deps, setup]
         .into_iter()
         .map(|mut c| {
             c.last_transition_time = previous
@@ -243,6 +306,7 @@ mod tests {
             ],
             workloads: vec![wl("chat-edge", 2, 2), wl("chat-delivery", 1, 1)],
             setup: Setup::Succeeded,
+            gate: Gate::Open,
         }
     }
 
@@ -302,14 +366,47 @@ mod tests {
         let c = conditions(&o, &[], t(10));
         assert_eq!(get(&c, PROGRESSING), ("True", "RollingOut"));
         assert_eq!(get(&c, READY), ("False", "PodsNotReady"));
+        assert_eq!(get(&c, SETUP_COMPLETE), ("True", "SetupSucceeded"));
         let mut o = base();
         o.setup = Setup::Running;
+        o.gate = roles_gate(&o.setup, None);
         let c = conditions(&o, &[], t(10));
         assert_eq!(get(&c, READY), ("False", "SetupNotComplete"));
-        assert_eq!(get(&c, PROGRESSING), ("True", "SetupRunning"));
-        o.setup = Setup::Failed("BackoffLimitExceeded".into());
+        assert_eq!(get(&c, PROGRESSING), ("True", "WaitingForSetup"));
+        assert_eq!(get(&c, SETUP_COMPLETE), ("False", "SetupRunning"));
+        o.setup = Setup::Failed("setup Job chat-setup-1 failed: BackoffLimitExceeded".into());
+        o.gate = roles_gate(&o.setup, None);
         let c = conditions(&o, &[], t(10));
         assert_eq!(get(&c, DEGRADED), ("True", "SetupFailed"));
+        assert_eq!(get(&c, READY), ("False", "SetupFailed"));
+        assert_eq!(get(&c, PROGRESSING), ("False", "SetupFailed"));
+        let m = &find(&c, SETUP_COMPLETE).unwrap().message;
+        assert!(m.contains("BackoffLimitExceeded"), "{m}");
+    }
+
+    #[test]
+    fn roles_wait_for_setup_and_managed_redis() {
+        let held = |setup: &Setup, redis: Option<i32>| match roles_gate(setup, redis) {
+            Gate::Open => None,
+            Gate::Held { reason, .. } => Some(reason),
+        };
+        // Only a succeeded setup opens the gate…
+        assert_eq!(held(&Setup::Succeeded, None), None);
+        assert_eq!(held(&Setup::Running, None), Some("WaitingForSetup"));
+        assert_eq!(
+            held(&Setup::Failed("boom".into()), None),
+            Some("SetupFailed")
+        );
+        // …and with a managed Redis, its ready pod.
+        assert_eq!(held(&Setup::Succeeded, Some(0)), Some("WaitingForRedis"));
+        assert_eq!(held(&Setup::Succeeded, Some(1)), None);
+        assert_eq!(held(&Setup::Running, Some(1)), Some("WaitingForSetup"));
+        // A held gate wins over an unfinished rollout in Progressing.
+        let mut o = base();
+        o.workloads[0].ready = 0;
+        o.gate = roles_gate(&Setup::Succeeded, Some(0));
+        let c = conditions(&o, &[], t(10));
+        assert_eq!(get(&c, PROGRESSING), ("True", "WaitingForRedis"));
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Shared parts of the managed dependencies (Kafka, ScyllaDB, Redis): the StatefulSet
+//! Shared parts of the managed dependencies (Kafka, the CQL store, Redis): the StatefulSet
 //! skeleton with a volume claim template, the client and headless Services, and the media PVC.
-//! The per-dependency details are in [`kafka`], [`scylla`] and [`redis`].
+//! The per-dependency details are in [`kafka`], [`scylla`] / [`cassandra`] (the CQL store's
+//! two engines) and [`redis`].
 
+pub mod cassandra;
 pub mod kafka;
 pub mod redis;
 pub mod scylla;
 
 use super::{meta, selector, selector_labels};
-use crate::crd::{ChatCluster, Dependency, ManagedSpec, StorageSpec};
+use crate::crd::{ChatCluster, CqlEngine, Dependency, ManagedSpec, StorageSpec};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSpec, PodTemplateSpec, Service,
-    ServicePort, ServiceSpec, VolumeResourceRequirements,
+    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -31,16 +33,33 @@ pub struct Managed {
 /// Desired objects of a managed dependency, or `None` when it is external.
 pub fn managed(cluster: &ChatCluster, dep: Dependency) -> Option<Managed> {
     let m = managed_spec(cluster, dep)?;
-    let (container, ports) = match dep {
-        Dependency::Kafka => kafka::container(cluster, m),
-        Dependency::Scylla => scylla::container(cluster, m),
-        Dependency::Redis => redis::container(m),
+    let mut pod = PodSettings {
+        security: None,
+        termination_grace_seconds: 60,
+    };
+    let (container, ports) = match (dep, cql_engine(cluster)) {
+        (Dependency::Kafka, _) => kafka::container(cluster, m),
+        (Dependency::Scylla, Some(CqlEngine::Cassandra)) => {
+            pod = PodSettings {
+                security: Some(cassandra::pod_security()),
+                termination_grace_seconds: cassandra::TERMINATION_GRACE_SECONDS,
+            };
+            cassandra::container(cluster, m)
+        }
+        (Dependency::Scylla, _) => scylla::container(cluster, m),
+        (Dependency::Redis, _) => redis::container(m),
     };
     Some(Managed {
-        statefulset: statefulset(cluster, dep, m, container),
+        statefulset: statefulset(cluster, dep, m, container, pod),
         service: service(cluster, dep, &ports, false),
         headless: service(cluster, dep, &ports, true),
     })
+}
+
+/// Pod-level settings that differ between dependencies.
+struct PodSettings {
+    security: Option<PodSecurityContext>,
+    termination_grace_seconds: i64,
 }
 
 /// `spec.<dep>.managed`.
@@ -48,9 +67,14 @@ pub fn managed_spec(cluster: &ChatCluster, dep: Dependency) -> Option<&ManagedSp
     let s = &cluster.spec;
     match dep {
         Dependency::Kafka => s.kafka.managed.as_ref(),
-        Dependency::Scylla => s.scylla.managed.as_ref(),
+        Dependency::Scylla => s.scylla.managed.as_ref().map(|m| &m.common),
         Dependency::Redis => s.redis.managed.as_ref(),
     }
+}
+
+/// The engine of a managed CQL store (`None`: external).
+pub fn cql_engine(cluster: &ChatCluster) -> Option<CqlEngine> {
+    cluster.spec.scylla.managed.as_ref().map(|m| m.engine)
 }
 
 fn pvc_spec(storage: &StorageSpec, access: &str) -> PersistentVolumeClaimSpec {
@@ -73,6 +97,7 @@ fn statefulset(
     dep: Dependency,
     m: &ManagedSpec,
     container: Container,
+    pod: PodSettings,
 ) -> StatefulSet {
     let component = dep.as_str();
     StatefulSet {
@@ -92,7 +117,8 @@ fn statefulset(
                     containers: vec![container],
                     automount_service_account_token: Some(false),
                     enable_service_links: Some(false),
-                    termination_grace_period_seconds: Some(60),
+                    termination_grace_period_seconds: Some(pod.termination_grace_seconds),
+                    security_context: pod.security,
                     ..Default::default()
                 }),
             },
@@ -199,6 +225,42 @@ mod tests {
             assert!(m.service.spec.unwrap().cluster_ip.is_none());
             assert_eq!(m.statefulset.metadata.owner_references.unwrap().len(), 1);
         }
+    }
+
+    #[test]
+    fn cql_engine_picks_the_container_and_pod_settings() {
+        let pod_of = |engine: Option<&str>| {
+            let mut cql = serde_json::json!({"replicas": 3});
+            if let Some(e) = engine {
+                cql["engine"] = serde_json::json!(e);
+            }
+            let c = testing::cluster(serde_json::json!({
+                "image": "i", "kafka": {"managed": {}}, "scylla": {"managed": cql},
+                "redis": {"managed": {}}
+            }));
+            let ss = managed(&c, Dependency::Scylla).unwrap().statefulset;
+            let spec = ss.spec.unwrap();
+            assert_eq!(spec.replicas, Some(3));
+            assert_eq!(
+                ss.metadata.name.as_deref(),
+                Some("chat-scylla"),
+                "same names with either engine"
+            );
+            spec.template.spec.unwrap()
+        };
+        let scylla = pod_of(None);
+        assert_eq!(scylla.containers[0].name, "scylla");
+        assert!(scylla.security_context.is_none());
+        assert_eq!(scylla.termination_grace_period_seconds, Some(60));
+        assert_eq!(pod_of(Some("scylla")), scylla);
+
+        let cassandra = pod_of(Some("cassandra"));
+        assert_eq!(cassandra.containers[0].name, "cassandra");
+        assert_eq!(
+            cassandra.security_context.as_ref().unwrap().fs_group,
+            Some(999)
+        );
+        assert!(cassandra.termination_grace_period_seconds.unwrap() >= 120);
     }
 
     #[test]

@@ -189,6 +189,11 @@ async fn edge_replicas_follow_real_websocket_connections() {
             "scaleDownMaxStep": 1, "scaleDownPeriodSeconds": 1, "scrapeIntervalSeconds": 1}}
     });
     env.apply_cluster("scale", spec.clone()).await;
+    // Roles start after the setup Job succeeded and the managed Redis is ready; nothing runs
+    // them here, so the test reports both (as the Job and StatefulSet controllers would).
+    env.complete_setup("scale").await;
+    env.mark_statefulsets_ready().await;
+    env.poke("scale").await;
     let deploy = env
         .wait(
             "scale",

@@ -129,7 +129,16 @@ async fn two_operator_processes_one_leader_and_hand_over_on_sigterm() {
         || async { leading(&http, next).await?.then_some(()) },
     )
     .await;
+    // Roles start once setup succeeded (the test plays the Job controller).
+    env.complete_setup("chat").await;
     let deps = env.api::<Deployment>();
+    env.wait(
+        "chat",
+        "the edge Deployment",
+        Duration::from_secs(30),
+        || async { deps.get_opt("chat-edge").await.ok()? },
+    )
+    .await;
     deps.delete("chat-edge", &DeleteParams::background())
         .await
         .unwrap();

@@ -190,21 +190,26 @@ async fn operator_works_with_only_the_charts_rbac() {
         || async {
             let c = env.api::<ChatCluster>().get("rbac").await.ok()?;
             let st = c.status?;
-            (st.conditions.len() == 4 && st.observed_generation == c.metadata.generation)
+            (st.conditions.len() == 5 && st.observed_generation == c.metadata.generation)
                 .then_some(())
         },
     )
     .await;
+    // Roles start after setup and a ready Redis (the test plays the Job and StatefulSet
+    // controllers; the operator's reaction goes through its watches).
+    env.complete_setup("rbac").await;
+    env.mark_statefulsets_ready().await;
     let ours = ListParams::default().labels("app.kubernetes.io/managed-by=tern-operator");
-    assert_eq!(
-        env.api::<Deployment>()
-            .list(&ours)
-            .await
-            .unwrap()
-            .items
-            .len(),
-        3
-    );
+    env.wait(
+        "rbac",
+        "three role Deployments",
+        Duration::from_secs(30),
+        || async {
+            let n = env.api::<Deployment>().list(&ours).await.ok()?.items.len();
+            (n == 3).then_some(())
+        },
+    )
+    .await;
     assert_eq!(
         env.api::<StatefulSet>()
             .list(&ListParams::default())

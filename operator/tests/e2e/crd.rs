@@ -44,6 +44,22 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
     assert_eq!(created.spec.edge.replicas, 2);
     assert_eq!(created.spec.edge.drain.timeout_seconds, 20);
     assert_eq!(created.spec.kafka.partitions, 32);
+    assert_eq!(
+        created.spec.scylla.managed.as_ref().unwrap().engine,
+        tern_operator::crd::CqlEngine::Scylla,
+        "the managed CQL engine defaults to scylla"
+    );
+    let cassandra = json!({"image": "i:1", "kafka": {"managed": {}}, "scylla": {"managed": {"engine": "cassandra", "replicas": 3}}, "redis": {"managed": {}}});
+    let created = try_create(&env, cassandra)
+        .await
+        .expect("engine cassandra is valid");
+    let m = created.spec.scylla.managed.unwrap();
+    assert_eq!(m.engine, tern_operator::crd::CqlEngine::Cassandra);
+    assert_eq!(m.replicas, 3);
+    assert_eq!(
+        m.storage.size, "10Gi",
+        "flattened fields keep their defaults"
+    );
 
     let cases = [
         (
@@ -81,6 +97,10 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
                    "edge": {"service": {"type": "Ingress"}}}),
             "Unsupported value",
         ),
+        (
+            json!({"image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {"engine": "mysql"}}, "redis": {"managed": {}}}),
+            "Unsupported value",
+        ),
     ];
     for (spec, want) in cases {
         let err = try_create(&env, spec.clone())
@@ -109,6 +129,16 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
     assert!(
         err.to_string()
             .contains("minReplicas must not exceed maxReplicas"),
+        "{err}"
+    );
+    // The CQL engine of a managed store is fixed once set (the volumes hold its data).
+    let switch = json!({"spec": {"scylla": {"managed": {"engine": "cassandra"}}}});
+    let err = api
+        .patch("c", &PatchParams::default(), &Patch::Merge(&switch))
+        .await
+        .expect_err("changing the engine must be rejected");
+    assert!(
+        err.to_string().contains("engine cannot be changed"),
         "{err}"
     );
 }

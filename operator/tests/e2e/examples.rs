@@ -88,7 +88,7 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
             || async {
                 let c = env.api::<ChatCluster>().get(&name).await.ok()?;
                 let st = c.status?;
-                (st.conditions.len() == 4 && st.observed_generation == c.metadata.generation)
+                (st.conditions.len() == 5 && st.observed_generation == c.metadata.generation)
                     .then_some(st)
             },
         )
@@ -103,6 +103,35 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
             .selector
             .contains("app.kubernetes.io/component=edge")
     );
+    // No role starts before the setup Job succeeded (and, with a managed Redis, before its
+    // pod is ready): nothing here runs Jobs or pods, so the test plays the Job controller and
+    // the StatefulSet controller.
+    env.wait_condition(&name, "Progressing", "True", "WaitingForSetup")
+        .await;
+    assert!(
+        env.api::<Deployment>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "{file}: role Deployments before setup"
+    );
+    if managed > 0 {
+        let msg = env
+            .wait_condition(&name, "DependenciesReady", "False", "DependencyNotReady")
+            .await;
+        assert!(msg.contains("0/"), "{msg}");
+    }
+    env.complete_setup(&name).await;
+    if c.spec.redis.managed.is_some() {
+        env.wait_condition(&name, "Progressing", "True", "WaitingForRedis")
+            .await;
+    }
+    if managed > 0 {
+        env.mark_statefulsets_ready().await;
+        env.poke(&name).await;
+    }
     let deps = env
         .wait(
             &name,
@@ -236,12 +265,6 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
     }
 
     if managed > 0 {
-        let msg = env
-            .wait_condition(&name, "DependenciesReady", "False", "DependencyNotReady")
-            .await;
-        assert!(msg.contains("0/"), "{msg}");
-        env.mark_statefulsets_ready().await;
-        env.poke(&name).await;
         env.wait_condition(&name, "DependenciesReady", "True", "DependenciesReady")
             .await;
     } else {

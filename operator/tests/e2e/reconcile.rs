@@ -50,9 +50,25 @@ async fn status_follows_workloads_and_dependencies() {
     assert!(msg.contains("setup"), "{msg}");
     env.wait_condition("chat", "DependenciesReady", "True", "DependenciesReady")
         .await;
+    // The roles wait for the setup Job: no Deployment exists yet.
+    env.wait_condition("chat", "SetupComplete", "False", "SetupRunning")
+        .await;
+    env.wait_condition("chat", "Progressing", "True", "WaitingForSetup")
+        .await;
+    assert!(
+        env.api::<Deployment>()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "no role may start before setup succeeded"
+    );
 
     env.mark_jobs_complete().await;
     env.poke("chat").await;
+    env.wait_condition("chat", "SetupComplete", "True", "SetupSucceeded")
+        .await;
     env.wait_condition("chat", "Ready", "False", "PodsNotReady")
         .await;
     env.wait_condition("chat", "Progressing", "True", "RollingOut")
@@ -116,6 +132,7 @@ async fn deleted_child_is_recreated_and_drift_is_corrected() {
     env.start_operator();
     let (addr, _l) = endpoint().await;
     env.apply_cluster("chat", external_spec(&addr)).await;
+    env.complete_setup("chat").await;
     let deps = env.api::<Deployment>();
     let first = env
         .wait(
@@ -175,15 +192,41 @@ async fn config_and_secret_changes_roll_the_pods() {
     let mut spec = external_spec(&addr);
     spec["auth"] = json!({"jwtSecretRef": {"name": "jwt", "key": "k"}});
     env.apply_cluster("chat", spec.clone()).await;
+    env.complete_setup("chat").await;
     let first = env
         .wait("chat", "edge checksum", Duration::from_secs(30), || {
             template_checksum(&env, "chat-edge")
         })
         .await;
 
-    // A config change (log level) rolls every role.
+    // A config change (log level) rolls every role, but only once the setup Job of the new
+    // configuration succeeded. Until then the Deployments keep their template, and the edge
+    // still follows a replica change.
     spec["logLevel"] = json!("debug");
+    spec["edge"] = json!({"replicas": 3});
     env.apply_cluster("chat", spec.clone()).await;
+    env.wait(
+        "chat",
+        "edge scaled while its template is held",
+        Duration::from_secs(30),
+        || async {
+            let d = env.api::<Deployment>().get("chat-edge").await.ok()?;
+            (d.spec?.replicas == Some(3)).then_some(())
+        },
+    )
+    .await;
+    env.wait_condition("chat", "Progressing", "True", "WaitingForSetup")
+        .await;
+    assert_eq!(
+        template_checksum(&env, "chat-edge").await.as_deref(),
+        Some(first.as_str()),
+        "the template must not change before the new setup succeeded"
+    );
+    assert_eq!(
+        template_checksum(&env, "chat-delivery").await.as_deref(),
+        Some(first.as_str())
+    );
+    env.complete_setup("chat").await;
     let second = env
         .wait(
             "chat",
@@ -221,6 +264,7 @@ async fn config_and_secret_changes_roll_the_pods() {
     // Rotating the referenced Secret rolls too (the Secret watch triggers the reconcile).
     env.create_secret("jwt", &[("k", "rotated-secret-value")])
         .await;
+    env.complete_setup("chat").await;
     env.wait(
         "chat",
         "checksum after Secret rotation",
@@ -254,6 +298,7 @@ async fn missing_secret_degrades_without_blocking_other_clusters() {
         .await;
     env.wait_condition("broken", "Ready", "False", "MissingSecret")
         .await;
+    env.complete_setup("healthy").await;
     env.wait(
         "broken",
         "a MissingSecret warning event",
@@ -299,6 +344,7 @@ async fn missing_secret_degrades_without_blocking_other_clusters() {
         .await;
     env.wait_condition("broken", "Degraded", "False", "AsExpected")
         .await;
+    env.complete_setup("broken").await;
     env.wait(
         "broken",
         "Deployments after the Secret appeared",
@@ -307,5 +353,53 @@ async fn missing_secret_degrades_without_blocking_other_clusters() {
     )
     .await;
     let _ = TEST_MANAGER;
+    env.stop_operator().await;
+}
+
+#[tokio::test]
+async fn failed_setup_holds_the_roles_and_is_reported() {
+    let Some(mut env) = TestEnv::new("e2e-setupfail").await else {
+        return;
+    };
+    env.start_operator();
+    let (addr, _l) = endpoint().await;
+    let mut spec = external_spec(&addr);
+    env.apply_cluster("chat", spec.clone()).await;
+    env.complete_setup("chat").await;
+    let first = env
+        .wait("chat", "edge checksum", Duration::from_secs(30), || {
+            template_checksum(&env, "chat-edge")
+        })
+        .await;
+
+    // The setup of a new configuration fails: reported with the Job's message and the next
+    // attempt; the running roles are left alone.
+    spec["logLevel"] = json!("debug");
+    env.apply_cluster("chat", spec).await;
+    let job = env.finish_setup("chat", false).await;
+    let msg = env
+        .wait_condition("chat", "SetupComplete", "False", "SetupFailed")
+        .await;
+    assert!(
+        msg.contains(&job) && msg.contains("backoff limit") && msg.contains("attempt 2"),
+        "{msg}"
+    );
+    env.wait_condition("chat", "Degraded", "True", "SetupFailed")
+        .await;
+    env.wait_condition("chat", "Ready", "False", "SetupFailed")
+        .await;
+    env.wait_condition("chat", "Progressing", "False", "SetupFailed")
+        .await;
+    env.poke("chat").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for role in ["edge", "delivery", "presence"] {
+        assert_eq!(
+            template_checksum(&env, &format!("chat-{role}"))
+                .await
+                .as_deref(),
+            Some(first.as_str()),
+            "{role} keeps its template while setup is failed"
+        );
+    }
     env.stop_operator().await;
 }

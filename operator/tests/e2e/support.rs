@@ -238,6 +238,20 @@ impl TestEnv {
                 );
             }
         }
+        if let Ok(js) = self.api::<Job>().list(&ListParams::default()).await {
+            for j in js {
+                let name = j.name_any();
+                let conds: Vec<String> = j
+                    .status
+                    .and_then(|s| s.conditions)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|c| c.status == "True")
+                    .map(|c| c.type_)
+                    .collect();
+                out += &format!("job {name} conditions {conds:?}\n");
+            }
+        }
         if let Ok(ds) = self.api::<Deployment>().list(&ListParams::default()).await {
             for d in ds {
                 out += &format!(
@@ -359,21 +373,90 @@ impl TestEnv {
     }
 
     /// envtest-style: every Job of the namespace completed successfully.
+    ///
+    /// This API server has no kubelet and no Job controller, so a setup Job never runs. Its
+    /// status is written here through the status subresource, as the Job controller would
+    /// after `chat-server setup` exited 0 (`SuccessCriteriaMet` + `Complete`, which the API
+    /// server's Job status validation requires together). The operator starts the roles only
+    /// after this: tests that need role Deployments call it (or [`Self::complete_setup`]).
     pub async fn mark_jobs_complete(&self) {
         let api = self.api::<Job>();
+        for j in api.list(&ListParams::default()).await.expect("list jobs") {
+            self.finish_job(&j.name_any(), true).await;
+        }
+    }
+
+    /// Write a terminal Job status (see [`Self::mark_jobs_complete`]): `Complete`, or
+    /// `Failed` with reason `BackoffLimitExceeded` as the Job controller reports it.
+    pub async fn finish_job(&self, name: &str, success: bool) {
         let now = k8s_openapi::jiff::Timestamp::now();
         let start = now - k8s_openapi::jiff::SignedDuration::from_secs(5);
-        for j in api.list(&ListParams::default()).await.expect("list jobs") {
-            let st = json!({"status": {
+        let st = if success {
+            json!({"status": {
             "startTime": start.to_string(), "completionTime": now.to_string(), "succeeded": 1,
             "conditions": [
                 {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now.to_string()},
                 {"type": "Complete", "status": "True", "lastTransitionTime": now.to_string()}
-            ]}});
-            api.patch_status(&j.name_any(), &PatchParams::default(), &Patch::Merge(&st))
-                .await
-                .expect("patch job status");
-        }
+            ]}})
+        } else {
+            json!({"status": {
+            "startTime": start.to_string(), "failed": 11,
+            "conditions": [
+                {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now.to_string()},
+                {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+                 "message": "Job has reached the specified backoff limit", "lastTransitionTime": now.to_string()}
+            ]}})
+        };
+        self.api::<Job>()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
+            .await
+            .unwrap_or_else(|e| panic!("patch status of Job {name}: {e}"));
+    }
+
+    /// Stand-in for the Job controller (see [`Self::mark_jobs_complete`]): wait until the
+    /// operator created a setup Job of `cluster` that has not finished (the one of the
+    /// configuration in force), mark it `Complete` (`success`) or `Failed`, and return its name.
+    pub async fn finish_setup(&self, cluster: &str, success: bool) -> String {
+        let lp = ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={cluster},app.kubernetes.io/component=setup"
+        ));
+        let api = self.api::<Job>();
+        let name = self
+            .wait(
+                cluster,
+                "an unfinished setup Job",
+                Duration::from_secs(45),
+                || async {
+                    api.list(&lp)
+                        .await
+                        .ok()?
+                        .items
+                        .into_iter()
+                        .find(|j| {
+                            j.metadata.deletion_timestamp.is_none()
+                                && !j
+                                    .status
+                                    .as_ref()
+                                    .and_then(|s| s.conditions.as_ref())
+                                    .is_some_and(|c| {
+                                        c.iter().any(|c| {
+                                            (c.type_ == "Complete" || c.type_ == "Failed")
+                                                && c.status == "True"
+                                        })
+                                    })
+                        })
+                        .map(|j| j.name_any())
+                },
+            )
+            .await;
+        self.finish_job(&name, success).await;
+        name
+    }
+
+    /// [`Self::finish_setup`] with success: the roles of `cluster` may start.
+    pub async fn complete_setup(&self, cluster: &str) -> String {
+        self.finish_setup(cluster, true).await
     }
 }
 
