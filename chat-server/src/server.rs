@@ -133,7 +133,7 @@ struct Backend {
     store: Arc<dyn crate::store::Store>,
     presence: Arc<dyn crate::presence::PresenceStore>,
     cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
-    media: Arc<crate::media::MediaService>,
+    media: Option<Arc<crate::media::MediaService>>,
     push: Option<Arc<crate::push::Push>>,
 }
 
@@ -214,11 +214,11 @@ impl Server {
             store: store.clone(),
             presence: Arc::new(LocalPresence::default()),
             cluster: None,
-            media: Arc::new(crate::media::MediaService::open(
+            media: crate::media::MediaService::open_unless_disabled(
                 &cfg.media,
                 &cfg.data_dir,
                 secret.as_bytes(),
-            )?),
+            )?,
             push: Some(push.clone()),
         };
         let state = build_state(cfg, &secret, backend, delivery);
@@ -310,11 +310,17 @@ impl Server {
             store: store.clone(),
             presence: presence.clone(),
             cluster: Some(plane.clone()),
-            media: Arc::new(crate::media::MediaService::open(
-                &cfg.media,
-                &cfg.data_dir,
-                secret.as_bytes(),
-            )?),
+            // Only processes with clients serve media: delivery and presence open no blob
+            // store and write nothing under the data directory.
+            media: if edge {
+                crate::media::MediaService::open_unless_disabled(
+                    &cfg.media,
+                    &cfg.data_dir,
+                    secret.as_bytes(),
+                )?
+            } else {
+                None
+            },
             push: Some(push.clone()),
         };
         let (delivery, _) = Delivery::new(1, 1);
@@ -371,7 +377,7 @@ impl Server {
         } else {
             probe_router(state.clone())
         };
-        if clients {
+        if clients && state.media.is_some() {
             state.tasks.spawn(crate::media::gc::run(state.clone()));
         }
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());

@@ -41,8 +41,9 @@ pub struct AppState {
     pub delivery: Delivery,
     /// The distributed plane (Kafka, Redis); `None` in the embedded backend.
     pub cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
-    /// Media uploads and serving (blob store, limits, URL signer).
-    pub media: Arc<crate::media::MediaService>,
+    /// Media uploads and serving (blob store, limits, URL signer); `None` where media is off
+    /// (`--media-disabled`) or not served (delivery and presence processes).
+    pub media: Option<Arc<crate::media::MediaService>>,
     /// Push notifications (devices, mutes, the push queue); `None` where not served.
     pub push: Option<Arc<crate::push::Push>>,
     pub longpoll: crate::longpoll::Registry,
@@ -66,6 +67,18 @@ impl Drop for ConnSlot {
 }
 
 impl AppState {
+    /// The media service, or `unavailable` with what to do when media is off here.
+    pub fn media(&self) -> Result<&crate::media::MediaService> {
+        self.media.as_deref().ok_or_else(|| {
+            Error::Unavailable(
+                "media is turned off on this server (--media-disabled / CHAT_MEDIA_DISABLED; on \
+                 Kubernetes: the ChatCluster has no spec.media): configure a media store to \
+                 upload or fetch files"
+                    .into(),
+            )
+        })
+    }
+
     /// Reserve a connection slot, or `unavailable` at the cap or while draining.
     pub fn acquire_slot(self: &Arc<Self>) -> Result<ConnSlot> {
         if self.draining.is_cancelled() {

@@ -990,3 +990,50 @@ async fn uploads_never_sent_are_collected() {
         .await;
     assert!(st == 400, "{st} {e}");
 }
+
+/// `--media-disabled` (what the operator sets for a ChatCluster without `spec.media`): no
+/// blob store or spool directory is created under the data directory — the server runs on a
+/// read-only filesystem with only its data directory writable — every media endpoint answers
+/// 503 `unavailable` saying media is off, and messaging is untouched.
+#[tokio::test]
+async fn media_disabled_answers_unavailable_and_touches_no_directory() {
+    let s = TestServer::start_with(&["--media-disabled"]).await;
+    let a = s.api(1);
+    let (status, v) = upload(&a, "image/png", encode(&photo(8, 8), ImageFormat::Png)).await;
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["code"], "unavailable", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("media is turned off"),
+        "{v}"
+    );
+    for path in ["/v1/media/abc", "/v1/media/abc/url"] {
+        let r = fetch(&a, path, true, &[]).await;
+        assert_eq!(r.status().as_u16(), 503, "GET {path}");
+    }
+    let r = a
+        .http
+        .post(format!("{}/v1/media/tus", a.base))
+        .bearer_auth(&a.token)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.headers()["tus-resumable"], "1.0.0");
+    // Messaging works as before.
+    let chat = a.direct(2).await;
+    let m = a.send(chat, "no media here").await;
+    assert_eq!(m["seq"], 1, "{m}");
+    if !support::distributed() {
+        for d in ["media", "media-spool"] {
+            assert!(
+                !s.dir.path().join("data").join(d).exists(),
+                "{d} was created although media is off"
+            );
+        }
+    }
+}

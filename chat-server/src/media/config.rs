@@ -8,6 +8,12 @@ const MIB: u64 = 1024 * 1024;
 
 #[derive(Debug, Clone, Args)]
 pub struct MediaArgs {
+    /// Turn media off: no blob store or spool directory is opened, and every `/v1/media…`
+    /// request answers 503 `unavailable` saying so. For clusters without media storage (the
+    /// operator sets it when a ChatCluster has no `spec.media`).
+    #[arg(long, env = "CHAT_MEDIA_DISABLED", default_value_t = false, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub media_disabled: bool,
+
     /// Largest image upload, in bytes.
     #[arg(long, env = "CHAT_MEDIA_MAX_IMAGE_BYTES", default_value_t = 16 * MIB)]
     pub media_max_image_bytes: u64,

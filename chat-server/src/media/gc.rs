@@ -32,6 +32,9 @@ pub async fn run(st: Arc<AppState>) {
 
 /// One pass: returns (media deleted, unfinished uploads deleted).
 pub async fn collect(st: &AppState) -> Result<(usize, usize)> {
+    let Some(blobs) = st.media.as_deref() else {
+        return Ok((0, 0));
+    };
     let cutoff = now_ms() - st.cfg.media.media_orphan_age as i64 * 1000;
     let mut media = 0;
     loop {
@@ -40,7 +43,7 @@ pub async fn collect(st: &AppState) -> Result<(usize, usize)> {
         for m in batch {
             // Blobs first: metadata without blobs would be served as 404 anyway, but blobs
             // without metadata would never be found again.
-            st.media.delete_blobs(&m.media_id).await?;
+            blobs.delete_blobs(&m.media_id).await?;
             st.store.delete_media(&m).await?;
             media += 1;
         }
@@ -48,7 +51,7 @@ pub async fn collect(st: &AppState) -> Result<(usize, usize)> {
             break;
         }
     }
-    let uploads = collect_uploads(&st.media, cutoff).await?;
+    let uploads = collect_uploads(blobs, cutoff).await?;
     Ok((media, uploads))
 }
 

@@ -74,7 +74,7 @@ pub async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let media = &st.media;
+    let media = st.media()?;
     let declared = header_str(&headers, header::CONTENT_TYPE)
         .unwrap_or("application/octet-stream")
         .to_string();
@@ -164,6 +164,7 @@ pub async fn get_media(
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
+    st.media()?;
     let variant = Variant::parse(&q)?;
     let signed_until = match (q.get("expires"), q.get("sig")) {
         (Some(exp), Some(sig)) => {
@@ -171,7 +172,7 @@ pub async fn get_media(
                 .parse()
                 .map_err(|_| Error::invalid("expires must be a Unix time in seconds"))?;
             if !st
-                .media
+                .media()?
                 .signer
                 .verify(&id, variant.as_str(), exp, sig, now_secs())
             {
@@ -264,7 +265,7 @@ pub async fn get_media(
         ..Default::default()
     };
     let got = st
-        .media
+        .media()?
         .blobs
         .get_opts(&key, opts)
         .await
@@ -288,17 +289,17 @@ pub async fn signed_url(
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>> {
+    let media = st.media()?;
     let variant = Variant::parse(&q)?;
     let m = load(&st, &id).await?;
     require_read(&st, me, &m).await?;
     if variant == Variant::Thumbnail && m.thumbnail.is_none() {
         return Err(Error::not_found(format!("media {id} has no thumbnail")));
     }
-    let ttl = st.media.cfg.media_url_ttl as i64;
+    let ttl = media.cfg.media_url_ttl as i64;
     let expires = signing::expiry(now_secs(), ttl, (ttl / 10).max(1));
-    let sig = st.media.signer.sign(&id, variant.as_str(), expires);
-    let base = st
-        .media
+    let sig = media.signer.sign(&id, variant.as_str(), expires);
+    let base = media
         .cfg
         .media_public_url
         .as_deref()

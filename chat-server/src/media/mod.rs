@@ -69,6 +69,19 @@ impl std::fmt::Debug for MediaService {
 }
 
 impl MediaService {
+    /// Open the configured media service, or `None` with `--media-disabled`.
+    pub fn open_unless_disabled(
+        cfg: &MediaArgs,
+        data_dir: &Path,
+        secret: &[u8],
+    ) -> anyhow::Result<Option<std::sync::Arc<Self>>> {
+        if cfg.media_disabled {
+            tracing::info!("media is off (--media-disabled): /v1/media answers 503");
+            return Ok(None);
+        }
+        Self::open(cfg, data_dir, secret).map(|m| Some(std::sync::Arc::new(m)))
+    }
+
     /// Open the configured blob store and spool directory.
     pub fn open(cfg: &MediaArgs, data_dir: &Path, secret: &[u8]) -> anyhow::Result<Self> {
         let (blobs, what) = blobs::open(cfg, data_dir)?;

@@ -60,10 +60,14 @@ fn with_tus(e: Error) -> Response {
 
 /// `OPTIONS /v1/media/tus`
 pub async fn options(State(st): State<Arc<AppState>>) -> Response {
+    let media = match st.media() {
+        Ok(m) => m,
+        Err(e) => return with_tus(e),
+    };
     let mut hm = tus_headers();
     hm.insert("tus-version", HeaderValue::from_static(tus::VERSION));
     hm.insert("tus-extension", HeaderValue::from_static(tus::EXTENSIONS));
-    hm.insert("tus-max-size", HeaderValue::from(st.media.cfg.max_any()));
+    hm.insert("tus-max-size", HeaderValue::from(media.cfg.max_any()));
     (StatusCode::NO_CONTENT, hm).into_response()
 }
 
@@ -157,13 +161,17 @@ pub async fn create(
         Ok(m) => m,
         Err(e) => return refuse(e),
     };
+    let media = match st.media() {
+        Ok(m) => m,
+        Err(e) => return with_tus(e),
+    };
     let declared = tus::declared_type(&meta);
     if let Err(e) = sniff::check_declared(&declared) {
         return with_tus(e);
     }
     let kind = sniff::declared_kind(&declared);
-    if length > st.media.limit(kind) {
-        return with_tus(st.media.too_large(kind));
+    if length > media.limit(kind) {
+        return with_tus(media.too_large(kind));
     }
     if length == 0 {
         return refuse(TusError::Bad("Upload-Length must be at least 1".into()));
@@ -176,7 +184,7 @@ pub async fn create(
         created_at: now_ms(),
         media_id: None,
     };
-    if let Err(e) = write_info(&st.media, &id, &info).await {
+    if let Err(e) = write_info(media, &id, &info).await {
         return with_tus(e);
     }
     let mut hm = tus_headers();
@@ -210,10 +218,10 @@ pub async fn head(
         return refuse(e);
     }
     let r = async {
-        let info = owned(&st.media, &id, me).await?;
+        let info = owned(st.media()?, &id, me).await?;
         let offset = match info.media_id {
             Some(_) => info.length,
-            None => tus::reached(parts(&st.media, &id).await?),
+            None => tus::reached(parts(st.media()?, &id).await?),
         };
         Ok::<_, Error>(offset_headers(offset, &info))
     }
@@ -231,10 +239,10 @@ pub async fn status(
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
-    let info = owned(&st.media, &id, me).await?;
+    let info = owned(st.media()?, &id, me).await?;
     let (offset, media) = match &info.media_id {
         Some(m) => (info.length, st.store.media(m).await?.map(|r| r.to_json())),
-        None => (tus::reached(parts(&st.media, &id).await?), None),
+        None => (tus::reached(parts(st.media()?, &id).await?), None),
     };
     Ok(Json(
         serde_json::json!({"offset": offset, "length": info.length, "media": media}),
@@ -276,7 +284,7 @@ async fn patch_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<HeaderMap> {
-    let media = &st.media;
+    let media = st.media()?;
     let ct = h(headers, "content-type").unwrap_or("");
     if ct.split(';').next().unwrap_or("").trim() != tus::OFFSET_CONTENT_TYPE {
         return Err(Error::UnsupportedMediaType(format!(
@@ -370,7 +378,7 @@ async fn patch_inner(
 
 /// Join the parts into one spool file and run it through the upload checks.
 async fn finish(st: &AppState, id: &str, info: &UploadInfo) -> Result<super::MediaRecord> {
-    let media = &st.media;
+    let media = st.media()?;
     let mut ps = parts(media, id).await?;
     ps.sort_unstable();
     let mut spool = media.spool().await?;
@@ -418,8 +426,8 @@ pub async fn terminate(
         return refuse(e);
     }
     let r = async {
-        owned(&st.media, &id, me).await?;
-        remove(&st.media, &id).await
+        owned(st.media()?, &id, me).await?;
+        remove(st.media()?, &id).await
     }
     .await;
     match r {

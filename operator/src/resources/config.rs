@@ -15,7 +15,11 @@ pub const KAFKA_PORT: i32 = 9092;
 pub const KAFKA_CONTROLLER_PORT: i32 = 9093;
 pub const CQL_PORT: i32 = 9042;
 pub const REDIS_PORT: i32 = 6379;
-/// Where media blobs live when `spec.media.volume` is used.
+/// The chat-server data directory: an `emptyDir` in every chat-server pod (the root
+/// filesystem is read-only). Scratch only — the media spool; nothing durable lives there in
+/// the distributed backend.
+pub const DATA_DIR: &str = "/var/lib/tern";
+/// Where media blobs live when `spec.media.volume` is used (a PVC mounted inside [`DATA_DIR`]).
 pub const MEDIA_DIR: &str = "/var/lib/tern/media";
 
 fn svc_host(cluster: &ChatCluster, service: &str) -> String {
@@ -128,6 +132,12 @@ pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
         s.edge.drain.reconnect_jitter_ms.to_string(),
     );
     set("RUST_LOG", s.log_level.clone());
+    set("CHAT_DATA_DIR", DATA_DIR.into());
+    if s.media.is_none() {
+        // No media storage configured: uploads are off (503 with a clear message) and no
+        // process opens a blob directory.
+        set("CHAT_MEDIA_DISABLED", "true".into());
+    }
     if let Some(media) = &s.media {
         if let Some(s3) = &media.s3 {
             set("CHAT_MEDIA_S3_BUCKET", s3.bucket.clone());

@@ -1,7 +1,7 @@
 //! The chat-server container and pod template shared by the edge, delivery and presence
 //! Deployments and the setup Job.
 
-use super::config::{self, MEDIA_DIR};
+use super::config::{self, DATA_DIR, MEDIA_DIR};
 use super::{CHAT_PORT, CHECKSUM_ANNOTATION, labels};
 use crate::crd::ChatCluster;
 use k8s_openapi::api::core::v1::{
@@ -157,11 +157,19 @@ pub fn chat_container(
 ) -> Container {
     let s = &cluster.spec;
     let serving = role.is_some();
-    let mut mounts = vec![VolumeMount {
-        name: "tmp".into(),
-        mount_path: "/tmp".into(),
-        ..Default::default()
-    }];
+    // The root filesystem is read-only: /tmp and the data directory are emptyDirs.
+    let mut mounts = vec![
+        VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..Default::default()
+        },
+        VolumeMount {
+            name: "data".into(),
+            mount_path: DATA_DIR.into(),
+            ..Default::default()
+        },
+    ];
     if serving && s.media.as_ref().is_some_and(|m| m.volume.is_some()) {
         mounts.push(VolumeMount {
             name: "media".into(),
@@ -209,11 +217,18 @@ pub fn pod_template(
     checksum: &str,
 ) -> PodTemplateSpec {
     let s = &cluster.spec;
-    let mut volumes = vec![Volume {
-        name: "tmp".into(),
-        empty_dir: Some(Default::default()),
-        ..Default::default()
-    }];
+    let mut volumes = vec![
+        Volume {
+            name: "tmp".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: "data".into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+    ];
     if container
         .volume_mounts
         .iter()
@@ -349,6 +364,42 @@ mod tests {
         assert_eq!(m.labels.unwrap()["app.kubernetes.io/component"], "edge");
         let spec = t.spec.unwrap();
         assert_eq!(spec.automount_service_account_token, Some(false));
-        assert_eq!(spec.volumes.unwrap().len(), 1);
+        // /tmp and the data directory, both writable on a read-only root filesystem.
+        let volumes = spec.volumes.unwrap();
+        assert_eq!(volumes.len(), 2);
+        assert!(volumes.iter().all(|v| v.empty_dir.is_some()));
+    }
+
+    /// Every path the chat-server writes is a mount: the read-only root filesystem never
+    /// sees a write (a real node showed `create_dir_all` under /var/lib/tern failing).
+    #[test]
+    fn data_dir_and_tmp_are_writable_mounts() {
+        let c = testing::dev();
+        for ctr in [
+            chat_container(&c, Some("edge"), None),
+            chat_container(&c, None, None),
+        ] {
+            assert_eq!(
+                ctr.security_context
+                    .as_ref()
+                    .unwrap()
+                    .read_only_root_filesystem,
+                Some(true)
+            );
+            let paths: Vec<_> = ctr
+                .volume_mounts
+                .iter()
+                .flatten()
+                .map(|m| m.mount_path.as_str())
+                .collect();
+            assert!(
+                paths.contains(&"/tmp") && paths.contains(&DATA_DIR),
+                "{paths:?}"
+            );
+        }
+        let env = config::config_env(&c);
+        assert_eq!(env["CHAT_DATA_DIR"], DATA_DIR);
+        // dev has no spec.media: media is off rather than a directory on the root fs.
+        assert_eq!(env["CHAT_MEDIA_DISABLED"], "true");
     }
 }
