@@ -3,6 +3,7 @@
 
 use crate::support::{TEST_MANAGER, TestEnv, external_spec};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
 use kube::ResourceExt;
 use kube::api::{DeleteParams, Patch, PatchParams};
@@ -10,6 +11,7 @@ use serde_json::json;
 use std::time::Duration;
 use tern_operator::ChatCluster;
 use tern_operator::resources::CHECKSUM_ANNOTATION;
+use tern_operator::resources::setup_job::ATTEMPT_ANNOTATION;
 use tokio::net::TcpListener;
 
 /// A local TCP listener standing in for a reachable dependency endpoint; it accepts and
@@ -401,5 +403,50 @@ async fn failed_setup_holds_the_roles_and_is_reported() {
             "{role} keeps its template while setup is failed"
         );
     }
+
+    // Once the retry delay (1 min after the first failure) has passed, the operator replaces
+    // the failed Job with attempt 2 under the same name. Dating the failure 2 min back stands
+    // in for the wait.
+    let first_uid = env.api::<Job>().get(&job).await.unwrap().metadata.uid;
+    env.finish_job_at(&job, false, 120).await;
+    let retried = env
+        .wait(
+            "chat",
+            "attempt 2 of the setup Job",
+            Duration::from_secs(30),
+            || async {
+                let j = env.api::<Job>().get_opt(&job).await.ok()??;
+                let attempt = j
+                    .metadata
+                    .annotations
+                    .as_ref()?
+                    .get(ATTEMPT_ANNOTATION)?
+                    .clone();
+                (j.metadata.uid != first_uid && attempt == "2").then_some(j)
+            },
+        )
+        .await;
+    assert!(retried.status.is_none_or(|s| s.conditions.is_none()));
+    env.wait_condition("chat", "SetupComplete", "False", "SetupRunning")
+        .await;
+    env.wait_condition("chat", "Progressing", "True", "WaitingForSetup")
+        .await;
+    assert!(
+        env.event_reasons("chat")
+            .await
+            .contains(&"SetupRetry".to_string())
+    );
+    // The second attempt succeeds: the roles roll to the new configuration.
+    env.complete_setup("chat").await;
+    env.wait(
+        "chat",
+        "roles on the new configuration",
+        Duration::from_secs(30),
+        || async {
+            let s = template_checksum(&env, "chat-presence").await?;
+            (s != first).then_some(())
+        },
+    )
+    .await;
     env.stop_operator().await;
 }

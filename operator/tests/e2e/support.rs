@@ -389,7 +389,14 @@ impl TestEnv {
     /// Write a terminal Job status (see [`Self::mark_jobs_complete`]): `Complete`, or
     /// `Failed` with reason `BackoffLimitExceeded` as the Job controller reports it.
     pub async fn finish_job(&self, name: &str, success: bool) {
-        let now = k8s_openapi::jiff::Timestamp::now();
+        self.finish_job_at(name, success, 0).await;
+    }
+
+    /// [`Self::finish_job`] with the terminal conditions dated `age_secs` seconds ago (for a
+    /// Job that already finished: only the conditions are rewritten).
+    pub async fn finish_job_at(&self, name: &str, success: bool, age_secs: i64) {
+        let now = k8s_openapi::jiff::Timestamp::now()
+            - k8s_openapi::jiff::SignedDuration::from_secs(age_secs);
         let start = now - k8s_openapi::jiff::SignedDuration::from_secs(5);
         let st = if success {
             json!({"status": {
@@ -408,6 +415,12 @@ impl TestEnv {
                  "message": "Job has reached the specified backoff limit", "lastTransitionTime": now.to_string()}
             ]}})
         };
+        let mut st = st;
+        if age_secs > 0 {
+            // Re-dating a finished Job: only its conditions (the start time is fixed).
+            let conds = st["status"]["conditions"].take();
+            st = json!({"status": {"conditions": conds}});
+        }
         self.api::<Job>()
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
             .await
