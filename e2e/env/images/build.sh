@@ -2,7 +2,8 @@
 # Build the container images a Kubernetes node on this machine needs — without Docker and
 # without a registry — into OCI archives, and optionally import them into containerd.
 #
-#   e2e/env/images/build.sh [--import] [--force] [image…]   # default: all images
+#   e2e/env/images/build.sh [--import] [--force] [image…]   # default: all images; --force
+#                                                           # rebuilds the named ones
 #   e2e/env/images/build.sh --list                          # names, archives, cache state
 #   e2e/env/images/build.sh --import-only [image…]          # import already built archives
 #
@@ -120,6 +121,7 @@ export_image() {
 		'.manifests |= map(.annotations = ((.annotations // {}) + {"io.containerd.image.name": $n, "org.opencontainers.image.ref.name": $t}))' \
 		"$layout/index.json" >"$tmp"
 	mv "$tmp" "$layout/index.json"
+	jq -r '.manifests[0].digest' "$layout/index.json" >"$STATE/$short.digest"
 	tar -C "$layout" --sort=name --owner=0 --group=0 --numeric-owner -cf "$ARCHIVES/$short.oci.tar.tmp" .
 	mv "$ARCHIVES/$short.oci.tar.tmp" "$ARCHIVES/$short.oci.tar"
 	rm -rf "$layout"
@@ -163,7 +165,8 @@ image_key() {
 	local s="$1" parent k
 	parent="$(image_parent "$s")"
 	k="v1 $s $(image_name "$s")"
-	[[ -n "$parent" ]] && k+=" parent=$(cat "$STATE/$parent.key")"
+	# the parent's manifest digest: a rebuilt parent (new layers) rebuilds its children
+	[[ -n "$parent" ]] && k+=" parent=$(cat "$STATE/$parent.digest")"
 	case "$s" in
 	base) k+=" suite=$DEBIAN_SUITE mirror=$(debian_mirror) files=$(sha_files "$IMAGES_DIR/base")" ;;
 	jre) k+=" java=$(java_version_string | sha256sum | cut -c1-16) files=$(sha_files "$IMAGES_DIR/jre")" ;;
@@ -225,7 +228,7 @@ bud() {
 	log "$short: buildah bud -f ${file#"$REPO_ROOT"/} (log $logf)"
 	nice -n 10 buildah --root "$IMG_CACHE/buildah/root" --runroot "$IMG_CACHE/buildah/runroot" \
 		--storage-driver overlay bud --isolation chroot --pull-never --layers \
-		$([[ "$FORCE" == 1 ]] && echo --no-cache) -f "$file" -t "$(image_name "$short")" "$@" "$ctx" >"$logf" 2>&1 || {
+		$([[ " $FORCE " == *" $short "* ]] && echo --no-cache) -f "$file" -t "$(image_name "$short")" "$@" "$ctx" >"$logf" 2>&1 || {
 		log_tail "$logf" 40
 		die "$short: buildah bud failed (log: $logf)"
 	}
@@ -296,6 +299,15 @@ build_rust_image() {
 	objcopy --strip-debug "$bin" "$ctx/$binname"
 	log "$short: $bin ($(du -h "$bin" | cut -f1)) -> stripped $(du -h "$ctx/$binname" | cut -f1)"
 	bud "$short" "$ctx" "$dockerfile" --build-arg BINARY=prebuilt
+	# the binary was linked on the host: check that the image's libraries satisfy it
+	local c out
+	c="$(bah from --pull-never "$(image_name "$short")")"
+	out="$(bah run --isolation chroot --user 0 "$c" -- ldd "/usr/local/bin/$binname" 2>&1)" || true
+	bah rm "$c" >/dev/null
+	if [[ "$out" == *"not found"* || "$out" != *libc.so.6* ]]; then
+		die "$short: /usr/local/bin/$binname does not link inside the image:
+$out"
+	fi
 }
 
 build_chat_server() { build_rust_image chat-server; }
@@ -309,7 +321,7 @@ build_one() {
 		check_binary "$(bin_path "$s")"
 	fi
 	key="$(image_key "$s")"
-	if [[ "$FORCE" == 0 && -f "$ARCHIVES/$s.oci.tar" && -f "$STATE/$s.key" && "$(cat "$STATE/$s.key")" == "$key" ]]; then
+	if [[ " $FORCE " != *" $s "* && -f "$ARCHIVES/$s.oci.tar" && -f "$STATE/$s.digest" && -f "$STATE/$s.key" && "$(cat "$STATE/$s.key")" == "$key" ]]; then
 		log "$s: up to date ($(image_name "$s"), $(du -h "$ARCHIVES/$s.oci.tar" | cut -f1))"
 		return 0
 	fi
@@ -343,7 +355,12 @@ import_one() {
 	[[ -f "$ARCHIVES/$s.oci.tar" ]] || die "$s: no archive $ARCHIVES/$s.oci.tar (build it first)"
 	[[ -S "$TERN_CONTAINERD_SOCK" ]] || die "containerd socket $TERN_CONTAINERD_SOCK not found (start the node, or set TERN_CONTAINERD_SOCK)"
 	need_cmd ctr "apt-get install containerd (only the ctr client is used)"
-	local t0
+	local t0 have
+	have="$(ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images ls "name==$name" 2>/dev/null | awk 'NR > 1 { print $3 }')"
+	if [[ -n "$have" && "$have" == "$(cat "$STATE/$s.digest" 2>/dev/null)" ]]; then
+		log "$s: containerd already has $name at ${have:0:19}"
+		return 0
+	fi
 	t0="$(now_s)"
 	ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images import "$ARCHIVES/$s.oci.tar" >"$WORK/$s.import.log" 2>&1 || {
 		log_tail "$WORK/$s.import.log" 20
@@ -369,7 +386,8 @@ list_images() {
 
 main() {
 	local do_import=0 do_build=1 want=()
-	FORCE=0
+	FORCE="" # images to rebuild even when up to date (--force: the named ones)
+	local force=0
 	while (($#)); do
 		case "$1" in
 		--import) do_import=1 ;;
@@ -377,7 +395,7 @@ main() {
 			do_import=1
 			do_build=0
 			;;
-		--force) FORCE=1 ;;
+		--force) force=1 ;;
 		--list)
 			list_images
 			return 0
@@ -395,6 +413,7 @@ main() {
 		shift
 	done
 	((${#want[@]})) || read -ra want <<<"$ALL_IMAGES"
+	((force)) && FORCE="${want[*]}"
 	mkdir -p "$ARCHIVES" "$STATE" "$WORK"
 	if ((do_build)); then
 		ensure_tools
