@@ -313,7 +313,8 @@ apt_install() {
 		apt_updated=1
 	fi
 	log "apt-get install ${missing[*]}"
-	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	# wait for another apt/dpkg (a parallel install) instead of failing on its lock
+	DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # ensure_venv: the Python venv with the client libraries the health checks use.

@@ -69,10 +69,12 @@ do_install() {
 	if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled containerd >/dev/null 2>&1; then
 		systemctl disable --now containerd >/dev/null 2>&1 || true
 	fi
-	"$E2E_ENV_DIR/services/kube.sh" install
-	SVC=node
 	with_lock coredns-install _install_coredns
 	with_lock node-images _install_images
+	# kube-apiserver, kubectl, the controller-manager, scheduler, kubelet and kube-proxy
+	# (one build of k8s.io/kubernetes; plus helm)
+	"$E2E_ENV_DIR/services/kube.sh" install
+	SVC=node
 }
 
 _install_coredns() {
@@ -415,7 +417,7 @@ node_ready() {
 coredns_ready() {
 	[[ "$(kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" -ge 1 ]] 2>/dev/null
 }
-healthz() { curl -fsS --max-time 3 "$1" 2>/dev/null | grep -q ok; }
+healthz() { curl -fsS --max-time 3 -o /dev/null "$1" 2>/dev/null; }
 https_healthz() { curl -fsSk --max-time 3 "$1" 2>/dev/null | grep -q ok; }
 
 apply_storage() {
