@@ -6,6 +6,7 @@
 #                                                           # rebuilds the named ones
 #   e2e/env/images/build.sh --list                          # names, archives, cache state
 #   e2e/env/images/build.sh --import-only [image…]          # import already built archives
+#   e2e/env/images/build.sh --prune                         # drop buildah's dangling layer cache
 #
 # Images (short name -> full name as the manifests spell it, normalised the way containerd
 # stores it):
@@ -18,16 +19,18 @@
 #   operator     ghcr.io/tern/tern-operator:0.1.0         docker/operator.Dockerfile, prebuilt binary
 #
 # How: Debian's buildah (daemonless, `--isolation chroot`, overlay storage under the cache)
-# runs the Dockerfiles/Containerfiles; `buildah push` writes an uncompressed OCI layout, whose
-# index gets the `io.containerd.image.name` annotation, then it is tarred into
-# $TERN_CACHE/images/archives/<image>.oci.tar. Every image is keyed on its inputs (files in
-# this directory, the Dockerfile, versions, binary/jar hashes, the parent image's key) and
-# rebuilt only when the key changes (--force rebuilds anyway).
+# runs the Dockerfiles/Containerfiles; `buildah push` writes an OCI layout (gzip layers, so a
+# layer shared by two images has one digest), its index gets the `io.containerd.image.name`
+# annotation, and it is tarred into $TERN_CACHE/images/archives/<image>.oci.tar. Every image
+# is keyed on its inputs (files in this directory, the Dockerfile, versions, binary and jar
+# hashes, the parent image's manifest digest) and rebuilt only when the key changes.
+# `./smoke.sh` runs the built images the way the operator's pods do and checks them.
 #
 # Knobs: TERN_CACHE, CARGO_TARGET_DIR (default $HOME/.cache/tern/target),
 # TERN_CHAT_SERVER_BIN, TERN_OPERATOR_BIN (default $CARGO_TARGET_DIR/debug/<bin>),
 # TERN_CONTAINERD_SOCK (default $TERN_CACHE/run/node/containerd/containerd.sock),
-# TERN_DEBIAN_MIRROR (default: the first deb.debian.org-style URI of /etc/apt/sources.list*).
+# TERN_DEBIAN_MIRROR (default: the first deb.debian.org-style URI of /etc/apt/sources.list*),
+# TERN_IMAGES_PRUNE_MB (4096: prune buildah's dangling layer cache above this size).
 set -euo pipefail
 # shellcheck source=../lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -106,8 +109,8 @@ load_into_buildah() {
 	echo "$key" >"$STATE/$1.buildah"
 }
 
-# export_image SHORT: buildah storage -> $ARCHIVES/SHORT.oci.tar (uncompressed OCI layout with
-# the containerd name annotation).
+# export_image SHORT: buildah storage -> $ARCHIVES/SHORT.oci.tar (OCI layout with the
+# containerd name annotation).
 export_image() {
 	local short="$1" name tag layout tmp
 	name="$(image_name "$short")"
@@ -115,7 +118,7 @@ export_image() {
 	layout="$WORK/$short/oci"
 	mkdir -p "$WORK/$short"
 	rm -rf "$layout"
-	bah push -q --disable-compression --format oci --remove-signatures "$name" "oci:$layout:$tag" >/dev/null
+	bah push -q --format oci --remove-signatures "$name" "oci:$layout:$tag" >/dev/null
 	tmp="$(mktemp "$layout/index.XXXX")"
 	jq --arg n "$name" --arg t "$tag" \
 		'.manifests |= map(.annotations = ((.annotations // {}) + {"io.containerd.image.name": $n, "org.opencontainers.image.ref.name": $t}))' \
@@ -223,15 +226,20 @@ build_base() {
 bud() {
 	local short="$1" ctx="$2" file="$3"
 	shift 3
-	local logf="$WORK/$short.build.log"
+	local logf="$WORK/$short.build.log" nocache=()
+	[[ " $FORCE " == *" $short "* ]] && nocache=(--no-cache)
 	mkdir -p "$WORK"
 	log "$short: buildah bud -f ${file#"$REPO_ROOT"/} (log $logf)"
 	nice -n 10 buildah --root "$IMG_CACHE/buildah/root" --runroot "$IMG_CACHE/buildah/runroot" \
 		--storage-driver overlay bud --isolation chroot --pull-never --layers \
-		$([[ " $FORCE " == *" $short "* ]] && echo --no-cache) -f "$file" -t "$(image_name "$short")" "$@" "$ctx" >"$logf" 2>&1 || {
+		"${nocache[@]}" -f "$file" -t "$(image_name "$short")" "$@" "$ctx" >"$logf" 2>&1 || {
 		log_tail "$logf" 40
+		bah rm --all >/dev/null 2>&1 || true
 		die "$short: buildah bud failed (log: $logf)"
 	}
+	# buildah 1.28 leaves the working containers of `FROM <stage>` stages behind (mounted):
+	# nothing else uses this storage (builds hold the images lock), so remove them all
+	bah rm --all >/dev/null
 }
 
 build_jre() {
@@ -292,7 +300,7 @@ build_rust_image() {
 	operator) binname=tern-operator dockerfile="$REPO_ROOT/docker/operator.Dockerfile" ;;
 	esac
 	ctx="$WORK/$short/ctx"
-	rm -rf "$WORK/$short"
+	rm -rf "${WORK:?}/$short"
 	mkdir -p "$ctx"
 	# Debug binaries carry hundreds of MB of DWARF: strip it for the image (symbols stay, so
 	# backtraces still name functions).
@@ -332,6 +340,7 @@ build_one() {
 	export_image "$s"
 	echo "$key" >"$STATE/$s.key"
 	echo "$key" >"$STATE/$s.buildah"
+	rm -rf "$WORK/$s/ctx"
 	log "$s: built in $(elapsed_since "$t0")s -> $ARCHIVES/$s.oci.tar ($(du -h "$ARCHIVES/$s.oci.tar" | cut -f1))"
 }
 
@@ -400,6 +409,12 @@ main() {
 			list_images
 			return 0
 			;;
+		--prune)
+			bah rm --all >/dev/null 2>&1 || true
+			bah rmi --prune >/dev/null
+			log "pruned dangling images (build cache); buildah storage now $(du -sh "$IMG_CACHE/buildah" | cut -f1)"
+			return 0
+			;;
 		-h | --help)
 			sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
 			return 0
@@ -428,6 +443,13 @@ main() {
 			build_one "$s"
 		done
 		log "done in $(elapsed_since "$t0")s: ${want[*]}"
+		# buildah keeps every superseded image as a dangling layer cache: bound it
+		local mb
+		mb="$(du -sm "$IMG_CACHE/buildah" | cut -f1)"
+		if ((mb > ${TERN_IMAGES_PRUNE_MB:-4096})); then
+			log "buildah storage is ${mb} MB (> ${TERN_IMAGES_PRUNE_MB:-4096}): pruning dangling images"
+			bah rmi --prune >/dev/null || true
+		fi
 	fi
 	if ((do_import)); then
 		for s in "${want[@]}"; do

@@ -47,7 +47,7 @@ cleanup() {
 	fi
 	ip netns delete "$NS" 2>/dev/null
 	# unmount whatever a killed shim left behind, deepest first, then delete
-	grep -o " $W[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
+	grep -o " ${W}[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m"; done
 	if [[ "${SMOKE_KEEP:-0}" == 1 ]]; then
 		log "kept $W (logs: $W/*.log)"
 	else
@@ -85,7 +85,7 @@ make_netns() {
 	ip -n "$NS" link set eth0 up
 	cat >"$W/hosts" <<EOF
 127.0.0.1	localhost
-$POD_IP	$(hostname) chat-kafka-0.chat-kafka-headless.ns.svc chat-kafka-0 chat-cassandra-0
+$POD_IP	$(hostname) chat-kafka-0.chat-kafka-headless.ns.svc chat-scylla-0.chat-scylla-headless.ns.svc
 EOF
 }
 
@@ -153,6 +153,7 @@ smoke_redis() {
 	stop redis
 }
 
+# shellcheck disable=SC2054 # commas are inside the values
 kafka_env=(
 	--env POD_NAME=chat-kafka-0 --env CLUSTER_ID=AbCdEfGhIjKlMnOpQrStUv
 	--env KAFKA_PROCESS_ROLES=broker,controller
@@ -218,9 +219,11 @@ smoke_cassandra() {
 	v="$(volume cassandra 755)"
 	run cassandra "docker.io/library/cassandra:$CASSANDRA_VERSION" \
 		--mount "type=bind,src=$v,dst=/var/lib/cassandra,options=rbind:rw" \
-		--env CASSANDRA_CLUSTER_NAME=tern-smoke --env CASSANDRA_DC=dc1 --env CASSANDRA_RACK=rack1 \
-		--env CASSANDRA_ENDPOINT_SNITCH=GossipingPropertyFileSnitch --env CASSANDRA_SEEDS=chat-cassandra-0 -- \
-		docker-entrypoint.sh cassandra -f
+		--env CASSANDRA_SEEDS=chat-scylla-0.chat-scylla-headless.ns.svc --env CASSANDRA_CLUSTER_NAME=tern-smoke \
+		--env CASSANDRA_DC=dc1 --env CASSANDRA_RACK=rack1 --env CASSANDRA_ENDPOINT_SNITCH=GossipingPropertyFileSnitch \
+		--env CASSANDRA_NUM_TOKENS=16 --env CASSANDRA_LISTEN_ADDRESS=$POD_IP --env CASSANDRA_BROADCAST_ADDRESS=$POD_IP \
+		--env CASSANDRA_RPC_ADDRESS=0.0.0.0 --env CASSANDRA_BROADCAST_RPC_ADDRESS=$POD_IP \
+		--env MAX_HEAP_SIZE=768M --env HEAP_NEWSIZE=200M -- # no args: the image's entrypoint + cmd, as the operator
 	until_ok cassandra 180 "CQL on $POD_IP:9042" ip netns exec "$NS" bash -c "exec 3<>/dev/tcp/$POD_IP/9042"
 	out="$(cql_check)" || die "cassandra: CQL check failed"
 	[[ "$out" == *"listen=$POD_IP"* && "$out" == *"dc=dc1"* && "$out" == *"cluster=tern-smoke"* ]] || die "cassandra: unexpected system.local: $out"

@@ -12,7 +12,7 @@ fi
 # started as root: hand config, data and logs to the cassandra user, drop privileges
 if [ "$1" = 'cassandra' ] && [ "$(id -u)" = '0' ]; then
 	find "$CASSANDRA_CONF" /var/lib/cassandra /var/log/cassandra \! -user cassandra -exec chown cassandra '{}' +
-	exec gosu cassandra "$BASH_SOURCE" "$@"
+	exec gosu cassandra "${BASH_SOURCE[0]}" "$@"
 fi
 
 # the container's first non-loopback IPv4 address (the pod IP on Kubernetes)

@@ -1,4 +1,4 @@
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # sourced by bin/cassandra and bin/nodetool
 # The JDK 17 module flags of Cassandra's conf/jvm17-server.options (server and nodetool).
 JPMS_OPTS=(
 	-Djdk.attach.allowAttachSelf=true
