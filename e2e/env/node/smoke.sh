@@ -145,8 +145,11 @@ body="$(kn exec client -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 web.$
 [[ "$body" == "hello from tern-node" ]] && ok "web.$NS.svc.cluster.local from a pod (DNS + ClusterIP)" || bad "Service name from a pod: '$body'"
 out="$(kn exec client -- nslookup "web.$NS.svc.cluster.local" 2>&1 || true)"
 [[ "$out" == *"Address: $ip"* ]] && ok "nslookup web.$NS.svc.cluster.local = $ip" || bad "nslookup: $out"
-out="$(kn exec client -- nslookup kubernetes.default 2>&1 || true)"
-[[ "$out" == *"Address: $KUBE_SERVICE_APISERVER_IP"* ]] && ok "nslookup kubernetes.default (search path) = $KUBE_SERVICE_APISERVER_IP" || bad "nslookup kubernetes.default: $out"
+out="$(kn exec client -- nslookup kubernetes.default.svc.cluster.local 2>&1 || true)"
+[[ "$out" == *"Address: $KUBE_SERVICE_APISERVER_IP"* ]] && ok "nslookup kubernetes.default.svc.cluster.local = $KUBE_SERVICE_APISERVER_IP" || bad "nslookup kubernetes.default.svc.cluster.local: $out"
+# short name through the pod's search path (resolv.conf: <ns>.svc.cluster.local …, ndots:5)
+body="$(kn exec client -- sh -c "printf 'GET / HTTP/1.0\r\n\r\n' | nc -w 3 web 80" 2>&1 | tail -1 || true)"
+[[ "$body" == "hello from tern-node" ]] && ok "short name 'web' from a pod (search path)" || bad "short name from a pod: '$body'"
 
 t=$SECONDS
 if kn rollout status sts/db --timeout=90s >/dev/null; then ok "statefulset db with a 1Gi volumeClaimTemplate ready ($((SECONDS - t)) s)"; else bad "statefulset db not ready"; fi

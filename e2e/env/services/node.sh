@@ -365,6 +365,13 @@ write_configs() {
 	render "$NODE_DIR/kubelet.yaml" "$CONF_DIR/kubelet.yaml"
 	render "$NODE_DIR/kube-proxy.yaml" "$CONF_DIR/kube-proxy.yaml"
 	render "$NODE_DIR/recycler-pod.yaml" "$CONF_DIR/recycler-pod.yaml"
+	# registry hosts: all pulls go to a closed loopback port (see node/containerd.toml)
+	local h
+	rm -rf "$CONF_DIR/registry-hosts"
+	for h in _default docker.io registry-1.docker.io registry.k8s.io k8s.gcr.io gcr.io quay.io ghcr.io public.ecr.aws mcr.microsoft.com tern.local localhost; do
+		mkdir -p "$CONF_DIR/registry-hosts/$h"
+		printf 'server = "http://127.0.0.1:9"\n\n[host."http://127.0.0.1:9"]\n  capabilities = ["pull", "resolve"]\n' >"$CONF_DIR/registry-hosts/$h/hosts.toml"
+	done
 	# resolv.conf for pods with dnsPolicy Default (CoreDNS itself): no upstream on purpose.
 	printf 'nameserver 127.0.0.1\noptions ndots:1\n' >"$CONF_DIR/resolv.conf"
 }
@@ -372,16 +379,33 @@ write_configs() {
 # ---------------------------------------------------------------------------------------
 # processes
 
-# launch NAME LOG CMD...: start_daemon with NAME's own pid file, unless it runs already.
+# config_key: a hash of everything the components read (rendered configs, CNI, registry hosts,
+# the binaries); a component started with another key is restarted (its pods keep running).
+config_key() {
+	{
+		find "$CONF_DIR" "$CNI_DIR/net.d" -type f \( -name '*.yaml' -o -name '*.toml' -o -name '*.conflist' -o -name resolv.conf \) -print0 | sort -z | xargs -0 cat
+		stat -c '%n %Y %s' "$TERN_BIN"/kube* "$(command -v containerd)"
+	} | sha256sum | cut -c1-16
+}
+
+# launch NAME LOG CMD...: start_daemon with NAME's own pid file, unless it runs already with
+# the same command line and configs.
 launch() {
 	local name="$1" logf="$2"
 	shift 2
-	local PID_FILE="$PIDS_DIR/$name.pid"
+	local PID_FILE="$PIDS_DIR/$name.pid" key
+	key="$(config_key) $(sha256sum <<<"$*" | cut -c1-16)"
 	if is_running "$PID_FILE"; then
-		log "$name already running (pid $(pid_of "$PID_FILE"))"
-		return 0
+		if [[ "$(cat "$PIDS_DIR/$name.key" 2>/dev/null)" == "$key" ]]; then
+			log "$name already running (pid $(pid_of "$PID_FILE"))"
+			return 0
+		fi
+		log "$name: configuration changed, restarting"
+		SVC="node/$name" stop_pidfile "$PID_FILE" 30
+		SVC=node
 	fi
 	start_daemon "$logf" "$@"
+	echo "$key" >"$PIDS_DIR/$name.key"
 }
 
 # wait_component NAME DESC TIMEOUT CMD...: wait for CMD while NAME's process lives.
@@ -457,7 +481,12 @@ spec:
 PV
 		done
 	} >"$out"
-	kubectl_ apply --server-side --force-conflicts --field-manager=tern-e2e-node -f "$out" >/dev/null
+	local err
+	if ! err="$(kubectl_ apply --server-side --force-conflicts --field-manager=tern-e2e-node -f "$out" 2>&1 >/dev/null)"; then
+		echo "$err" >&2
+		die "applying $out failed"
+	fi
+	grep -v 'The Recycle reclaim policy is deprecated' <<<"$err" >&2 || true
 }
 
 do_start() {
