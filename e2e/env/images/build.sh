@@ -358,6 +358,26 @@ with_parents() {
 	echo "$out"
 }
 
+# chain_id SHORT: the snapshot (chain) id of the image's top layer, from its config's diff_ids
+chain_id() {
+	local a="$ARCHIVES/$1.oci.tar" m cfg chain="" d
+	m="$(tar -xOf "$a" ./index.json | jq -r '.manifests[0].digest | sub("sha256:"; "")')"
+	cfg="$(tar -xOf "$a" "./blobs/sha256/$m" | jq -r '.config.digest | sub("sha256:"; "")')"
+	for d in $(tar -xOf "$a" "./blobs/sha256/$cfg" | jq -r '.rootfs.diff_ids[]'); do
+		if [[ -z "$chain" ]]; then
+			chain="$d"
+		else
+			chain="sha256:$(printf '%s %s' "$chain" "$d" | sha256sum | cut -d' ' -f1)"
+		fi
+	done
+	echo "$chain"
+}
+# unpacked SHORT: containerd has the image's layers unpacked (an import cut short by a
+# containerd restart leaves the image record without its snapshots)
+unpacked() {
+	ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io snapshots info "$(chain_id "$1")" >/dev/null 2>&1
+}
+
 import_one() {
 	local s="$1" name
 	name="$(image_name "$s")"
@@ -366,15 +386,25 @@ import_one() {
 	need_cmd ctr "apt-get install containerd (only the ctr client is used)"
 	local t0 have
 	have="$(ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images ls "name==$name" 2>/dev/null | awk 'NR > 1 { print $3 }')"
-	if [[ -n "$have" && "$have" == "$(cat "$STATE/$s.digest" 2>/dev/null)" ]]; then
+	if [[ -n "$have" && "$have" == "$(cat "$STATE/$s.digest" 2>/dev/null)" ]] && unpacked "$s"; then
 		log "$s: containerd already has $name at ${have:0:19}"
 		return 0
 	fi
 	t0="$(now_s)"
-	ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images import "$ARCHIVES/$s.oci.tar" >"$WORK/$s.import.log" 2>&1 || {
+	local try
+	for try in 1 2 3; do
+		if ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images import "$ARCHIVES/$s.oci.tar" >"$WORK/$s.import.log" 2>&1; then
+			break
+		fi
+		# a containerd restarted under us ("transport is closing"): wait for it, try again
+		if ((try < 3)) && grep -qE 'transport is closing|connection refused|Unavailable|unavailable' "$WORK/$s.import.log"; then
+			warn "$s: import interrupted (containerd restarting?): retrying in 5 s"
+			sleep 5
+			continue
+		fi
 		log_tail "$WORK/$s.import.log" 20
 		die "$s: ctr images import failed"
-	}
+	done
 	ctr --address "$TERN_CONTAINERD_SOCK" -n k8s.io images ls -q "name==$name" | grep -qx "$name" ||
 		die "$s: imported, but containerd does not list $name"
 	log "$s: imported $name into containerd (k8s.io) in $(elapsed_since "$t0")s"
