@@ -487,6 +487,15 @@ PV
 		die "applying $out failed"
 	fi
 	grep -v 'The Recycle reclaim policy is deprecated' <<<"$err" >&2 || true
+	# Our PVs whose recycling failed (or that stayed Released): scrub on the host, free them.
+	local name phase path
+	while read -r name phase path; do
+		[[ "$phase" == Failed || "$phase" == Released ]] || continue
+		[[ "$path" == "$PV_DIR/"* ]] || continue
+		find "$path" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
+		kubectl_ patch pv "$name" --type json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null 2>&1 || true
+		log "PV $name was $phase: scrubbed $path, available again"
+	done < <(kubectl_ get pv -l tern.e2e/node-pv=true -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase} {.spec.hostPath.path}{"\n"}{end}')
 }
 
 do_start() {
