@@ -264,6 +264,16 @@ build_redis() {
 	bud redis "$IMAGES_DIR/redis" "$IMAGES_DIR/redis/Containerfile"
 }
 
+# ensure_jars SVC HOME: the jar set the host service runs (Maven Central, resolved by
+# e2e/env/services/SVC.sh install into $TERN_CACHE/pkg; a no-op when already there)
+ensure_jars() {
+	if [[ ! -f "$2/.installed" ]]; then
+		log "$1: jars not in $2 yet: e2e/env/services/$1.sh install"
+		"$E2E_ENV_DIR/services/$1.sh" install
+	fi
+	[[ -d "$2/lib" ]] || die "$1: no jars in $2/lib after install"
+}
+
 stage_jars() {
 	local src="$1" dst="$2"
 	[[ -d "$src" ]] || die "jar set $src missing: run e2e/env/services/${3}.sh install first"
@@ -325,9 +335,11 @@ build_operator() { build_rust_image operator; }
 
 build_one() {
 	local s="$1" key t0
-	if [[ "$s" == chat-server || "$s" == operator ]]; then
-		check_binary "$(bin_path "$s")"
-	fi
+	case "$s" in
+	chat-server | operator) check_binary "$(bin_path "$s")" ;;
+	kafka) ensure_jars kafka "$(kafka_home)" ;;
+	cassandra) ensure_jars cassandra "$(cassandra_home)" ;;
+	esac
 	key="$(image_key "$s")"
 	if [[ " $FORCE " != *" $s "* && -f "$ARCHIVES/$s.oci.tar" && -f "$STATE/$s.digest" && -f "$STATE/$s.key" && "$(cat "$STATE/$s.key")" == "$key" ]]; then
 		log "$s: up to date ($(image_name "$s"), $(du -h "$ARCHIVES/$s.oci.tar" | cut -f1))"
