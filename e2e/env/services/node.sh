@@ -435,11 +435,37 @@ import_images() {
 
 kubectl_() { "${KCTL[@]}" "$@"; }
 
+# node_ready [SINCE_EPOCH]: the Node is Ready and its kubelet renewed the node lease since
+# SINCE_EPOCH (default: within the last 60 s) — a Ready status left in etcd by an earlier run
+# does not count.
 node_ready() {
-	[[ "$(kubectl_ get node "$KUBE_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+	local since="${1:-$(($(date +%s) - 60))}" out ready renew
+	out="$(kubectl_ get node "$KUBE_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" || return 1
+	ready="$out"
+	renew="$(kubectl_ -n kube-node-lease get lease "$KUBE_NODE_NAME" -o jsonpath='{.spec.renewTime}' 2>/dev/null)" || return 1
+	[[ "$ready" == True && -n "$renew" ]] && (($(date -d "$renew" +%s) >= since))
+}
+# dns_answers: CoreDNS answers an A query for kubernetes.default.svc.cluster.local through the
+# kube-dns ClusterIP from the host (kube-proxy's DNAT, the Service bridge, CoreDNS, the API data).
+dns_answers() {
+	python3 - "$KUBE_CLUSTER_DNS_IP" "$KUBE_SERVICE_APISERVER_IP" <<'PY'
+import socket, struct, sys
+server, want = sys.argv[1], socket.inet_aton(sys.argv[2])
+name = b"".join(bytes([len(p)]) + p.encode() for p in "kubernetes.default.svc.cluster.local".split(".")) + b"\0"
+pkt = struct.pack(">HHHHHH", 0x7e57, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.sendto(pkt, (server, 53))
+    r = s.recv(1500)
+except OSError:
+    sys.exit(1)
+ok = r[:2] == pkt[:2] and (r[3] & 0xF) == 0 and struct.unpack(">H", r[6:8])[0] > 0 and want in r
+sys.exit(0 if ok else 1)
+PY
 }
 coredns_ready() {
-	[[ "$(kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" -ge 1 ]] 2>/dev/null
+	[[ "$(kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.readyReplicas}' 2>/dev/null)" -ge 1 ]] 2>/dev/null && dns_answers
 }
 healthz() { curl -fsS --max-time 3 -o /dev/null "$1" 2>/dev/null; }
 https_healthz() { curl -fsSk --max-time 3 "$1" 2>/dev/null | grep -q ok; }
@@ -547,6 +573,8 @@ do_start() {
 		--leader-elect=false --profiling=false --v=1
 
 	t="$(now_s)"
+	local since
+	since="$(date +%s)"
 	launch kubelet "$LOG_DIR/kubelet.log" "$TERN_BIN/kubelet" \
 		--config="$CONF_DIR/kubelet.yaml" \
 		--kubeconfig="$PKI/kubelet.kubeconfig" \
@@ -558,14 +586,15 @@ do_start() {
 	launch kube-proxy "$LOG_DIR/kube-proxy.log" "$TERN_BIN/kube-proxy" --config="$CONF_DIR/kube-proxy.yaml" --v=1
 	wait_component kube-controller-manager "kube-controller-manager healthz" 90 https_healthz https://127.0.0.1:10257/healthz
 	wait_component kube-scheduler "kube-scheduler healthz" 90 https_healthz https://127.0.0.1:10259/healthz
-	wait_component kubelet "node $KUBE_NODE_NAME Ready" 120 node_ready
+	wait_component kubelet "kubelet healthz" 60 healthz http://127.0.0.1:10248/healthz
+	wait_component kubelet "node $KUBE_NODE_NAME Ready" 120 node_ready "$since"
 	log "node Ready ($(elapsed_since "$t")s after kubelet start)"
 	wait_component kube-proxy "kube-proxy healthz" 60 healthz http://127.0.0.1:10256/healthz
 
 	render "$NODE_DIR/coredns.yaml" "$CONF_DIR/coredns.yaml"
 	kubectl_ apply --server-side --force-conflicts --field-manager=tern-e2e-node -f "$CONF_DIR/coredns.yaml" >/dev/null
 	apply_storage
-	wait_component kubelet "CoreDNS ready" 120 coredns_ready
+	wait_component kubelet "CoreDNS answers at $KUBE_CLUSTER_DNS_IP" 120 coredns_ready
 	check_routes
 	log "node up in $(elapsed_since "$t0")s: $(do_info)"
 }
@@ -575,13 +604,13 @@ do_start() {
 
 kill_containers() {
 	[[ -S "$CTRD_SOCK" ]] && is_running "$PIDS_DIR/containerd.pid" || return 0
-	local ids id n=0
+	local ids id n=0 failed=0
 	ids="$(ctr_ tasks ls -q 2>/dev/null || true)"
 	for id in $ids; do
-		ctr_ tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1 || true
-		n=$((n + 1))
+		if ctr_ tasks kill -a -s SIGKILL "$id" >/dev/null 2>&1; then n=$((n + 1)); else failed=$((failed + 1)); fi
 	done
-	((n)) || return 0
+	((n + failed)) || return 0
+	((failed == 0)) || log "ctr could not kill $failed of $((n + failed)) tasks (their processes are killed from the cgroups below)"
 	local i
 	for i in $(seq 1 50); do
 		[[ -z "$(ctr_ tasks ls 2>/dev/null | awk 'NR > 1 && $3 != "STOPPED"')" ]] && break
@@ -598,6 +627,28 @@ shim_pids() {
 		cmd="$(tr '\0' ' ' <"$d/cmdline" 2>/dev/null)" || continue
 		[[ "$cmd" == *containerd-shim* && "$cmd" == *"$CTRD_SOCK"* ]] && echo "${d#/proc/}"
 	done
+}
+
+# kubepods_pids: every process in the kubelet's pod cgroups (all hierarchies) = our containers.
+kubepods_pids() {
+	{ find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -name cgroup.procs 2>/dev/null || true; } |
+		xargs -r cat 2>/dev/null | sort -un || true
+}
+
+# kill_pod_processes: SIGKILL what is left in the pod cgroups (containers whose task kill did
+# not go through containerd), until they are empty.
+kill_pod_processes() {
+	local i pids n=0
+	for i in $(seq 1 20); do
+		pids="$(kubepods_pids)"
+		[[ -n "$pids" ]] || break
+		n=$(wc -w <<<"$pids")
+		# shellcheck disable=SC2086 # a list of pids
+		kill -KILL $pids 2>/dev/null || true
+		sleep 0.5
+	done
+	((n == 0)) || log "killed $n leftover container processes (by PID, from the kubepods cgroups)"
+	[[ -z "$(kubepods_pids)" ]] || warn "processes left in the kubepods cgroups: $(kubepods_pids | tr '\n' ' ')"
 }
 
 unmount_all() {
@@ -637,6 +688,8 @@ do_stop() {
 	done
 	kill_containers
 	SVC="node/containerd" stop_pidfile "$PIDS_DIR/containerd.pid" 30
+	SVC=node
+	kill_pod_processes
 	local p
 	for p in $(shim_pids); do
 		kill -KILL "$p" 2>/dev/null && log "killed leftover shim pid $p"
