@@ -686,6 +686,9 @@ do_stop() {
 	for n in kube-proxy kubelet kube-scheduler kube-controller-manager; do
 		SVC="node/$n" stop_pidfile "$PIDS_DIR/$n.pid" 30
 	done
+	# Without a renewed node lease, clients (and e2e/operator's suite, which refuses to run
+	# next to a live kubelet) see at once that no kubelet runs; kubelet recreates it at start.
+	kubectl_ -n kube-node-lease delete lease "$KUBE_NODE_NAME" --ignore-not-found --wait=false >/dev/null 2>&1 || true
 	kill_containers
 	SVC="node/containerd" stop_pidfile "$PIDS_DIR/containerd.pid" 30
 	SVC=node
