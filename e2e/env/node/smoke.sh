@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck disable=SC2015 # `check && ok … || bad …`: ok never fails
 # Smoke test of the e2e Kubernetes node (after `e2e/env/up.sh node`): a pod runs, a 2-replica
 # Deployment becomes available, its ClusterIP answers from the host and from a pod, a NodePort
 # answers on 127.0.0.1, a pod resolves Service and headless pod names through CoreDNS, a PVC

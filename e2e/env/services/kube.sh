@@ -216,6 +216,7 @@ do_launch() {
 	ensure_pki
 	local mode mode_args=()
 	mode="$(wanted_mode)"
+	# shellcheck disable=SC2054 # commas inside flag values (Node,RBAC)
 	if [[ "$mode" == node ]]; then
 		mode_args=(
 			--bind-address=0.0.0.0

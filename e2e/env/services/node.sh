@@ -63,6 +63,7 @@ need_root() { [[ "$(id -u)" == 0 ]] || die "the node needs root (routes, iptable
 
 do_install() {
 	need_root
+	# shellcheck disable=SC2086 # a list of packages
 	apt_install $NODE_APT_PACKAGES
 	# apt may enable Debian's own containerd unit; we run our own daemon (no systemd here
 	# anyway, but keep the unit disabled where there is one).
@@ -218,7 +219,7 @@ iptables_cleanup() {
 			grep -qx "$t" <<<"$before" && continue
 			# empty = no rules and only default-ACCEPT built-in chains
 			if ! "$save" -t "$t" 2>/dev/null | grep -qE '^-A |^:[A-Z]+ (DROP|REJECT)'; then
-				command -v nft >/dev/null 2>&1 && nft delete table "$nftfam" "$t" 2>/dev/null || true
+				if command -v nft >/dev/null 2>&1; then nft delete table "$nftfam" "$t" 2>/dev/null || true; fi
 			fi
 		done
 	done
@@ -438,8 +439,10 @@ kubectl_() { "${KCTL[@]}" "$@"; }
 # node_ready [SINCE_EPOCH]: the Node is Ready and its kubelet renewed the node lease since
 # SINCE_EPOCH (default: within the last 60 s) — a Ready status left in etcd by an earlier run
 # does not count.
+# shellcheck disable=SC2120 # called with an argument through wait_component
 node_ready() {
-	local since="${1:-$(($(date +%s) - 60))}" out ready renew
+	local since="${1:-}" out ready renew
+	[[ -n "$since" ]] || since=$(($(date +%s) - 60))
 	out="$(kubectl_ get node "$KUBE_NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" || return 1
 	ready="$out"
 	renew="$(kubectl_ -n kube-node-lease get lease "$KUBE_NODE_NAME" -o jsonpath='{.spec.renewTime}' 2>/dev/null)" || return 1
@@ -719,7 +722,7 @@ do_stop() {
 # health / status
 
 do_health() {
-	node_ready && coredns_ready
+	node_ready "" && coredns_ready
 }
 
 do_info() {
@@ -729,7 +732,7 @@ do_info() {
 }
 
 do_status() {
-	local n rc=0 down=()
+	local n down=()
 	for n in containerd kube-controller-manager kube-scheduler kubelet kube-proxy; do
 		is_running "$PIDS_DIR/$n.pid" || down+=("$n")
 	done
@@ -743,7 +746,7 @@ do_status() {
 		echo "node: healthy (kubelet pid $(pid_of "$PID_FILE"), RSS $rss without the API server and pods) $(do_info)"
 		return 0
 	fi
-	echo "node: UNHEALTHY (not running: ${down[*]:-none}; node Ready: $(node_ready && echo yes || echo no), CoreDNS ready: $(coredns_ready && echo yes || echo no); logs $LOG_DIR)"
+	echo "node: UNHEALTHY (not running: ${down[*]:-none}; node Ready: $(node_ready "" && echo yes || echo no), CoreDNS ready: $(coredns_ready && echo yes || echo no); logs $LOG_DIR)"
 	return 1
 }
 
