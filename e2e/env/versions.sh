@@ -27,7 +27,7 @@ PY_BOTO3_VERSION="1.40.61"
 
 # --- Go module proxy ---------------------------------------------------------------------
 ETCD_VERSION="v3.6.13"             # go.etcd.io/etcd/server/v3 (k8s 1.34 wants etcd >= 3.5.13; 3.6 recommended)
-KUBERNETES_VERSION="v1.34.4"       # k8s.io/kubernetes -> kube-apiserver + kubectl (k8s-openapi feature v1_34)
+KUBERNETES_VERSION="v1.34.4"       # k8s.io/kubernetes -> kube-apiserver, kubectl, kube-controller-manager, kube-scheduler, kubelet, kube-proxy (k8s-openapi feature v1_34)
 KUBERNETES_STAGING_VERSION="v0.34.4"  # k8s.io/<staging> modules matching KUBERNETES_VERSION
 HELM_VERSION="v3.19.0"             # helm.sh/helm/v3/cmd/helm
 COREDNS_VERSION="v1.13.1"          # github.com/coredns/coredns (1.13.1 is built on client-go 0.34, the node's k8s line)
