@@ -6,6 +6,9 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One TLS provider for every client (S3, push gateways, Redis/Kafka over TLS): the
+    // workspace build enables both of rustls' providers, and rustls then refuses to guess.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Some(Command::Token(t)) => {
             anyhow::ensure!(

@@ -63,25 +63,38 @@ dump() {
   echo "====================================================="
 }
 
+step "clean up what an earlier run or the bare-API-server suite left"
+# The bare-API-server suite (e2e/operator) leaves namespaces with ChatClusters, Deployments and
+# StatefulSets behind (nothing deletes them there). Marking them for deletion before the node's
+# controllers start means none of them ever gets a pod: the namespace controller empties them,
+# and admission refuses new pods in a terminating namespace.
+e2e/env/up.sh etcd kube
+eval "$(e2e/env/env.sh)"
+helm uninstall tern-operator -n "$OPNS" >/dev/null 2>&1 || true
+for ns in $(kubectl get ns -o name | sed -n 's#^namespace/\(e2e-.*\)#\1#p') "$NS"; do
+  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
+done
+
 step "real node (e2e/env/up.sh node)"
 e2e/env/up.sh node
-eval "$(e2e/env/env.sh)"
+kubectl wait --for=delete namespace/"$NS" --timeout=180s >/dev/null 2>&1 || true
 kubectl get nodes -o wide
 
 step "build chat-server and tern-operator (debug binaries go into the images)"
-cargo build -p chat-server -p tern-operator --bin chat-server --bin tern-operator
+# The same unit graph as `cargo test --workspace` (a no-op after it): building only the two
+# binaries would unify features differently and recompile half the dependency tree.
+cargo test --workspace --no-run
 
 step "images: build from docker/*.Dockerfile and e2e/env/images, import into the node's containerd"
 e2e/env/images/build.sh --import
 
-step "clean up what an earlier run or the bare-API-server suite left"
-helm uninstall tern-operator -n "$OPNS" --wait >/dev/null 2>&1 || true
-kubectl delete namespace "$NS" --wait=true --timeout=180s >/dev/null 2>&1 || true
-# Namespaces of the bare-API-server operator suite (e2e/operator) hold ChatClusters that the
-# operator installed here would otherwise reconcile into real pods.
-for ns in $(kubectl get ns -o name | sed -n 's#^namespace/\(e2e-.*\)#\1#p'); do
-  kubectl delete namespace "$ns" --wait=false >/dev/null 2>&1 || true
-done
+# The bare-API-server suite installs the CRD with server-side apply; hand it to the Helm
+# release (Helm's documented adoption: its ownership label and annotations).
+if kubectl get crd chatclusters.chat.tern.dev >/dev/null 2>&1; then
+  kubectl label crd chatclusters.chat.tern.dev app.kubernetes.io/managed-by=Helm --overwrite >/dev/null
+  kubectl annotate crd chatclusters.chat.tern.dev meta.helm.sh/release-name=tern-operator \
+    meta.helm.sh/release-namespace="$OPNS" --overwrite >/dev/null
+fi
 
 step "helm install the operator chart (the operator runs as a pod under the chart's RBAC)"
 trap 'rc=$?; if [ $rc -ne 0 ]; then dump; fi' EXIT

@@ -34,7 +34,9 @@ step "node"
 e2e/env/up.sh node
 eval "$(e2e/env/env.sh)"
 step "chat-server and tern-operator binaries, then images"
-cargo build -p chat-server -p tern-operator --bin chat-server --bin tern-operator
+# The same unit graph as `cargo test --workspace` (a no-op after it): building only the two
+# binaries would unify features differently and recompile half the dependency tree.
+cargo test --workspace --no-run
 e2e/env/images/build.sh --import
 step "helm install the operator"
 helm upgrade --install tern-operator charts/tern-operator -n tern-system --create-namespace --wait --timeout 180s

@@ -61,6 +61,10 @@ async fn shutdown_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
+    // One TLS provider for the API-server client, chosen here: the workspace build enables
+    // both of rustls' providers and rustls then refuses to guess (the operator pod crashed at
+    // its first API call on a real node).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cfg.log).context("bad RUST_LOG")?)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
