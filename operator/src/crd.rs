@@ -56,8 +56,7 @@ use std::collections::BTreeMap;
     printcolumn(
         name = "Endpoint",
         type_ = "string",
-        json_path = ".status.endpoint",
-        priority = 1
+        json_path = ".status.endpoint"
     ),
     printcolumn(
         name = "Age",

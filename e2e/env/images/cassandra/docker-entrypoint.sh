@@ -60,6 +60,28 @@ if [ "$1" = 'cassandra' ]; then
 	fi
 	export CASSANDRA_LISTEN_ADDRESS CASSANDRA_BROADCAST_ADDRESS CASSANDRA_SEEDS
 
+	# Kubernetes: a StatefulSet pod's own DNS name (the usual seed) appears a moment after the
+	# pod starts, and a first NXDOMAIN is cached by CoreDNS for up to 30 s. Cassandra looks its
+	# seeds up once and exits when none resolves (seen on the real node: three restarts of
+	# pod 0), so wait — bounded by CASSANDRA_SEED_WAIT seconds (default 120) — until at least
+	# one seed resolves. An addition to the official image's contract.
+	seed_wait="${CASSANDRA_SEED_WAIT:-120}"
+	waited=0
+	while :; do
+		resolved=0
+		for seed in ${CASSANDRA_SEEDS//,/ }; do
+			getent hosts "$seed" >/dev/null 2>&1 && resolved=1 && break
+		done
+		[ "$resolved" = 1 ] && break
+		if [ "$waited" -ge "$seed_wait" ]; then
+			echo "docker-entrypoint.sh: no seed of '$CASSANDRA_SEEDS' resolved in ${seed_wait}s; starting anyway" >&2
+			break
+		fi
+		[ $((waited % 10)) = 0 ] && echo "docker-entrypoint.sh: waiting for a seed of '$CASSANDRA_SEEDS' to resolve (${waited}s)" >&2
+		sleep 1
+		waited=$((waited + 1))
+	done
+
 	_sed_in_place "$CASSANDRA_CONF/cassandra.yaml" -r 's/(- seeds:).*/\1 "'"$CASSANDRA_SEEDS"'"/'
 
 	for yaml in broadcast_address broadcast_rpc_address cluster_name endpoint_snitch listen_address num_tokens rpc_address; do
