@@ -111,6 +111,10 @@ step "operator pod: no restarts, and its log has no errors"
 kubectl -n "$OPNS" get pods -o wide
 restarts=$(kubectl -n "$OPNS" get pods -l app.kubernetes.io/name=tern-operator -o jsonpath='{.items[*].status.containerStatuses[*].restartCount}')
 [ "${restarts// /}" = "0" ] || { echo "the operator pod restarted: $restarts"; exit 1; }
+if kubectl -n "$OPNS" logs -l app.kubernetes.io/name=tern-operator --tail=-1 | grep -E ' ERROR |panicked'; then
+  echo "the operator logged errors (above)"
+  exit 1
+fi
 
 if [ "$KEEP" = 0 ]; then
   step "clean up (operator release, test namespace)"
