@@ -53,11 +53,7 @@ use std::collections::BTreeMap;
         type_ = "integer",
         json_path = ".status.edge.connections"
     ),
-    printcolumn(
-        name = "Endpoint",
-        type_ = "string",
-        json_path = ".status.endpoint"
-    ),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".status.endpoint"),
     printcolumn(
         name = "Age",
         type_ = "date",
