@@ -372,34 +372,12 @@ maven_fetch() {
 }
 
 # cassandra_jpms_opts: sets CASSANDRA_JPMS_OPTS, the JDK 17 module flags from Cassandra's
-# conf/jvm17-server.options (needed by the server and by nodetool alike).
+# conf/jvm17-server.options (needed by the server and by nodetool alike). One list for the host
+# service and the cassandra image: the image's bin/jpms-opts.sh.
 cassandra_jpms_opts() {
-	CASSANDRA_JPMS_OPTS=(
-		-Djdk.attach.allowAttachSelf=true
-		--add-exports java.base/jdk.internal.misc=ALL-UNNAMED
-		--add-exports java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED
-		--add-exports java.rmi/sun.rmi.registry=ALL-UNNAMED
-		--add-exports java.rmi/sun.rmi.server=ALL-UNNAMED
-		--add-exports java.sql/java.sql=ALL-UNNAMED
-		--add-exports java.base/java.lang.ref=ALL-UNNAMED
-		--add-exports jdk.unsupported/sun.misc=ALL-UNNAMED
-		--add-exports jdk.compiler/com.sun.tools.javac.file=ALL-UNNAMED
-		--add-exports jdk.attach/sun.tools.attach=ALL-UNNAMED
-		--add-opens java.base/java.lang.module=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.loader=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.ref=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.reflect=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.math=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.module=ALL-UNNAMED
-		--add-opens java.base/jdk.internal.util.jar=ALL-UNNAMED
-		--add-opens jdk.management/com.sun.management.internal=ALL-UNNAMED
-		--add-opens java.base/sun.nio.ch=ALL-UNNAMED
-		--add-opens java.base/java.io=ALL-UNNAMED
-		--add-opens java.base/java.lang.reflect=ALL-UNNAMED
-		--add-opens jdk.compiler/com.sun.tools.javac=ALL-UNNAMED
-		--add-opens java.base/java.lang=ALL-UNNAMED
-		--add-opens java.base/java.util=ALL-UNNAMED
-	)
+	# shellcheck source=images/cassandra/bin/jpms-opts.sh
+	. "$E2E_ENV_DIR/images/cassandra/bin/jpms-opts.sh"
+	CASSANDRA_JPMS_OPTS=("${JPMS_OPTS[@]}")
 }
 
 # ---------------------------------------------------------------------------------------
