@@ -81,6 +81,10 @@ async fn chart_lints_and_applies_with_server_side_dry_run() {
                 "apply",
                 "--server-side",
                 "--dry-run=server",
+                // The CRD may already be owned by a real Helm release (the real-node suite
+                // installs the chart, and the chart keeps its CRD on uninstall): this checks
+                // that the API server accepts the rendered objects, not who manages them.
+                "--force-conflicts",
                 "--field-manager=tern-e2e",
                 "-n",
                 &ns,
