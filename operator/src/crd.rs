@@ -240,7 +240,9 @@ fn default_scrape_interval() -> i32 {
 #[serde(rename_all = "camelCase")]
 pub struct DrainSpec {
     /// Seconds an edge pod waits for its clients to leave before exiting
-    /// (`CHAT_DRAIN_TIMEOUT`). The pod's termination grace period is this plus 10 s.
+    /// (`CHAT_DRAIN_TIMEOUT`). A stopping edge pod first pauses 5 s (preStop) while endpoints
+    /// stop sending it connections, then drains; its termination grace period is 5 s + this
+    /// + 10 s.
     #[serde(default = "default_drain_timeout")]
     #[schemars(range(min = 0, max = 3600))]
     pub timeout_seconds: i32,

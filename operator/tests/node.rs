@@ -12,7 +12,8 @@
 //! 3. `kubectl delete pod --force --grace-period=0` of the delivery pod, then of an edge pod,
 //!    while a client streams: every acked message is stored under its acked seq, no gaps, no
 //!    duplicate `client_msg_id`; clients recover by reconnecting and syncing;
-//! 4. deleting the ChatCluster garbage-collects what it owns; the StatefulSets' data PVCs stay.
+//! 4. a graceful delete of an edge pod: preStop pause, then drain (`reconnect`), clients move;
+//! 5. deleting the ChatCluster garbage-collects what it owns; the StatefulSets' data PVCs stay.
 
 use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -883,6 +884,51 @@ async fn chatcluster_on_a_real_node() {
     })
     .await;
     drop((a, b, g3));
+
+    step(
+        t0,
+        "kubectl delete pod (graceful) of an edge: preStop pause, then drain",
+    );
+    // A client on the edge that is told to stop: the pod keeps serving through its preStop
+    // pause (endpoints drop it meanwhile), then chat-server drains and the client gets
+    // `reconnect`; it reconnects through the Service (to the other edge) and carries on.
+    let edges = wait_for("2 edge pods ready", Duration::from_secs(60), || {
+        k.ready_pods("edge", 2)
+    })
+    .await;
+    let target = pod_ip(&edges[0]);
+    let mut w = c.ws_on(5, &target).await;
+    let deleted = Instant::now();
+    kubectl(&[
+        "delete",
+        "pod",
+        "-n",
+        &ns,
+        &edges[0].name_any(),
+        "--wait=false",
+    ]);
+    let r = w
+        .expect("reconnect", Duration::from_secs(30))
+        .await
+        .expect("a reconnect frame from the draining edge");
+    let after = deleted.elapsed();
+    eprintln!("   reconnect after {after:?}: {r}");
+    assert!(
+        after >= Duration::from_secs(4),
+        "the drain began after the preStop pause, not at once ({after:?})"
+    );
+    let mut w = c.ws(5).await;
+    assert!(
+        w.send(
+            json!({"type":"message","chat_id":group,"content":"x","client_msg_id":"after-drain"})
+        )
+        .await
+    );
+    let e = w.answer("after-drain", Duration::from_secs(10)).await;
+    assert!(
+        matches!(&e, Err(m) if m.contains("forbidden")),
+        "user 5 is no member; the answer proves the new connection works: {e:?}"
+    );
 
     // ---- 4. delete the ChatCluster -----------------------------------------------------
     step(

@@ -6,12 +6,18 @@ use crate::crd::{ChatCluster, Role};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::core::v1::TopologySpreadConstraint;
+use k8s_openapi::api::core::v1::{
+    Lifecycle, LifecycleHandler, SleepAction, TopologySpreadConstraint,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Extra seconds on top of the drain timeout before the kubelet kills an edge pod.
 pub const DRAIN_GRACE_MARGIN: i64 = 10;
+/// Seconds an edge pod keeps accepting after it is told to stop and before chat-server gets
+/// SIGTERM (a `preStop` sleep): time for the endpoints controller and kube-proxy (or a load
+/// balancer) to stop sending it new connections, which a draining edge would refuse.
+pub const EDGE_PRESTOP_SECONDS: i64 = 5;
 
 /// The Deployment of `role` with `replicas` pods (for the edge: the autoscaler's decision or
 /// `spec.edge.replicas`) and the config `checksum` in the pod template.
@@ -27,8 +33,22 @@ pub fn deployment(cluster: &ChatCluster, role: Role, replicas: i32, checksum: &s
     let mut template = pod_template(cluster, component, container, checksum);
     let pod = template.spec.as_mut().expect("pod_template sets spec");
     let strategy = if role == Role::Edge {
-        pod.termination_grace_period_seconds =
-            Some(i64::from(s.edge.drain.timeout_seconds) + DRAIN_GRACE_MARGIN);
+        // The grace period covers the preStop pause, then the drain (clients told to
+        // reconnect elsewhere, receipts flushed), then a margin.
+        pod.termination_grace_period_seconds = Some(
+            EDGE_PRESTOP_SECONDS + i64::from(s.edge.drain.timeout_seconds) + DRAIN_GRACE_MARGIN,
+        );
+        if let Some(c) = pod.containers.first_mut() {
+            c.lifecycle = Some(Lifecycle {
+                pre_stop: Some(LifecycleHandler {
+                    sleep: Some(SleepAction {
+                        seconds: EDGE_PRESTOP_SECONDS,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
         if !s.edge.topology_spread_constraints.is_empty() {
             pod.topology_spread_constraints = Some(spread_constraints(
                 cluster,
@@ -120,7 +140,15 @@ mod tests {
             "sum"
         );
         let pod = t.spec.unwrap();
-        assert_eq!(pod.termination_grace_period_seconds, Some(55));
+        // preStop 5 s + drain 45 s + margin 10 s.
+        assert_eq!(pod.termination_grace_period_seconds, Some(60));
+        let pre_stop = pod.containers[0]
+            .lifecycle
+            .as_ref()
+            .and_then(|l| l.pre_stop.as_ref())
+            .and_then(|h| h.sleep.as_ref())
+            .map(|s| s.seconds);
+        assert_eq!(pre_stop, Some(EDGE_PRESTOP_SECONDS));
         let tsc = &pod.topology_spread_constraints.unwrap()[0];
         assert_eq!(
             tsc.label_selector
