@@ -117,6 +117,22 @@ _install_helm() {
 }
 
 
+# issue_serving_cert SANS: the API server's serving key and certificate, signed by the CA in
+# the current directory, for the subjectAltName list SANS.
+issue_serving_cert() {
+	openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
+		-subj "/CN=kube-apiserver" 2>/dev/null
+	cat >apiserver.ext <<EXT
+basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=$1
+EXT
+	openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
+		-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+	rm -f apiserver.csr
+}
+
 # PKI, tokens and kubeconfig: generated once per run dir (kept across restarts so clients'
 # kubeconfigs stay valid); `down.sh --wipe kube` regenerates them.
 ensure_pki() {
@@ -129,19 +145,9 @@ ensure_pki() {
 			cd "$PKI_DIR"
 			openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 3650 \
 				-keyout ca.key -out ca.crt -subj "/CN=tern-e2e-ca" 2>/dev/null
-			openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
-				-subj "/CN=kube-apiserver" 2>/dev/null
-			cat >apiserver.ext <<EXT
-basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
-EXT
-			openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
-				-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
+			issue_serving_cert "IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 			openssl genrsa -out sa.key 2048 2>/dev/null
 			openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
-			rm -f apiserver.csr
 		)
 	fi
 	if [[ "$(wanted_mode)" == node ]]; then
@@ -153,17 +159,7 @@ EXT
 			log "serving certificate lacks IP:$ip: regenerating it (same CA)"
 			(
 				cd "$PKI_DIR"
-				openssl req -newkey rsa:2048 -nodes -sha256 -keyout apiserver.key -out apiserver.csr \
-					-subj "/CN=kube-apiserver" 2>/dev/null
-				cat >apiserver.ext <<EXT
-basicConstraints=CA:FALSE
-keyUsage=critical,digitalSignature,keyEncipherment
-extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:$KUBE_SERVICE_APISERVER_IP,IP:$ip,DNS:localhost,DNS:$KUBE_NODE_NAME,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
-EXT
-				openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial -sha256 \
-					-days 3650 -extfile apiserver.ext -out apiserver.crt 2>/dev/null
-				rm -f apiserver.csr
+				issue_serving_cert "IP:127.0.0.1,IP:$KUBE_SERVICE_APISERVER_IP,IP:$ip,DNS:localhost,DNS:$KUBE_NODE_NAME,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 			)
 		fi
 		# The API server's client certificate for kubelets (logs, exec, port-forward).
