@@ -77,18 +77,54 @@ pub struct LeaderElector {
     name: String,
     identity: String,
     duration: Duration,
+    renew_deadline: Duration,
     retry: Duration,
+    /// Start the loop as the leader that just renewed (tests of the step-down path).
+    start_leading: bool,
 }
 
 impl LeaderElector {
-    pub fn new(api: Api<Lease>, name: &str, identity: &str, duration: Duration) -> Self {
-        LeaderElector {
+    /// A candidate with client-go's timing shape: `duration` is how long a lease stays valid
+    /// after its last renewal (others wait that long), `renew_deadline` how long the leader
+    /// keeps acting without a successful renewal (it must be shorter, so the leader has
+    /// stopped before anyone may take over), `retry` the pause between attempts.
+    pub fn new(
+        api: Api<Lease>,
+        name: &str,
+        identity: &str,
+        duration: Duration,
+        renew_deadline: Duration,
+        retry: Duration,
+    ) -> Result<Self> {
+        if renew_deadline >= duration {
+            return Err(Error::Lease(format!(
+                "the renew deadline ({}s) must be shorter than the lease duration ({}s): a leader \
+                 must stop acting before another replica may take the lease over",
+                renew_deadline.as_secs(),
+                duration.as_secs()
+            )));
+        }
+        if retry.is_zero() || retry >= renew_deadline {
+            return Err(Error::Lease(format!(
+                "the retry period ({}s) must be above zero and shorter than the renew deadline ({}s)",
+                retry.as_secs(),
+                renew_deadline.as_secs()
+            )));
+        }
+        Ok(LeaderElector {
             api,
             name: name.into(),
             identity: identity.into(),
             duration,
-            retry: duration / 3,
-        }
+            renew_deadline,
+            retry,
+            start_leading: false,
+        })
+    }
+
+    #[cfg(test)]
+    fn assume_leading(&mut self) {
+        self.start_leading = true;
     }
 
     /// One attempt: returns whether we hold the lease afterwards.
@@ -125,14 +161,28 @@ impl LeaderElector {
         }
     }
 
-    /// Loop until `stop` fires: publishes `true` on `tx` while we lead. Once leadership is
-    /// lost (a renewal failed for longer than the lease duration, or another holder took
-    /// over) it publishes `false` and returns: the caller must stop reconciling.
+    /// Loop until `stop` fires: publishes `true` on `tx` while we lead. Leadership is lost
+    /// when another holder took over or when no renewal succeeded within the renew deadline
+    /// (each attempt is cut off at the deadline too, so a hanging API call cannot stretch
+    /// it); then it publishes `false` and returns an error: the caller must stop acting at
+    /// once (the binary exits and is restarted as a fresh candidate).
     pub async fn run(self, tx: watch::Sender<bool>, mut stop: watch::Receiver<bool>) -> Result<()> {
-        let mut leading = false;
+        let mut leading = self.start_leading;
         let mut last_renew = tokio::time::Instant::now();
         loop {
-            match self.try_acquire_or_renew().await {
+            let attempt = if leading {
+                let left = self.renew_deadline.saturating_sub(last_renew.elapsed());
+                match tokio::time::timeout(left, self.try_acquire_or_renew()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Lease("lease update timed out".into())),
+                }
+            } else {
+                match tokio::time::timeout(self.renew_deadline, self.try_acquire_or_renew()).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Lease("lease update timed out".into())),
+                }
+            };
+            match attempt {
                 Ok(true) => {
                     if !leading {
                         tracing::info!(identity = %self.identity, lease = %self.name, "became leader");
@@ -148,14 +198,24 @@ impl LeaderElector {
                 Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(cause = %e, "lease update failed");
-                    if leading && last_renew.elapsed() > self.duration {
+                    if leading && last_renew.elapsed() >= self.renew_deadline {
                         let _ = tx.send(false);
-                        return Err(Error::Lease(format!("could not renew: {e}")));
+                        return Err(Error::Lease(format!(
+                            "no renewal for {}s (renew deadline): {e}",
+                            self.renew_deadline.as_secs()
+                        )));
                     }
                 }
             }
+            let pause = if leading {
+                // Never sleep past the deadline: the next attempt decides in time.
+                self.retry
+                    .min(self.renew_deadline.saturating_sub(last_renew.elapsed()))
+            } else {
+                self.retry
+            };
             tokio::select! {
-                _ = tokio::time::sleep(self.retry) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = stop.changed() => {
                     if leading {
                         self.release().await;
@@ -225,6 +285,62 @@ mod tests {
             decide(Some(&spec("a", 10, 15)), "a", at(100)),
             LeaseAction::Renew
         );
+    }
+
+    #[tokio::test]
+    async fn the_renew_deadline_must_be_shorter_than_the_lease() {
+        // No API calls are made by `new`; a client that points nowhere is enough.
+        let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "x");
+        let s = Duration::from_secs;
+        let err = LeaderElector::new(api.clone(), "l", "a", s(15), s(15), s(2))
+            .err()
+            .expect("deadline == lease is refused");
+        assert!(
+            err.to_string()
+                .contains("must be shorter than the lease duration")
+        );
+        assert!(LeaderElector::new(api.clone(), "l", "a", s(15), s(10), s(10)).is_err());
+        assert!(LeaderElector::new(api, "l", "a", s(15), s(10), s(2)).is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_leader_that_cannot_renew_steps_down_within_the_deadline() {
+        // An API server that accepts connections and never answers: every renewal hangs.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
+        let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "x");
+        let e = LeaderElector::new(
+            api,
+            "l",
+            "a",
+            Duration::from_secs(3),
+            Duration::from_millis(1500),
+            Duration::from_millis(300),
+        )
+        .unwrap();
+        let (tx, rx) = watch::channel(true);
+        let (_stop_tx, stop_rx) = watch::channel(false);
+        // Start as if we had just renewed: `run` must give up 1.5 s after that at the latest.
+        let t0 = tokio::time::Instant::now();
+        let mut e = e;
+        e.assume_leading();
+        let r = e.run(tx, stop_rx).await;
+        let took = t0.elapsed();
+        assert!(r.is_err(), "a leader that cannot renew returns an error");
+        assert!(!*rx.borrow(), "and publishes that it no longer leads");
+        assert!(
+            took < Duration::from_millis(2500),
+            "stepped down after {took:?}, renew deadline 1.5 s"
+        );
+        hold.abort();
     }
 
     #[test]

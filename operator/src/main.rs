@@ -34,6 +34,13 @@ struct Config {
     /// Lease duration in seconds: a dead leader is replaced after this long.
     #[arg(long, env = "TERN_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
+    /// The leader stops acting and exits when it could not renew for this long; must be
+    /// shorter than the lease, so it has stopped before another replica may take over.
+    #[arg(long, env = "TERN_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
+    renew_deadline_seconds: u64,
+    /// Seconds between lease attempts (renewals while leading).
+    #[arg(long, env = "TERN_LEASE_RETRY_SECONDS", default_value_t = 2)]
+    lease_retry_seconds: u64,
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -113,8 +120,14 @@ async fn main() -> anyhow::Result<()> {
             &cfg.lease_name,
             &identity,
             Duration::from_secs(cfg.lease_seconds),
-        );
-        let election = tokio::spawn(elector.run(lead_tx, stop_rx.clone()));
+            Duration::from_secs(cfg.renew_deadline_seconds),
+            Duration::from_secs(cfg.lease_retry_seconds),
+        )
+        .context("leader election settings")?;
+        // The lease is released only after the controller has stopped (on SIGTERM), so a
+        // successor never acts while this replica finishes a reconcile.
+        let (release_tx, release_rx) = watch::channel(false);
+        let election = tokio::spawn(elector.run(lead_tx, release_rx));
         tracing::info!(%identity, lease = %cfg.lease_name, "waiting to become leader");
         let became = tokio::select! {
             r = lead_rx.wait_for(|l| *l) => r.is_ok(),
@@ -122,29 +135,28 @@ async fn main() -> anyhow::Result<()> {
         };
         if became {
             metrics.leader.set(1);
-            // Stop reconciling on shutdown or as soon as leadership is lost.
+            // Losing the lease ends the process at once: a graceful controller shutdown would
+            // let in-flight reconciles keep writing while another replica may already lead.
+            // The kubelet restarts the container, which comes back as a follower.
             let mut lost_rx = lead_rx.clone();
-            let stop = stopped(stop_rx.clone());
-            let shutdown = async move {
-                tokio::select! {
-                    _ = stop => {}
-                    _ = lost_rx.wait_for(|l| !*l) => {}
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if lost_rx.wait_for(|l| !*l).await.is_ok() && !*stop.borrow() {
+                    tracing::error!(
+                        "lost leadership: stepping down and exiting so that two replicas never act at once"
+                    );
+                    std::process::exit(1);
                 }
-            };
-            controller::run(client, opts, metrics.clone(), shutdown).await;
+            });
+            controller::run(client, opts, metrics.clone(), stopped(stop_rx.clone())).await;
             metrics.leader.set(0);
         }
-        let lost = !*stop_rx.borrow() && became;
-        // The elector returns once stopped (releasing the lease) or on loss.
-        let election_result = election.await.context("leader election task")?;
-        if lost {
-            Err(anyhow::anyhow!(
-                "lost leadership: {:?}",
-                election_result.err()
-            ))
-        } else {
-            election_result.map_err(Into::into)
-        }
+        let _ = release_tx.send(true);
+        // The elector returns once stopped (releasing the lease).
+        election
+            .await
+            .context("leader election task")?
+            .map_err(Into::into)
     } else {
         controller::run(client, opts, metrics.clone(), stopped(stop_rx.clone())).await;
         Ok(())

@@ -18,6 +18,11 @@ pub const CONNECTIONS_METRIC: &str = "chat_connections";
 pub struct Target {
     pub pod: Option<String>,
     pub url: String,
+    /// The pod is Running and Ready, so the edge Service sends it clients. A pod that is not
+    /// (starting, crash-looping, draining) and does not answer counts as holding no
+    /// connections instead of making the scrape incomplete: such pods must not freeze
+    /// scale-down.
+    pub serving: bool,
 }
 
 /// One scrape result.
@@ -65,13 +70,24 @@ pub fn parse_connections(text: &str) -> Option<u64> {
     found.then(|| sum.round() as u64)
 }
 
-/// Targets from edge Pods: those with an IP that are not being deleted. Pure.
+/// Targets from edge Pods: those with an IP that are not being deleted and have not
+/// terminated (an evicted pod keeps its IP in status with phase `Failed`). Pure.
 pub fn targets_from_pods(pods: &[Pod], port: u16) -> Vec<Target> {
     let mut out: Vec<Target> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
-            let ip = p.status.as_ref()?.pod_ip.as_ref()?;
+            let status = p.status.as_ref()?;
+            let phase = status.phase.as_deref().unwrap_or("");
+            if phase == "Failed" || phase == "Succeeded" {
+                return None;
+            }
+            let ip = status.pod_ip.as_ref()?;
+            let ready = status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
             let host = if ip.contains(':') {
                 format!("[{ip}]")
             } else {
@@ -80,6 +96,7 @@ pub fn targets_from_pods(pods: &[Pod], port: u16) -> Vec<Target> {
             Some(Target {
                 pod: Some(p.name_any()),
                 url: format!("http://{host}:{port}/metrics"),
+                serving: phase == "Running" && ready,
             })
         })
         .collect();
@@ -101,6 +118,7 @@ pub fn parse_override(value: &str) -> Vec<Target> {
             Target {
                 pod,
                 url: format!("http://{addr}/metrics"),
+                serving: true,
             }
         })
         .collect()
@@ -180,6 +198,39 @@ mod tests {
     }
 
     #[test]
+    fn terminated_pods_are_skipped_and_unready_ones_do_not_serve() {
+        use k8s_openapi::api::core::v1::PodCondition;
+        let pod = |name: &str, phase: &str, ready: bool| Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some("10.244.0.9".into()),
+                phase: Some(phase.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let t = targets_from_pods(
+            &[
+                pod("evicted", "Failed", false),
+                pod("crashing", "Running", false),
+                pod("ok", "Running", true),
+            ],
+            8080,
+        );
+        let got: Vec<(Option<&str>, bool)> =
+            t.iter().map(|t| (t.pod.as_deref(), t.serving)).collect();
+        assert_eq!(got, vec![(Some("crashing"), false), (Some("ok"), true)]);
+    }
+
+    #[test]
     fn override_with_and_without_pod_names() {
         let t = parse_override("edge-0=127.0.0.1:4000, 127.0.0.1:4001,");
         assert_eq!(
@@ -187,11 +238,13 @@ mod tests {
             vec![
                 Target {
                     pod: Some("edge-0".into()),
-                    url: "http://127.0.0.1:4000/metrics".into()
+                    url: "http://127.0.0.1:4000/metrics".into(),
+                    serving: true,
                 },
                 Target {
                     pod: None,
-                    url: "http://127.0.0.1:4001/metrics".into()
+                    url: "http://127.0.0.1:4001/metrics".into(),
+                    serving: true,
                 },
             ]
         );

@@ -167,7 +167,10 @@ async fn operator_works_with_only_the_charts_rbac() {
         "tern-operator-leader",
         "rbac-test",
         Duration::from_secs(15),
-    );
+        Duration::from_secs(10),
+        Duration::from_secs(2),
+    )
+    .unwrap();
     assert!(
         elector
             .try_acquire_or_renew()

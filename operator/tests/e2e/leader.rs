@@ -13,8 +13,10 @@ async fn only_one_candidate_leads_and_leadership_moves_on() {
     };
     let api = env.api::<Lease>();
     let dur = Duration::from_secs(3);
-    let a = LeaderElector::new(api.clone(), "op", "a", dur);
-    let b = LeaderElector::new(api.clone(), "op", "b", dur);
+    let deadline = Duration::from_secs(2);
+    let retry = Duration::from_millis(500);
+    let a = LeaderElector::new(api.clone(), "op", "a", dur, deadline, retry).unwrap();
+    let b = LeaderElector::new(api.clone(), "op", "b", dur, deadline, retry).unwrap();
     assert!(
         a.try_acquire_or_renew().await.unwrap(),
         "a takes the free lease"
@@ -41,7 +43,11 @@ async fn only_one_candidate_leads_and_leadership_moves_on() {
     // The run loop: b leads, gives the lease up on stop, then c gets it at once.
     let (tx, mut rx) = watch::channel(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let run = tokio::spawn(LeaderElector::new(api.clone(), "op", "b", dur).run(tx, stop_rx));
+    let run = tokio::spawn(
+        LeaderElector::new(api.clone(), "op", "b", dur, deadline, retry)
+            .unwrap()
+            .run(tx, stop_rx),
+    );
     wait_for("b leading", Duration::from_secs(10), || {
         let v = *rx.borrow_and_update();
         async move { v.then_some(()) }
@@ -49,7 +55,7 @@ async fn only_one_candidate_leads_and_leadership_moves_on() {
     .await;
     stop_tx.send(true).unwrap();
     run.await.unwrap().unwrap();
-    let c = LeaderElector::new(api.clone(), "op", "c", dur);
+    let c = LeaderElector::new(api.clone(), "op", "c", dur, deadline, retry).unwrap();
     assert!(
         c.try_acquire_or_renew().await.unwrap(),
         "a released lease is free at once"
