@@ -568,7 +568,21 @@ impl<'a> Reconciler<'a> {
                 }
                 Ok((Setup::Succeeded, None))
             }
-            Setup::Running => Ok((Setup::Running, None)),
+            Setup::Running => {
+                // A Job whose pod cannot start or keeps crashing may take many minutes to
+                // use up its back-off limit; say why now (the Job keeps retrying).
+                let lp = ListParams::default().labels(&format!("job-name={name}"));
+                let pods = self.api::<Pod>().list(&lp).await?;
+                match pods.items.iter().find_map(setup_pod_trouble) {
+                    Some(why) => Ok((
+                        Setup::Failed(format!(
+                            "setup Job {name}: {why}; the Job retries with back-off"
+                        )),
+                        Some(Duration::from_secs(5)),
+                    )),
+                    None => Ok((Setup::Running, None)),
+                }
+            }
             Setup::Failed(why) => {
                 let attempt = setup_job::attempt(&current);
                 let delay = setup_job::retry_delay(attempt);
@@ -649,8 +663,12 @@ impl<'a> Reconciler<'a> {
             let samples =
                 scrape::scrape_all(&self.ctx.http, &targets, self.ctx.opts.probe_timeout).await;
             for s in &samples {
-                if let Err(e) = &s.connections {
-                    warn!(cause = %e, "could not read chat_connections");
+                match &s.connections {
+                    Err(e) if s.target.serving => {
+                        warn!(cause = %e, "could not read chat_connections")
+                    }
+                    Err(e) => debug!(cause = %e, "edge pod not serving, counted as empty"),
+                    Ok(_) => {}
                 }
             }
             let mut map = self.ctx.scaling.lock().expect("scaling lock");
@@ -667,7 +685,12 @@ impl<'a> Reconciler<'a> {
                 .iter()
                 .filter_map(|s| s.connections.as_ref().ok())
                 .sum();
-            let complete = mem.samples.iter().all(|s| s.connections.is_ok());
+            // Only a serving pod that did not answer makes the count uncertain; a pod that
+            // is not Ready (starting, crash-looping, draining) gets no new clients.
+            let complete = mem
+                .samples
+                .iter()
+                .all(|s| s.connections.is_ok() || !s.target.serving);
             let costs: Vec<(String, i32)> = mem
                 .samples
                 .iter()
@@ -875,6 +898,70 @@ pub fn deployment_state(d: &Deployment) -> Workload {
 }
 
 /// A Job's state from its conditions. Pure.
+/// Why a setup pod is not getting anywhere, if it is stuck: a container waiting in a
+/// back-off or with an image/config error, or one that already failed. Pure.
+pub fn setup_pod_trouble(p: &Pod) -> Option<String> {
+    const STUCK: &[&str] = &[
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerError",
+        "CreateContainerConfigError",
+        "RunContainerError",
+        "StartError",
+    ];
+    let status = p.status.as_ref()?;
+    for cs in status.container_statuses.iter().flatten() {
+        let st = cs.state.as_ref();
+        if let Some(w) = st.and_then(|s| s.waiting.as_ref())
+            && let Some(reason) = w.reason.as_deref()
+            && STUCK.contains(&reason)
+        {
+            let last = cs
+                .last_state
+                .as_ref()
+                .and_then(|l| l.terminated.as_ref())
+                .map(|t| {
+                    format!(
+                        "; last exit {} ({})",
+                        t.exit_code,
+                        t.message
+                            .as_deref()
+                            .or(t.reason.as_deref())
+                            .unwrap_or("no message")
+                            .trim()
+                    )
+                })
+                .unwrap_or_default();
+            return Some(format!(
+                "pod {} container {} is in {reason} after {} restarts: {}{last}",
+                p.name_any(),
+                cs.name,
+                cs.restart_count,
+                w.message.as_deref().unwrap_or("no message").trim()
+            ));
+        }
+        if let Some(t) = st.and_then(|s| s.terminated.as_ref())
+            && t.exit_code != 0
+        {
+            return Some(format!(
+                "pod {} container {} exited with {} ({})",
+                p.name_any(),
+                cs.name,
+                t.exit_code,
+                t.message
+                    .as_deref()
+                    .or(t.reason.as_deref())
+                    .unwrap_or("no message")
+                    .trim()
+            ));
+        }
+    }
+    None
+}
+
 pub fn job_state(job: &Job) -> Setup {
     let conds = job
         .status
@@ -947,6 +1034,60 @@ mod tests {
         assert!(deployment_state(&d).rolled_out());
         d.metadata.generation = Some(3);
         assert!(!deployment_state(&d).rolled_out());
+    }
+
+    #[test]
+    fn stuck_setup_pods_are_explained() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus,
+            PodStatus,
+        };
+        let pod = |state: ContainerState, last: Option<ContainerState>| Pod {
+            metadata: kube::api::ObjectMeta {
+                name: Some("c-setup-x".into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "setup".into(),
+                    restart_count: 3,
+                    state: Some(state),
+                    last_state: last,
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let waiting = |r: &str, m: &str| ContainerState {
+            waiting: Some(ContainerStateWaiting {
+                reason: Some(r.into()),
+                message: Some(m.into()),
+            }),
+            ..Default::default()
+        };
+        let crashed = ContainerState {
+            terminated: Some(ContainerStateTerminated {
+                exit_code: 2,
+                reason: Some("Error".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let m = setup_pod_trouble(&pod(
+            waiting("CrashLoopBackOff", "back-off 40s"),
+            Some(crashed.clone()),
+        ))
+        .unwrap();
+        assert!(m.contains("CrashLoopBackOff after 3 restarts"), "{m}");
+        assert!(m.contains("last exit 2 (Error)"), "{m}");
+        let m = setup_pod_trouble(&pod(waiting("ImagePullBackOff", "not found"), None)).unwrap();
+        assert!(m.contains("ImagePullBackOff") && m.contains("not found"), "{m}");
+        assert_eq!(
+            setup_pod_trouble(&pod(waiting("ContainerCreating", ""), None)),
+            None
+        );
+        assert!(setup_pod_trouble(&pod(crashed, None)).is_some());
     }
 
     #[test]

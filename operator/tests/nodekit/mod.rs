@@ -367,6 +367,7 @@ pub fn token(secret: &[u8], user: u64) -> String {
     .unwrap()
 }
 
+#[derive(Clone)]
 pub struct Clients {
     pub secret: Vec<u8>,
     pub base: String,
@@ -537,3 +538,5 @@ pub fn force_delete(ns: &str, pod: &str) {
         "--wait=false",
     ]);
 }
+
+pub mod stream;
