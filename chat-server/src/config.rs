@@ -31,12 +31,12 @@ Distributed (Kafka + ScyllaDB + Redis; see docs/distributed.md):
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default when no subcommand is given).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Print a signed token for a user, using the configured (or generated) secret.
     Token(TokenArgs),
     /// Create (or upgrade) the distributed backend's ScyllaDB schema and Kafka topic.
     /// Idempotent: safe to run on every deploy (the operator runs it as a Job).
-    Setup(SetupArgs),
+    Setup(Box<SetupArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
@@ -181,6 +181,27 @@ pub struct ServeConfig {
     #[arg(long, env = "CHAT_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
 
+    /// Separate address for `/metrics` (with `/healthz` and `/readyz` too), plain HTTP. When
+    /// set, `/metrics` is no longer served on --listen, so a public load balancer in front of
+    /// the client port does not expose it. Default: unset, `/metrics` is on --listen.
+    #[arg(long, env = "CHAT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// PEM certificate chain (leaf first): with --tls-key, --listen serves HTTPS and WSS
+    /// instead of plain HTTP (a plain-HTTP request there gets a 400). Default: unset, plain
+    /// HTTP. The files are re-read every --tls-reload-seconds and a changed pair is served
+    /// to new connections without a restart.
+    #[arg(long, env = "CHAT_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert.
+    #[arg(long, env = "CHAT_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// How often the TLS files are checked for a new certificate (seconds; 0: never).
+    #[arg(long, env = "CHAT_TLS_RELOAD_SECONDS", default_value_t = 10)]
+    pub tls_reload_seconds: u64,
+
     /// Directory for the embedded store (SQLite, WAL) and the generated JWT secret.
     #[arg(long, env = "CHAT_DATA_DIR", default_value = "data")]
     pub data_dir: PathBuf,
@@ -323,5 +344,27 @@ mod tests {
         assert!(cli.command.is_none());
         assert!(cli.serve.dev_auth);
         assert_eq!(cli.serve.role, RoleArg::All);
+        assert!(cli.serve.metrics_listen.is_none() && cli.serve.tls_cert.is_none());
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(Cli::try_parse_from(["chat-server", "--tls-cert", "c.pem"]).is_err());
+        assert!(Cli::try_parse_from(["chat-server", "--tls-key", "k.pem"]).is_err());
+        let cli = Cli::try_parse_from([
+            "chat-server",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--metrics-listen",
+            "127.0.0.1:9090",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.serve.tls_key.as_deref(),
+            Some(std::path::Path::new("k.pem"))
+        );
+        assert_eq!(cli.serve.metrics_listen.unwrap().port(), 9090);
     }
 }

@@ -11,7 +11,8 @@
 //!   fan-out), [`delivery`] (the per-chat ordered message pipeline).
 //! - Transports: [`ws`] (WebSocket), [`longpoll`] (`/v1/poll` + `/v1/frames`), [`api`] (HTTP),
 //!   all driving one transport-agnostic [`session::Session`] and [`state::AppState`].
-//! - [`server`] assembles it all, runs the accept loop and the drain on shutdown.
+//! - [`server`] assembles it all, runs the accept loop and the drain on shutdown; [`tls`]
+//!   puts the client listener behind rustls (reloading certificates) when asked to.
 
 pub mod api;
 pub mod auth;
@@ -35,5 +36,6 @@ pub mod server;
 pub mod session;
 pub mod state;
 pub mod store;
+pub mod tls;
 pub mod web;
 pub mod ws;

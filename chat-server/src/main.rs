@@ -19,8 +19,8 @@ fn main() -> anyhow::Result<()> {
             println!("{}", Auth::new(secret.as_bytes()).mint(t.user, t.ttl)?);
             Ok(())
         }
-        Some(Command::Serve(cfg)) => serve(cfg),
-        Some(Command::Setup(args)) => setup(args),
+        Some(Command::Serve(cfg)) => serve(*cfg),
+        Some(Command::Setup(args)) => setup(*args),
         None => serve(cli.serve),
     }
 }
@@ -73,8 +73,19 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         let role = cfg.role;
         let server = Server::start(cfg).await?;
         let addr = server.addr;
-        // One plain line on stdout that scripts and tests can wait for.
-        println!("tern: listening on http://{addr}");
+        let (http, ws) = if server.tls {
+            ("https", "wss")
+        } else {
+            ("http", "ws")
+        };
+        // One plain line on stdout that scripts and tests can wait for (a second one, in the
+        // same write, with a separate metrics address).
+        match server.metrics_addr {
+            None => println!("tern: listening on {http}://{addr}"),
+            Some(m) => {
+                println!("tern: listening on {http}://{addr}\ntern: metrics on http://{m}/metrics")
+            }
+        }
         if distributed {
             tracing::info!(%addr, ?role, dev_auth, "chat-server ready (distributed)");
         } else {
@@ -87,7 +98,7 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
                 data_dir.display()
             );
         }
-        tracing::info!("web client: http://{addr}/   WebSocket: ws://{addr}/ws?token=<jwt>");
+        tracing::info!("web client: {http}://{addr}/   WebSocket: {ws}://{addr}/ws?token=<jwt>");
         wait_for_signal().await;
         server.shutdown().await;
         anyhow::Ok(())

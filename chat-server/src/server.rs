@@ -29,14 +29,22 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tower_http::timeout::TimeoutLayer;
 
+/// The client listener's certificate (`--tls-cert`), when it speaks TLS.
+type Tls = Arc<crate::tls::ReloadingCert>;
+
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served when `--metrics-listen` is set (else on `addr`).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Whether `addr` speaks TLS (`--tls-cert`).
+    pub tls: bool,
     pub state: Arc<AppState>,
     sqlite: Option<Arc<SqliteStore>>,
     #[cfg(feature = "distributed")]
     plane: Option<Arc<crate::cluster::node::Distributed>>,
     accept: tokio::task::JoinHandle<()>,
+    metrics_accept: Option<tokio::task::JoinHandle<()>>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
 }
 
@@ -89,6 +97,8 @@ fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
     Ok(TcpListener::from_std(socket.into())?)
 }
 
+/// The client router: API, WebSocket, long poll, media, web client, probes, and `/metrics`
+/// unless `--metrics-listen` moves it to its own address.
 pub fn router(state: Arc<AppState>) -> Router {
     let timeout = Duration::from_secs(state.cfg.request_timeout);
     let api = Router::new()
@@ -121,10 +131,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::media::http::routes())
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+        .merge(metrics_here(&state))
         .merge(web::routes())
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(state.cfg.max_frame_bytes))
+        .with_state(state)
+}
+
+/// `/metrics` on the client listener, unless `--metrics-listen` gives it its own address.
+fn metrics_here(state: &AppState) -> Router<Arc<AppState>> {
+    let r = Router::new();
+    if state.cfg.metrics_listen.is_some() {
+        r
+    } else {
+        r.route("/metrics", get(api::metrics))
+    }
+}
+
+/// The `--metrics-listen` router: `/metrics` and the probes, nothing a client uses.
+pub fn metrics_router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/metrics", get(api::metrics))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .fallback(api::not_found)
         .with_state(state)
 }
 
@@ -168,7 +198,7 @@ pub fn probe_router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
-        .route("/metrics", get(api::metrics))
+        .merge(metrics_here(&state))
         .fallback(api::not_found)
         .with_state(state)
 }
@@ -177,10 +207,16 @@ impl Server {
     /// Open the backend, start the background tasks of the configured role(s) and start
     /// accepting connections.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
+        // A bad certificate stops the start before any backend is touched.
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::ReloadingCert::load(cert, key)?),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
         match cfg.backend {
-            BackendArg::Embedded => Self::start_embedded(cfg).await,
+            BackendArg::Embedded => Self::start_embedded(cfg, tls).await,
             #[cfg(feature = "distributed")]
-            BackendArg::Distributed => Self::start_distributed(cfg).await,
+            BackendArg::Distributed => Self::start_distributed(cfg, tls).await,
             #[cfg(not(feature = "distributed"))]
             BackendArg::Distributed => bail!(
                 "this chat-server was built without the distributed backend; build it with \
@@ -189,7 +225,7 @@ impl Server {
         }
     }
 
-    async fn start_embedded(cfg: ServeConfig) -> anyhow::Result<Server> {
+    async fn start_embedded(cfg: ServeConfig, tls: Option<Tls>) -> anyhow::Result<Server> {
         if cfg.role != RoleArg::All {
             bail!(
                 "--role {:?} runs one role of a cluster and needs --backend distributed (Kafka, \
@@ -228,14 +264,14 @@ impl Server {
         }
         state.tasks.spawn(flush_receipts(state.clone()));
         state.tasks.spawn(longpoll::sweep(state.clone()));
-        let mut server = Self::serve(listener, addr, state, true);
+        let mut server = Self::serve(listener, addr, state, true, tls)?;
         server.sqlite = Some(store);
         Ok(server)
     }
 
     /// A process of a cluster: `--role edge|delivery|presence`, or `all` of them in one.
     #[cfg(feature = "distributed")]
-    async fn start_distributed(cfg: ServeConfig) -> anyhow::Result<Server> {
+    async fn start_distributed(cfg: ServeConfig, tls: Option<Tls>) -> anyhow::Result<Server> {
         use crate::cluster::{delivery as kdelivery, kafka, node, redis::Redis};
         use crate::store::scylla::{ScyllaOptions, ScyllaStore, parse_consistency};
         let role = cfg.role;
@@ -361,7 +397,7 @@ impl Server {
                 .tasks
                 .spawn(node::reaper_loop(state.clone(), plane.clone()));
         }
-        let mut server = Self::serve(listener, addr, state, edge);
+        let mut server = Self::serve(listener, addr, state, edge, tls)?;
         server.plane = Some(plane);
         Ok(server)
     }
@@ -371,27 +407,70 @@ impl Server {
         addr: SocketAddr,
         state: Arc<AppState>,
         clients: bool,
-    ) -> Server {
+        tls: Option<Tls>,
+    ) -> anyhow::Result<Server> {
         let app = if clients {
             router(state.clone())
         } else {
             probe_router(state.clone())
         };
+        // Not SO_REUSEPORT even with --reuse-port: a scrape must reach the process it names.
+        let metrics = state
+            .cfg
+            .metrics_listen
+            .map(|a| bind(a, false).context("--metrics-listen"))
+            .transpose()?;
+        let metrics_addr = metrics.as_ref().map(|l| l.local_addr()).transpose()?;
+        let acceptor = tls
+            .as_ref()
+            .map(|c| crate::tls::acceptor(c.clone()))
+            .transpose()?;
+        if let Some(cert) = &tls
+            && state.cfg.tls_reload_seconds > 0
+        {
+            state.tasks.spawn(crate::tls::reload_loop(
+                cert.clone(),
+                Duration::from_secs(state.cfg.tls_reload_seconds),
+                state.stop.clone(),
+            ));
+        }
         if clients && state.media.is_some() {
             state.tasks.spawn(crate::media::gc::run(state.clone()));
         }
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
-        let accept = tokio::spawn(accept_loop(listener, app, state.clone(), graceful.clone()));
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            app,
+            state.clone(),
+            Some(graceful.clone()),
+            acceptor,
+            state.draining.clone(),
+        ));
+        // Metrics stay up through the drain (the operator and Prometheus watch it) and stop
+        // with the background tasks.
+        let metrics_accept = metrics.map(|l| {
+            tokio::spawn(accept_loop(
+                l,
+                metrics_router(state.clone()),
+                state.clone(),
+                None,
+                None,
+                state.stop.clone(),
+            ))
+        });
         state.ready.store(true, Ordering::Release);
-        Server {
+        Ok(Server {
             addr,
+            metrics_addr,
+            tls: tls.is_some(),
             state,
             sqlite: None,
             #[cfg(feature = "distributed")]
             plane: None,
             accept,
+            metrics_accept,
             graceful,
-        }
+        })
     }
 
     /// Drain and stop: refuse new connections, tell clients to reconnect (with jitter), wait
@@ -416,6 +495,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         st.stop.cancel();
+        if let Some(m) = self.metrics_accept {
+            let _ = m.await;
+        }
         st.tasks.close();
         if tokio::time::timeout_at(deadline + Duration::from_secs(5), st.tasks.wait())
             .await
@@ -523,12 +605,18 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Accept until `until` fires. With `tls`, each connection's handshake runs in its own task
+/// (a slow or plain-HTTP client never holds up the loop). Connections are watched by
+/// `graceful` when given (the client listener, drained on shutdown).
 async fn accept_loop(
     listener: TcpListener,
     app: Router,
     state: Arc<AppState>,
-    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    graceful: Option<Arc<hyper_util::server::graceful::GracefulShutdown>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    until: tokio_util::sync::CancellationToken,
 ) {
+    let handshake_timeout = Duration::from_secs(state.cfg.request_timeout);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -547,16 +635,35 @@ async fn accept_loop(
                     continue;
                 }
             },
-            _ = state.draining.cancelled() => break,
+            _ = until.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let svc = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let watcher = graceful.as_ref().map(|g| g.watcher());
+        let Some(acceptor) = tls.clone() else {
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            tokio::spawn(async move {
+                match watcher {
+                    Some(w) => drop(w.watch(conn).await),
+                    None => drop(conn.await),
+                }
+            });
+            continue;
+        };
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
+            let crate::tls::Accepted::Tls(stream) =
+                crate::tls::accept(&acceptor, stream, handshake_timeout).await
+            else {
+                return;
+            };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(*stream), svc);
+            match watcher {
+                Some(w) => drop(w.watch(conn.into_owned()).await),
+                None => drop(conn.await),
+            }
         });
     }
 }
