@@ -3,7 +3,11 @@
 #
 #   e2e/kube/run.sh            node up, images built + imported, `helm install` the operator,
 #                              then operator/tests/node.rs (apply a ChatCluster, clients,
-#                              force-deleted pods, delete + garbage collection)
+#                              force-deleted pods, delete + garbage collection), then the
+#                              other real-node suites (node_specs, node_edge: bad specs, edge
+#                              TLS and metrics) and operator/tests/node_day2.rs (upgrade,
+#                              rollback, held broken upgrade, autoscaling, dependency
+#                              restarts, leadership — all under streaming clients)
 #   e2e/kube/run.sh --keep     leave the operator release and the test namespace in place
 #
 # Brings up what it needs through e2e/env (`up.sh node` starts etcd, kube-apiserver in node
@@ -41,11 +45,11 @@ dump() {
   kubectl get all,pvc,jobs -n "$NS" -o wide
   kubectl get pv -o wide
   kubectl get pods -n "$OPNS" -o wide
-  for ns in "$NS" "$OPNS" kube-system; do
+  for ns in "$NS" "$OPNS" kube-system $(kubectl get ns -o name 2>/dev/null | sed -n 's#^namespace/\(e2e-.*\)#\1#p'); do
     echo "---- events in $ns"
     kubectl get events -n "$ns" --sort-by=.lastTimestamp 2>/dev/null | tail -60
   done
-  for ns in "$NS" "$OPNS"; do
+  for ns in "$NS" "$OPNS" $(kubectl get ns -o name 2>/dev/null | sed -n 's#^namespace/\(e2e-.*\)#\1#p'); do
     for p in $(kubectl get pods -n "$ns" -o name 2>/dev/null); do
       echo "---- logs $ns/$p"
       kubectl logs -n "$ns" "$p" --all-containers --tail=120 2>&1
@@ -107,14 +111,24 @@ echo "operator pod runs as ServiceAccount $sa"
 step "the suite: operator/tests/node.rs"
 TERN_KUBE_NODE=1 TERN_KUBE_NS="$NS" cargo test -p tern-operator --test node -- --nocapture
 
-step "operator pod: no restarts, and its log has no errors"
-kubectl -n "$OPNS" get pods -o wide
+for t in node_specs node_edge; do
+  if [ -f "operator/tests/$t.rs" ]; then
+    step "the suite: operator/tests/$t.rs"
+    TERN_KUBE_NODE=1 cargo test -p tern-operator --test "$t" -- --nocapture
+  fi
+done
+
+step "operator pod: still no restarts and no errors after every suite"
 restarts=$(kubectl -n "$OPNS" get pods -l app.kubernetes.io/name=tern-operator -o jsonpath='{.items[*].status.containerStatuses[*].restartCount}')
 [ "${restarts// /}" = "0" ] || { echo "the operator pod restarted: $restarts"; exit 1; }
 if kubectl -n "$OPNS" logs -l app.kubernetes.io/name=tern-operator --tail=-1 | grep -E ' ERROR |panicked'; then
   echo "the operator logged errors (above)"
   exit 1
 fi
+
+# Last: it scales the operator to two replicas and makes the leader exit on purpose.
+step "day-2 operations: operator/tests/node_day2.rs"
+TERN_KUBE_NODE=1 cargo test -p tern-operator --test node_day2 -- --nocapture
 
 if [ "$KEEP" = 0 ]; then
   step "clean up (operator release, test namespace)"
