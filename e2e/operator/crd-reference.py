@@ -12,6 +12,7 @@ import yaml
 EXTERNAL = {
     "resources": "[ResourceRequirements](https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/pod-v1/#resources)",
     "topologySpreadConstraints": "[[]TopologySpreadConstraint](https://kubernetes.io/docs/concepts/scheduling-eviction/topology-spread-constraints/)",
+    "metricsNamespaceSelector": "[LabelSelector](https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/label-selector/)",
     "conditions": "[[]Condition](https://kubernetes.io/docs/reference/kubernetes-api/common-definitions/object-meta/) (`type`, `status`, `reason`, `message`, `lastTransitionTime`, `observedGeneration`)",
 }
 
@@ -36,7 +37,8 @@ def rows(schema, path, out):
         if name in req:
             notes.append("**required**")
         if "default" in s and not isinstance(s["default"], dict):
-            notes.append(f"default `{s['default']}`")
+            d = s["default"]
+            notes.append(f"default `{str(d).lower() if isinstance(d, bool) else d}`")
         for k, label in (("minimum", "≥"), ("maximum", "≤"), ("minLength", "min length"), ("minItems", "min items")):
             if k in s:
                 v = s[k]

@@ -475,6 +475,15 @@ impl<'a> Reconciler<'a> {
             self.apply(&m.headless).await?;
             self.apply(&m.service).await?;
             let ss = self.apply(&m.statefulset).await?;
+            match &m.pdb {
+                Some(p) => {
+                    self.apply(p).await?;
+                }
+                None => {
+                    self.delete_owned::<PodDisruptionBudget>(&c.dependency_name(dep))
+                        .await?
+                }
+            }
             let want = ss.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
             let ready = ss
                 .status
@@ -490,6 +499,8 @@ impl<'a> Reconciler<'a> {
             return Ok((st, Some(ready)));
         }
         self.delete_owned::<StatefulSet>(&c.dependency_name(dep))
+            .await?;
+        self.delete_owned::<PodDisruptionBudget>(&c.dependency_name(dep))
             .await?;
         self.delete_owned::<Service>(&c.dependency_name(dep))
             .await?;

@@ -443,8 +443,11 @@ pub struct KafkaSpec {
     /// An existing Kafka cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<ExternalKafka>,
-    /// A single- or multi-node KRaft Kafka run by the operator.
+    /// A single- or multi-node KRaft Kafka run by the operator. `replicas` is fixed once the
+    /// cluster exists: every pod is a controller, and the controller quorum written on the
+    /// formatted volumes is this static list (see docs/operator.md, "Managed dependencies").
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.replicas == oldSelf.replicas").message(Message::Expression("'kafka.managed.replicas cannot be changed (%d to %d): the KRaft controller quorum is fixed when the volumes are formatted; keep %d, or create a new ChatCluster of the size you want (docs/operator.md, Managed dependencies)'.format([oldSelf.replicas, self.replicas, oldSelf.replicas])".into())).reason(Reason::FieldValueForbidden))]
     pub managed: Option<ManagedSpec>,
     /// Topic of the message log (`CHAT_KAFKA_TOPIC`); default `<name>.messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -511,6 +514,12 @@ pub struct ManagedCqlSpec {
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("engine cannot be changed: the data on the volumes belongs to the engine that wrote it"))]
     pub engine: CqlEngine,
+    /// ScyllaDB only: run with `--developer-mode=1` (no XFS, I/O-tuning or resource checks;
+    /// for laptops and test clusters). Default `false`: production mode, which needs XFS under
+    /// the data volume and measures the disk (iotune) on the first start. `--smp` is the CPU
+    /// limit (or request) in whole cores, 1 without either. Ignored by `cassandra`.
+    #[serde(default)]
+    pub developer_mode: bool,
     /// Pods, image, storage and resources, as for the other managed dependencies.
     #[serde(flatten)]
     pub common: ManagedSpec,
@@ -850,6 +859,10 @@ mod tests {
         assert!(s.contains("self.minReplicas <= self.maxReplicas"));
         assert!(s.contains("has(self.external) != has(self.managed)"));
         assert!(s.contains("has(self.url) != has(self.urlSecretRef)"));
+        assert!(
+            s.contains("self.replicas == oldSelf.replicas"),
+            "kafka quorum size"
+        );
     }
 
     #[test]

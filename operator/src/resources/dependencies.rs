@@ -1,5 +1,7 @@
 //! Shared parts of the managed dependencies (Kafka, the CQL store, Redis): the StatefulSet
-//! skeleton with a volume claim template, the client and headless Services, and the media PVC.
+//! skeleton with a volume claim template, the client and headless Services, the
+//! PodDisruptionBudget, the pod hardening (non-root user, `fsGroup`, no privilege escalation,
+//! no capabilities, `RuntimeDefault` seccomp) and the spread over nodes, and the media PVC.
 //! The per-dependency details are in [`kafka`], [`scylla`] / [`cassandra`] (the CQL store's
 //! two engines) and [`redis`].
 
@@ -8,13 +10,16 @@ pub mod kafka;
 pub mod redis;
 pub mod scylla;
 
-use super::{meta, selector, selector_labels};
+use super::{meta, pdb, selector, selector_labels};
 use crate::crd::{ChatCluster, CqlEngine, Dependency, ManagedSpec, StorageSpec};
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Container, PersistentVolumeClaim, PersistentVolumeClaimSpec, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    Affinity, Capabilities, Container, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, VolumeResourceRequirements,
+    WeightedPodAffinityTerm,
 };
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -28,38 +33,161 @@ pub struct Managed {
     pub statefulset: StatefulSet,
     pub service: Service,
     pub headless: Service,
+    /// `maxUnavailable: 1` over the dependency's pods; `None` with a single pod (see
+    /// [`disruption_budget`]).
+    pub pdb: Option<PodDisruptionBudget>,
 }
 
 /// Desired objects of a managed dependency, or `None` when it is external.
 pub fn managed(cluster: &ChatCluster, dep: Dependency) -> Option<Managed> {
     let m = managed_spec(cluster, dep)?;
-    let mut pod = PodSettings {
-        security: None,
-        termination_grace_seconds: 60,
-    };
-    let (container, ports) = match (dep, cql_engine(cluster)) {
-        (Dependency::Kafka, _) => kafka::container(cluster, m),
-        (Dependency::Scylla, Some(CqlEngine::Cassandra)) => {
-            pod = PodSettings {
-                security: Some(cassandra::pod_security()),
-                termination_grace_seconds: cassandra::TERMINATION_GRACE_SECONDS,
-            };
-            cassandra::container(cluster, m)
+    let (mut container, ports, pod) = match (dep, cql_engine(cluster)) {
+        (Dependency::Kafka, _) => {
+            let (c, p) = kafka::container(cluster, m);
+            (c, p, PodSettings::non_root(kafka::UID, kafka::GID, 60))
         }
-        (Dependency::Scylla, _) => scylla::container(cluster, m),
-        (Dependency::Redis, _) => redis::container(m),
+        (Dependency::Scylla, Some(CqlEngine::Cassandra)) => {
+            let (c, p) = cassandra::container(cluster, m);
+            let grace = cassandra::TERMINATION_GRACE_SECONDS;
+            let uid = cassandra::CASSANDRA_UID;
+            (c, p, PodSettings::non_root(uid, uid, grace))
+        }
+        (Dependency::Scylla, _) => {
+            let managed = cluster.spec.scylla.managed.as_ref()?;
+            let (c, p) = scylla::container(cluster, managed);
+            (c, p, PodSettings::root(60))
+        }
+        (Dependency::Redis, _) => {
+            let (c, p) = redis::container(m);
+            (c, p, PodSettings::non_root(redis::UID, redis::UID, 60))
+        }
     };
+    container.security_context = pod.container.clone();
     Some(Managed {
         statefulset: statefulset(cluster, dep, m, container, pod),
         service: service(cluster, dep, &ports, false),
         headless: service(cluster, dep, &ports, true),
+        pdb: disruption_budget(cluster, dep, m),
     })
 }
 
-/// Pod-level settings that differ between dependencies.
+/// Pod- and container-level settings that differ between dependencies.
 struct PodSettings {
     security: Option<PodSecurityContext>,
+    container: Option<SecurityContext>,
     termination_grace_seconds: i64,
+}
+
+impl PodSettings {
+    /// The image's own non-root user (`uid`/`gid`, as in its Containerfile or Dockerfile),
+    /// set explicitly so the kubelet can check `runAsNonRoot` (Kafka's `USER appuser` is a
+    /// name) and the image's entrypoint skips its root-only `chown` + `gosu` step. `fsGroup`
+    /// makes a fresh volume writable by that user where the volume plugin applies it.
+    fn non_root(uid: i64, gid: i64, termination_grace_seconds: i64) -> Self {
+        PodSettings {
+            security: Some(PodSecurityContext {
+                run_as_non_root: Some(true),
+                run_as_user: Some(uid),
+                run_as_group: Some(gid),
+                fs_group: Some(gid),
+                fs_group_change_policy: Some("OnRootMismatch".into()),
+                seccomp_profile: Some(SeccompProfile {
+                    type_: "RuntimeDefault".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            container: Some(SecurityContext {
+                allow_privilege_escalation: Some(false),
+                capabilities: Some(Capabilities {
+                    drop: Some(vec!["ALL".into()]),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            termination_grace_seconds,
+        }
+    }
+
+    /// ScyllaDB's image must start as root (its setup scripts and supervisord; upstream
+    /// scylladb/scylladb#16253), so it keeps the runtime's defaults.
+    fn root(termination_grace_seconds: i64) -> Self {
+        PodSettings {
+            security: None,
+            container: None,
+            termination_grace_seconds,
+        }
+    }
+}
+
+/// `maxUnavailable: 1` over the pods of a managed dependency with more than one pod: a node
+/// drain takes one Kafka broker/controller or one CQL node at a time, so a 3-node KRaft quorum
+/// and `QUORUM` at replication factor 3 survive it. `None` for a single pod: a budget could
+/// only block drains for ever (`maxUnavailable: 0`) or allow the eviction anyway
+/// (`maxUnavailable: 1`), so it protects nothing; managed Redis is always one pod.
+pub fn disruption_budget(
+    cluster: &ChatCluster,
+    dep: Dependency,
+    m: &ManagedSpec,
+) -> Option<PodDisruptionBudget> {
+    pdb::pdb(
+        cluster,
+        cluster.dependency_name(dep),
+        dep.as_str(),
+        m.replicas,
+        1,
+    )
+}
+
+/// Prefer one pod of a dependency per node (`kubernetes.io/hostname`), never require it: a
+/// single node (or fewer nodes than pods) still schedules every pod.
+pub fn spread_over_nodes(cluster: &ChatCluster, component: &str) -> Affinity {
+    Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            preferred_during_scheduling_ignored_during_execution: Some(vec![
+                WeightedPodAffinityTerm {
+                    weight: 100,
+                    pod_affinity_term: PodAffinityTerm {
+                        label_selector: Some(selector(cluster, component)),
+                        topology_key: "kubernetes.io/hostname".into(),
+                        ..Default::default()
+                    },
+                },
+            ]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Value of a Kubernetes quantity: bytes (`2Gi`, `1536Mi`, `2G`, `1.5Gi`, `2147483648`, `1e9`)
+/// or cores (`2`, `1500m`). `None` for what it cannot read.
+pub fn quantity_value(q: &Quantity) -> Option<f64> {
+    let s = q.0.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    (n >= 0.0).then_some(n * mult)
 }
 
 /// `spec.<dep>.managed`.
@@ -119,6 +247,7 @@ fn statefulset(
                     enable_service_links: Some(false),
                     termination_grace_period_seconds: Some(pod.termination_grace_seconds),
                     security_context: pod.security,
+                    affinity: Some(spread_over_nodes(cluster, component)),
                     ..Default::default()
                 }),
             },
@@ -261,6 +390,107 @@ mod tests {
             Some(999)
         );
         assert!(cassandra.termination_grace_period_seconds.unwrap() >= 120);
+    }
+
+    /// Every managed dependency in a cluster with `replicas` Kafka and CQL pods.
+    fn sized(replicas: i32, engine: &str) -> ChatCluster {
+        testing::cluster(serde_json::json!({
+            "image": "i", "kafka": {"managed": {"replicas": replicas}},
+            "scylla": {"managed": {"replicas": replicas, "engine": engine}},
+            "redis": {"managed": {}}
+        }))
+    }
+
+    fn pod_spec(c: &ChatCluster, dep: Dependency) -> PodSpec {
+        let ss = managed(c, dep).unwrap().statefulset;
+        ss.spec.unwrap().template.spec.unwrap()
+    }
+
+    #[test]
+    fn non_root_pods_run_as_the_image_user_with_its_fs_group() {
+        let c = sized(3, "cassandra");
+        for (dep, uid) in [
+            (Dependency::Kafka, 1000),
+            (Dependency::Scylla, 999),
+            (Dependency::Redis, 999),
+        ] {
+            let pod = pod_spec(&c, dep);
+            let sc = pod.security_context.unwrap();
+            assert_eq!(sc.run_as_non_root, Some(true), "{dep:?}");
+            assert_eq!(sc.run_as_user, Some(uid), "{dep:?}");
+            assert_eq!(sc.run_as_group, Some(uid), "{dep:?}");
+            assert_eq!(sc.fs_group, Some(uid), "{dep:?}");
+            assert_eq!(sc.fs_group_change_policy.as_deref(), Some("OnRootMismatch"));
+            assert_eq!(sc.seccomp_profile.unwrap().type_, "RuntimeDefault");
+            let ctr = pod.containers[0].security_context.clone().unwrap();
+            assert_eq!(ctr.allow_privilege_escalation, Some(false), "{dep:?}");
+            assert_eq!(ctr.capabilities.unwrap().drop.unwrap(), ["ALL"]);
+            assert!(ctr.privileged.is_none() && ctr.run_as_user.is_none());
+        }
+    }
+
+    #[test]
+    fn scylla_keeps_root() {
+        let pod = pod_spec(&sized(3, "scylla"), Dependency::Scylla);
+        assert!(pod.security_context.is_none());
+        assert!(pod.containers[0].security_context.is_none());
+    }
+
+    #[test]
+    fn pods_prefer_distinct_nodes_without_requiring_them() {
+        let c = sized(3, "cassandra");
+        for dep in Dependency::ALL {
+            let aa = pod_spec(&c, dep)
+                .affinity
+                .unwrap()
+                .pod_anti_affinity
+                .unwrap();
+            assert!(
+                aa.required_during_scheduling_ignored_during_execution
+                    .is_none(),
+                "a single node must still schedule every pod"
+            );
+            let pref = aa
+                .preferred_during_scheduling_ignored_during_execution
+                .unwrap();
+            assert_eq!(pref.len(), 1);
+            assert_eq!(pref[0].weight, 100);
+            let term = &pref[0].pod_affinity_term;
+            assert_eq!(term.topology_key, "kubernetes.io/hostname");
+            assert_eq!(
+                term.label_selector.as_ref().unwrap().match_labels,
+                Some(selector_labels(&c, dep.as_str())),
+                "only the same dependency's pods repel each other"
+            );
+        }
+    }
+
+    #[test]
+    fn disruption_budget_for_more_than_one_pod() {
+        let c = sized(3, "cassandra");
+        for dep in [Dependency::Kafka, Dependency::Scylla] {
+            let p = managed(&c, dep).unwrap().pdb.expect("a PDB for 3 pods");
+            assert_eq!(
+                p.metadata.name.as_deref(),
+                Some(format!("chat-{}", dep.as_str()).as_str())
+            );
+            assert_eq!(p.metadata.owner_references.unwrap()[0].kind, "ChatCluster");
+            let spec = p.spec.unwrap();
+            assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
+            assert!(spec.min_available.is_none());
+            assert_eq!(
+                spec.selector.unwrap().match_labels,
+                Some(selector_labels(&c, dep.as_str()))
+            );
+        }
+        assert!(
+            managed(&c, Dependency::Redis).unwrap().pdb.is_none(),
+            "managed Redis is one pod"
+        );
+        let single = sized(1, "scylla");
+        for dep in Dependency::ALL {
+            assert!(managed(&single, dep).unwrap().pdb.is_none(), "{dep:?}");
+        }
     }
 
     #[test]

@@ -141,4 +141,20 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
         err.to_string().contains("engine cannot be changed"),
         "{err}"
     );
+    // The managed Kafka's size is fixed (its KRaft controller quorum is a static list on the
+    // formatted volumes); its other settings are not.
+    let grow = json!({"spec": {"kafka": {"managed": {"replicas": 3}}}});
+    let err = api
+        .patch("c", &PatchParams::default(), &Patch::Merge(&grow))
+        .await
+        .expect_err("changing kafka.managed.replicas must be rejected");
+    assert!(
+        err.to_string()
+            .contains("kafka.managed.replicas cannot be changed (1 to 3)"),
+        "{err}"
+    );
+    let image = json!({"spec": {"kafka": {"managed": {"image": "apache/kafka:4.1.2"}}}});
+    api.patch("c", &PatchParams::default(), &Patch::Merge(&image))
+        .await
+        .expect("other kafka.managed fields can change");
 }

@@ -225,7 +225,7 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
     want.sort();
     assert_eq!(
         pdb_names, want,
-        "{file}: PDBs only for roles with more than one pod"
+        "{file}: PDBs only for roles and managed dependencies with more than one pod"
     );
     for p in &pdb_list {
         assert_controlled(p, &uid);
@@ -290,7 +290,7 @@ async fn example_production_is_highly_available() {
     check_example(
         "production.yaml",
         3,
-        &["edge", "delivery", "presence"],
+        &["edge", "delivery", "presence", "kafka", "scylla"],
         false,
     )
     .await;

@@ -536,3 +536,4 @@ pub fn force_delete(ns: &str, pod: &str) {
 }
 
 pub mod stream;
+pub mod deps;

@@ -4,12 +4,12 @@
 //! `cassandra-rackdc.properties` from `CASSANDRA_*`; `cassandra-env.sh` reads
 //! `MAX_HEAP_SIZE`/`HEAP_NEWSIZE`). The entrypoint and command of the image are kept.
 
-use super::DATA_VOLUME;
+use super::{DATA_VOLUME, quantity_value};
 use crate::crd::{ChatCluster, Dependency, ManagedSpec};
 use crate::resources::config::{CQL_PORT, dependency_pod_host};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodSecurityContext, Probe,
-    TCPSocketAction, VolumeMount,
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Probe, TCPSocketAction,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -18,8 +18,10 @@ use kube::ResourceExt;
 pub const DEFAULT_IMAGE: &str = "cassandra:5.0.6";
 /// Inter-node (gossip/streaming) port.
 pub const INTRA_PORT: i32 = 7000;
-/// The official image runs Cassandra as this user (its entrypoint chowns the data directory
-/// and drops to it); the pod's `fsGroup` makes fresh volumes writable for it too.
+/// The official image's `cassandra` user and group (uid = gid = 999). Started as root its
+/// entrypoint chowns the data directory and drops to it; the operator starts it as this user
+/// directly (`runAsUser`), so the entrypoint skips that step and the pod's `fsGroup` makes
+/// fresh volumes writable.
 pub const CASSANDRA_UID: i64 = 999;
 /// Datacenter and rack of every managed node (also ScyllaDB's default datacenter name, so
 /// `datacenterReplication: {datacenter1: N}` means the same with either engine).
@@ -55,43 +57,13 @@ fn pod_ip(name: &str) -> EnvVar {
     }
 }
 
-/// Bytes of a Kubernetes quantity (`2Gi`, `1536Mi`, `2G`, `1.5Gi`, `2147483648`, `1e9`).
-/// `None` for what it cannot read.
-pub fn quantity_bytes(q: &Quantity) -> Option<f64> {
-    let s = q.0.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
-        .unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "Ki" => 1024f64,
-        "Mi" => 1024f64.powi(2),
-        "Gi" => 1024f64.powi(3),
-        "Ti" => 1024f64.powi(4),
-        "Pi" => 1024f64.powi(5),
-        "Ei" => 1024f64.powi(6),
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "P" => 1e15,
-        "E" => 1e18,
-        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
-        _ => return None,
-    };
-    (n >= 0.0).then_some(n * mult)
-}
-
 /// `MAX_HEAP_SIZE` and `HEAP_NEWSIZE` (e.g. `1024M`, `256M`): half of the memory limit (or
 /// the request when there is no limit), between 256M and 8G, new generation a quarter of the
 /// heap; [`DEFAULT_HEAP`] without either.
 pub fn heap_sizes(m: &ManagedSpec) -> (String, String) {
     let mem = m.resources.as_ref().and_then(|r| {
         let pick = |l: &Option<std::collections::BTreeMap<String, Quantity>>| {
-            l.as_ref()?.get("memory").and_then(quantity_bytes)
+            l.as_ref()?.get("memory").and_then(quantity_value)
         };
         pick(&r.limits).or_else(|| pick(&r.requests))
     });
@@ -101,16 +73,6 @@ pub fn heap_sizes(m: &ManagedSpec) -> (String, String) {
             let heap_mb = ((bytes / 2.0 / (1024.0 * 1024.0)) as i64).clamp(256, 8192);
             (format!("{heap_mb}M"), format!("{}M", heap_mb / 4))
         }
-    }
-}
-
-/// Pod-level settings of the Cassandra StatefulSet: `fsGroup` so a fresh volume is writable
-/// by the `cassandra` user.
-pub fn pod_security() -> PodSecurityContext {
-    PodSecurityContext {
-        fs_group: Some(CASSANDRA_UID),
-        fs_group_change_policy: Some("OnRootMismatch".into()),
-        ..Default::default()
     }
 }
 
@@ -271,7 +233,7 @@ mod tests {
 
     #[test]
     fn quantities() {
-        let b = |s: &str| quantity_bytes(&Quantity(s.into()));
+        let b = |s: &str| quantity_value(&Quantity(s.into()));
         assert_eq!(b("2Gi"), Some(2147483648.0));
         assert_eq!(b("1.5Gi"), Some(1610612736.0));
         assert_eq!(b("512M"), Some(512e6));

@@ -11,6 +11,10 @@ use k8s_openapi::api::core::v1::{
 use kube::ResourceExt;
 
 pub const DEFAULT_IMAGE: &str = "apache/kafka:4.1.1";
+/// The image's `appuser` (uid and gid 1000 in `apache/kafka`); its `USER` is a name, so the
+/// pod sets the number for the kubelet's `runAsNonRoot` check.
+pub const UID: i64 = 1000;
+pub const GID: i64 = 1000;
 
 fn env(name: &str, value: String) -> EnvVar {
     EnvVar {

@@ -6,6 +6,10 @@ use crate::resources::config::REDIS_PORT;
 use k8s_openapi::api::core::v1::{Container, ContainerPort, ExecAction, Probe, VolumeMount};
 
 pub const DEFAULT_IMAGE: &str = "redis:7.4";
+/// The official image's `redis` user and group (uid = gid = 999). Started as this user its
+/// entrypoint skips the root-only `chown` of `/data` and the `gosu` step and runs
+/// `redis-server` directly.
+pub const UID: i64 = 999;
 
 pub fn container(m: &ManagedSpec) -> (Container, Vec<(&'static str, i32)>) {
     let c = Container {
