@@ -125,18 +125,22 @@ impl PodSettings {
 /// and `QUORUM` at replication factor 3 survive it. `None` for a single pod: a budget could
 /// only block drains for ever (`maxUnavailable: 0`) or allow the eviction anyway
 /// (`maxUnavailable: 1`), so it protects nothing; managed Redis is always one pod.
+///
+/// Unlike the stateless roles' budgets, not-ready pods are evicted only while the budget is
+/// met (`IfHealthyBudget`): a Kafka pod whose readiness probe times out can still be a
+/// controller voter, and evicting two such pods at once (seen on the e2e node with
+/// `AlwaysAllow`) would take the quorum down.
 pub fn disruption_budget(
     cluster: &ChatCluster,
     dep: Dependency,
     m: &ManagedSpec,
 ) -> Option<PodDisruptionBudget> {
-    pdb::pdb(
-        cluster,
-        cluster.dependency_name(dep),
-        dep.as_str(),
-        m.replicas,
-        1,
-    )
+    let name = cluster.dependency_name(dep);
+    let mut p = pdb::pdb(cluster, name, dep.as_str(), m.replicas, 1)?;
+    if let Some(spec) = p.spec.as_mut() {
+        spec.unhealthy_pod_eviction_policy = Some("IfHealthyBudget".into());
+    }
+    Some(p)
 }
 
 /// Prefer one pod of a dependency per node (`kubernetes.io/hostname`), never require it: a
@@ -478,6 +482,11 @@ mod tests {
             let spec = p.spec.unwrap();
             assert_eq!(spec.max_unavailable, Some(IntOrString::Int(1)));
             assert!(spec.min_available.is_none());
+            assert_eq!(
+                spec.unhealthy_pod_eviction_policy.as_deref(),
+                Some("IfHealthyBudget"),
+                "a not-ready voter is not evicted while another pod is down"
+            );
             assert_eq!(
                 spec.selector.unwrap().match_labels,
                 Some(selector_labels(&c, dep.as_str()))

@@ -77,6 +77,11 @@ pub async fn assert_dependencies_hardened(k: &Cluster) {
                 Some(IntOrString::Int(1)),
                 "{sts_name}"
             );
+            assert_eq!(
+                spec.unhealthy_pod_eviction_policy.as_deref(),
+                Some("IfHealthyBudget"),
+                "{sts_name}"
+            );
             let sel = spec.selector.unwrap().match_labels.unwrap();
             assert_eq!(sel["app.kubernetes.io/component"], component);
             assert_eq!(sel["app.kubernetes.io/instance"], k.name);
