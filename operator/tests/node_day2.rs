@@ -197,7 +197,8 @@ async fn finish_load(
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let mut reconnect_frames = 0;
     let mut gap = Duration::ZERO;
-    let mut stored = BTreeMap::new();
+    // (chat, stored messages), in lane order: receiver i follows the chat of sender i.
+    let mut stored = Vec::new();
     for s in load.senders {
         let st = s.finish().await;
         acked += st.acks.len();
@@ -213,13 +214,12 @@ async fn finish_load(
         );
         reconnect_frames += st.reconnect_frames;
         gap = gap.max(st.longest_gap);
-        let n = assert_intact(&c.api(1), st.chat, &st.acks).await;
-        stored.insert(st.chat, n as u64);
+        let n = assert_intact(&c.api(st.user), st.chat, &st.acks).await;
+        stored.push((st.chat, n as u64));
     }
     for (i, r) in load.receivers.into_iter().enumerate() {
         let st = r.finish().await;
-        let chat = *stored.keys().nth(i).unwrap();
-        let n = stored[&chat];
+        let (chat, n) = stored[i];
         let want: BTreeSet<u64> = (1..=n).collect();
         assert_eq!(
             st.seqs, want,

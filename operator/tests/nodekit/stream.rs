@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 /// What one sender saw.
 #[derive(Debug, Default, Clone)]
 pub struct SendStats {
+    pub user: u64,
     pub chat: u64,
     /// `client_msg_id` → ack frame.
     pub acks: BTreeMap<String, Value>,
@@ -60,6 +61,7 @@ pub fn start_sender(c: &Clients, user: u64, chat: u64, prefix: &str, every: Dura
     let prefix = prefix.to_string();
     let task = tokio::spawn(async move {
         let mut st = SendStats {
+            user,
             chat,
             ..Default::default()
         };
@@ -209,7 +211,10 @@ pub fn start_receiver(c: &Clients, user: u64, chat: u64) -> Receiver {
 /// `sync` from the highest gapless seq until the server says there is no more.
 async fn sync_all(ws: &mut Ws, chat: u64, st: &mut RecvStats) {
     for _ in 0..1000 {
-        let after = (1..).take_while(|s| st.seqs.contains(s)).last().unwrap_or(0);
+        let after = (1..)
+            .take_while(|s| st.seqs.contains(s))
+            .last()
+            .unwrap_or(0);
         if !ws
             .send(json!({"type":"sync","chat_id":chat,"after_seq":after}))
             .await

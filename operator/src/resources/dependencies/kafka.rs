@@ -5,9 +5,10 @@ use super::DATA_VOLUME;
 use crate::crd::{ChatCluster, Dependency, ManagedSpec};
 use crate::resources::config::{KAFKA_CONTROLLER_PORT, KAFKA_PORT, dependency_pod_host};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, ObjectFieldSelector, Probe,
+    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Probe, TCPSocketAction,
     VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
 pub const DEFAULT_IMAGE: &str = "apache/kafka:4.1.1";
@@ -115,18 +116,18 @@ pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'s
                 ..Default::default()
             },
         ]),
+        // A TCP check of the client listener: Kafka opens its acceptors only at the end of
+        // broker start-up. (An exec probe running kafka-broker-api-versions.sh starts a JVM
+        // every period; on a busy 2-core node those piled up past their timeout and flipped
+        // readiness of a healthy broker.)
         readiness_probe: Some(Probe {
-            exec: Some(ExecAction {
-                command: Some(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    format!(
-                        "/opt/kafka/bin/kafka-broker-api-versions.sh --bootstrap-server localhost:{KAFKA_PORT} >/dev/null"
-                    ),
-                ]),
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::Int(KAFKA_PORT),
+                ..Default::default()
             }),
-            period_seconds: Some(10),
-            timeout_seconds: Some(10),
+            period_seconds: Some(5),
+            timeout_seconds: Some(3),
+            failure_threshold: Some(3),
             ..Default::default()
         }),
         resources: m.resources.clone(),
