@@ -17,11 +17,11 @@
 
 mod nodekit;
 
-use nodekit::*;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, PersistentVolumeClaim, Secret, Service};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::{Client, ResourceExt};
+use nodekit::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -130,6 +130,10 @@ async fn chatcluster_on_a_real_node() {
         printed.contains(&format!("{NAME}-edge.{ns}.svc")),
         "kubectl get chatclusters shows the endpoint"
     );
+    // The managed dependencies run production-shaped: non-root, no privilege escalation,
+    // PDBs, spread (nodekit::deps).
+    step(t0, "managed dependencies: security context, volumes, PDBs, spread");
+    nodekit::deps::assert_dependencies_hardened(&k).await;
 
     // ---- 2. clients through the Service ------------------------------------------------
     step(
