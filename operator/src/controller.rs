@@ -9,7 +9,9 @@ use crate::metrics::{ClusterLabels, ErrorLabels, Metrics, ScaleLabels};
 use crate::reachability;
 use crate::resources::config::{self, checksum, config_env, referenced_secrets};
 use crate::resources::dependencies::{self, managed};
-use crate::resources::{FIELD_MANAGER, edge, pdb, role, selector_string, setup_job};
+use crate::resources::{
+    FIELD_MANAGER, edge, network_policy, pdb, role, selector_string, setup_job,
+};
 use crate::scrape::{self, SCRAPE_TARGETS_ANNOTATION, Sample, Target};
 use crate::status::{self, Gate, Observed, Setup, Workload};
 use futures::StreamExt;
@@ -17,6 +19,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -46,8 +49,10 @@ pub struct Options {
     pub namespace: Option<String>,
     /// Honour the `chat.tern.dev/scrape-targets` annotation (tests, special set-ups).
     pub allow_scrape_override: bool,
-    /// Port of the edge pods' `/metrics`.
+    /// Port of the edge pods' `/metrics` (their `metrics` port).
     pub scrape_port: u16,
+    /// The operator's own namespace: `spec.networkPolicy` lets pods there read `/metrics`.
+    pub operator_namespace: String,
     /// Time limit per scrape and per dependency connect.
     pub probe_timeout: Duration,
     /// `reportingInstance` of events (the pod name).
@@ -59,7 +64,8 @@ impl Default for Options {
         Options {
             namespace: None,
             allow_scrape_override: false,
-            scrape_port: crate::resources::CHAT_PORT as u16,
+            scrape_port: crate::resources::METRICS_PORT as u16,
+            operator_namespace: "default".into(),
             probe_timeout: Duration::from_secs(2),
             instance: "tern-operator".into(),
         }
@@ -144,6 +150,7 @@ pub async fn run(
         .owns(api_for::<ConfigMap>(&client, &ns), owned.clone())
         .owns(api_for::<PodDisruptionBudget>(&client, &ns), owned.clone())
         .owns(api_for::<Job>(&client, &ns), owned.clone())
+        .owns(api_for::<NetworkPolicy>(&client, &ns), owned.clone())
         .owns(api_for::<Secret>(&client, &ns), owned)
         // User Secrets a cluster references: a created or rotated Secret reconciles it.
         .watches(
@@ -300,7 +307,9 @@ impl<'a> Reconciler<'a> {
 
         // 2. Shared configuration and its checksum.
         let env = config_env(c);
-        let sum = checksum(&env, &c.spec.image, &secret_data);
+        // The edge TLS Secret is left out: pods reload a renewed certificate in place.
+        let rolling = config::rolling_secrets(c, &secret_data);
+        let sum = checksum(&env, &c.spec.image, &rolling);
         self.apply(&config::config_map(c)).await?;
 
         // 3. Managed dependencies (and removal of ones switched to external).
@@ -379,6 +388,15 @@ impl<'a> Reconciler<'a> {
         }
         self.apply(&edge::service(c)).await?;
         self.apply(&edge::headless_service(c)).await?;
+        if c.spec.network_policy.enabled {
+            for p in network_policy::policies(c, &self.ctx.opts.operator_namespace) {
+                self.apply(&p).await?;
+            }
+        } else {
+            for name in network_policy::names(c) {
+                self.delete_owned::<NetworkPolicy>(&name).await?;
+            }
+        }
 
         // 7. Status, conditions, events.
         let obs = Observed {

@@ -5,7 +5,7 @@
 //! the CRD's OpenAPI schema (`kubectl explain chatcluster.spec.edge`).
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, TopologySpreadConstraint};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema, ResourceExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -98,6 +98,45 @@ pub struct ChatClusterSpec {
     /// Client token signing.
     #[serde(default)]
     pub auth: AuthSpec,
+    /// NetworkPolicies for the cluster's pods (off by default). Takes effect only where the
+    /// cluster's network plugin enforces NetworkPolicy.
+    #[serde(default, skip_serializing_if = "NetworkPolicySpec::is_default")]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// NetworkPolicies the operator keeps for a cluster (`spec.networkPolicy`). With `enabled`:
+/// the edge client port is open to everyone; the metrics port (9090) of every chat-server pod
+/// only to pods in the operator's namespace (it scrapes the edges for autoscaling) and in the
+/// namespaces `metricsNamespaceSelector` picks (Prometheus); the cluster's own pods reach each
+/// other and the managed Kafka, CQL store and Redis on every port. Egress is not restricted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create the NetworkPolicies (and delete them again when turned off).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Namespaces, besides the operator's, whose pods may read `/metrics` (e.g.
+    /// `{matchLabels: {kubernetes.io/metadata.name: monitoring}}` for Prometheus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_namespace_selector: Option<LabelSelector>,
+}
+
+impl NetworkPolicySpec {
+    fn is_default(&self) -> bool {
+        self == &NetworkPolicySpec::default()
+    }
+}
+
+/// TLS on the edge's client port (`spec.edge.tls`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EdgeTlsSpec {
+    /// A Secret of type `kubernetes.io/tls` (keys `tls.crt` and `tls.key`, PEM) in the
+    /// cluster's namespace, e.g. one cert-manager keeps. Edge pods mount it and serve HTTPS
+    /// and WSS on the client port; a renewed certificate is picked up by the running pods
+    /// (the kubelet refreshes the mounted files, chat-server re-reads them) without a restart.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 fn default_log_level() -> String {
@@ -146,6 +185,10 @@ pub struct EdgeSpec {
     /// The client-facing Service.
     #[serde(default)]
     pub service: EdgeServiceSpec,
+    /// Serve HTTPS/WSS on the client port with this certificate (default: plain HTTP/WS;
+    /// terminate TLS in front instead with an Ingress or Gateway, see docs/operator.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EdgeTlsSpec>,
     /// CPU/memory requests and limits of the edge container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
@@ -173,6 +216,7 @@ impl Default for EdgeSpec {
             drain: DrainSpec::default(),
             heartbeat_interval_seconds: default_heartbeat(),
             service: EdgeServiceSpec::default(),
+            tls: None,
             resources: None,
             topology_spread_constraints: Vec::new(),
             pod_disruption_budget: PdbSpec::default(),
@@ -802,6 +846,15 @@ impl ChatCluster {
     /// Headless Service that gives a managed dependency's pods stable DNS names.
     pub fn dependency_headless_name(&self, dep: Dependency) -> String {
         self.n(&format!("{}-headless", dep.as_str()))
+    }
+    /// NetworkPolicy over every pod of the cluster (`spec.networkPolicy`): traffic among
+    /// them, and the metrics port from the operator (and Prometheus).
+    pub fn pods_policy_name(&self) -> String {
+        self.n("pods")
+    }
+    /// NetworkPolicy opening the edge client port to everyone (`spec.networkPolicy`).
+    pub fn edge_clients_policy_name(&self) -> String {
+        self.n("edge-clients")
     }
     /// The media PersistentVolumeClaim (`spec.media.volume`).
     pub fn media_pvc_name(&self) -> String {

@@ -44,8 +44,9 @@ struct Config {
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
-    /// Port of the edge pods' /metrics.
-    #[arg(long, env = "TERN_SCRAPE_PORT", default_value_t = 8080)]
+    /// Port of the edge pods' /metrics (chat-server's `CHAT_METRICS_LISTEN`, which the
+    /// operator sets to 9090 in every role pod: the `metrics` port, not the client port).
+    #[arg(long, env = "TERN_SCRAPE_PORT", default_value_t = tern_operator::resources::METRICS_PORT as u16)]
     scrape_port: u16,
     /// Honour the `chat.tern.dev/scrape-targets` annotation instead of discovering edge pods
     /// (tests and special set-ups only).
@@ -109,6 +110,8 @@ async fn main() -> anyhow::Result<()> {
         namespace: cfg.watch_namespace.clone(),
         allow_scrape_override: cfg.allow_scrape_override,
         scrape_port: cfg.scrape_port,
+        // The namespace this operator runs in (POD_NAMESPACE): its pods may read /metrics.
+        operator_namespace: cfg.lease_namespace.clone(),
         instance: identity.clone(),
         ..Options::default()
     };

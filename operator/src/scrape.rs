@@ -1,6 +1,7 @@
 //! Reading `chat_connections` from the edge pods.
 //!
-//! Targets come from the edge Pods (their IPs, port 8080, `/metrics`). For tests and special
+//! Targets come from the edge Pods (their IPs, the `metrics` port 9090, `/metrics`: never the
+//! client port, which may speak TLS and sits behind a public load balancer). For tests and special
 //! set-ups the operator can be started with `--allow-scrape-override`; then the ChatCluster
 //! annotation `chat.tern.dev/scrape-targets` (`[pod=]host:port,…`) replaces discovery.
 

@@ -249,7 +249,38 @@ pub fn referenced_secrets(cluster: &ChatCluster) -> Vec<SecretUse> {
             purpose: "S3 credentials (spec.media.s3.credentialsSecretRef)",
         });
     }
+    if let Some(tls) = &s.edge.tls {
+        out.push(SecretUse {
+            name: tls.secret_name.clone(),
+            keys: vec!["tls.crt".into(), "tls.key".into()],
+            purpose: TLS_PURPOSE,
+        });
+    }
     out
+}
+
+const TLS_PURPOSE: &str = "edge TLS certificate (spec.edge.tls.secretName)";
+
+/// The referenced Secrets that roll pods (or rerun setup) when they change: all but the edge
+/// TLS Secret, whose mounted files the kubelet refreshes and chat-server reloads in place
+/// (`--tls-reload-seconds`), so a renewed certificate does not disconnect every client. A
+/// Secret that is also referenced for something else still rolls. `secrets`: name → data.
+pub fn rolling_secrets(
+    cluster: &ChatCluster,
+    secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
+) -> BTreeMap<String, BTreeMap<String, ByteString>> {
+    let uses = referenced_secrets(cluster);
+    let reloaded = |name: &str| {
+        uses.iter()
+            .filter(|u| u.name == name)
+            .all(|u| u.purpose == TLS_PURPOSE)
+            && uses.iter().any(|u| u.name == name)
+    };
+    secrets
+        .iter()
+        .filter(|(name, _)| !reloaded(name))
+        .map(|(n, d)| (n.clone(), d.clone()))
+        .collect()
 }
 
 /// Checksum of everything pods read at start: the config environment, the image and the
@@ -351,6 +382,49 @@ mod tests {
             .unwrap()
             .insert("k".into(), ByteString(b"two".to_vec()));
         assert_ne!(base, checksum(&env, "img:1", &s2));
+    }
+
+    /// The edge TLS Secret must exist with its keys, but a renewed certificate is reloaded by
+    /// the pods: it changes neither the pod checksum nor the setup Job.
+    #[test]
+    fn tls_secret_is_required_but_does_not_roll_pods() {
+        let c = testing::cluster(serde_json::json!({
+            "image": "i:1", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}},
+            "auth": {"jwtSecretRef": {"name": "jwt", "key": "k"}},
+            "edge": {"tls": {"secretName": "edge-tls"}}
+        }));
+        let uses = referenced_secrets(&c);
+        let tls = uses.iter().find(|u| u.name == "edge-tls").unwrap();
+        assert_eq!(tls.keys, ["tls.crt", "tls.key"]);
+        let data = |v: &[u8]| {
+            BTreeMap::from([
+                ("tls.crt".to_string(), ByteString(v.to_vec())),
+                ("tls.key".to_string(), ByteString(v.to_vec())),
+            ])
+        };
+        let jwt = BTreeMap::from([("k".to_string(), ByteString(b"s".to_vec()))]);
+        let one = BTreeMap::from([
+            ("edge-tls".to_string(), data(b"one")),
+            ("jwt".to_string(), jwt.clone()),
+        ]);
+        let mut two = one.clone();
+        two.insert("edge-tls".into(), data(b"two"));
+        let env = config_env(&c);
+        let sum = |s: &BTreeMap<String, BTreeMap<String, ByteString>>| {
+            checksum(&env, "i:1", &rolling_secrets(&c, s))
+        };
+        assert_eq!(sum(&one), sum(&two));
+        assert_eq!(
+            rolling_secrets(&c, &one).keys().collect::<Vec<_>>(),
+            ["jwt"]
+        );
+        // The same Secret also holding the JWT key: it rolls.
+        let shared = testing::cluster(serde_json::json!({
+            "image": "i:1", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}},
+            "auth": {"jwtSecretRef": {"name": "edge-tls", "key": "k"}},
+            "edge": {"tls": {"secretName": "edge-tls"}}
+        }));
+        assert_eq!(rolling_secrets(&shared, &one).len(), 2);
     }
 
     #[test]

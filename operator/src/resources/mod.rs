@@ -8,6 +8,7 @@
 pub mod config;
 pub mod dependencies;
 pub mod edge;
+pub mod network_policy;
 pub mod pdb;
 pub mod pod;
 pub mod role;
@@ -22,8 +23,12 @@ use std::collections::BTreeMap;
 pub const FIELD_MANAGER: &str = "tern-operator";
 /// Pod-template annotation with the checksum of configuration and secrets: a change rolls pods.
 pub const CHECKSUM_ANNOTATION: &str = "chat.tern.dev/config-checksum";
-/// Port every chat-server role listens on (HTTP, WebSocket, /healthz, /readyz, /metrics).
+/// Port every chat-server role listens on for clients (HTTP or, with `spec.edge.tls`, HTTPS:
+/// API, WebSocket, long poll, /healthz, /readyz). Named `http` (`https` with TLS).
 pub const CHAT_PORT: i32 = 8080;
+/// Port of `/metrics` (and the probes, plain HTTP) on every chat-server role
+/// (`CHAT_METRICS_LISTEN`), named `metrics`: never behind the client Service.
+pub const METRICS_PORT: i32 = 9090;
 
 /// The recommended labels plus the component.
 pub fn labels(cluster: &ChatCluster, component: &str) -> BTreeMap<String, String> {

@@ -2,13 +2,14 @@
 //! Deployments and the setup Job.
 
 use super::config::{self, DATA_DIR, MEDIA_DIR};
-use super::{CHAT_PORT, CHECKSUM_ANNOTATION, labels};
+use super::{CHAT_PORT, CHECKSUM_ANNOTATION, METRICS_PORT, labels};
 use crate::crd::ChatCluster;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
     PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -16,6 +17,22 @@ use std::collections::BTreeMap;
 
 /// UID the chat-server image runs as (see `docker/chat-server.Dockerfile`).
 pub const RUN_AS_USER: i64 = 10001;
+/// Where an edge pod mounts the `spec.edge.tls` Secret (`tls.crt`, `tls.key`).
+pub const TLS_DIR: &str = "/etc/tern/tls";
+
+/// Whether pods of `role` serve TLS on the client port: edge pods with `spec.edge.tls`.
+pub fn serves_tls(cluster: &ChatCluster, role: Option<&str>) -> bool {
+    role == Some("edge") && cluster.spec.edge.tls.is_some()
+}
+
+/// Name of the client port of `role`'s pods: `https` when they serve TLS, else `http`.
+pub fn client_port_name(cluster: &ChatCluster, role: Option<&str>) -> &'static str {
+    if serves_tls(cluster, role) {
+        "https"
+    } else {
+        "http"
+    }
+}
 
 fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -48,6 +65,15 @@ pub fn role_env(cluster: &ChatCluster, role: Option<&str>) -> Vec<EnvVar> {
     if let Some(role) = role {
         env.push(plain_env("CHAT_ROLE", role));
         env.push(plain_env("CHAT_LISTEN", &format!("0.0.0.0:{CHAT_PORT}")));
+        // /metrics on its own port, off the client port (and off the client Service).
+        env.push(plain_env(
+            "CHAT_METRICS_LISTEN",
+            &format!("0.0.0.0:{METRICS_PORT}"),
+        ));
+    }
+    if serves_tls(cluster, role) {
+        env.push(plain_env("CHAT_TLS_CERT", &format!("{TLS_DIR}/tls.crt")));
+        env.push(plain_env("CHAT_TLS_KEY", &format!("{TLS_DIR}/tls.key")));
     }
     env.push(EnvVar {
         name: "CHAT_NODE_ID".into(),
@@ -105,11 +131,14 @@ pub fn role_env(cluster: &ChatCluster, role: Option<&str>) -> Vec<EnvVar> {
     env
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A probe of the client port (over HTTPS when it serves TLS: the kubelet does not check the
+/// certificate), so that it checks the path clients take.
+fn http_probe(port: &str, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
-            port: IntOrString::String("http".into()),
+            port: IntOrString::String(port.into()),
+            scheme: (port == "https").then(|| "HTTPS".into()),
             ..Default::default()
         }),
         period_seconds: Some(period),
@@ -177,6 +206,17 @@ pub fn chat_container(
             ..Default::default()
         });
     }
+    if serves_tls(cluster, role) {
+        // The whole Secret as a directory (not subPath): the kubelet then updates the files
+        // when the Secret changes, and chat-server reloads them.
+        mounts.push(VolumeMount {
+            name: "tls".into(),
+            mount_path: TLS_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    let port = client_port_name(cluster, role);
     Container {
         name: "chat-server".into(),
         image: Some(s.image.clone()),
@@ -192,15 +232,23 @@ pub fn chat_container(
         }]),
         env: Some(role_env(cluster, role)),
         ports: serving.then(|| {
-            vec![ContainerPort {
-                name: Some("http".into()),
-                container_port: CHAT_PORT,
-                protocol: Some("TCP".into()),
-                ..Default::default()
-            }]
+            vec![
+                ContainerPort {
+                    name: Some(port.into()),
+                    container_port: CHAT_PORT,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+                ContainerPort {
+                    name: Some("metrics".into()),
+                    container_port: METRICS_PORT,
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                },
+            ]
         }),
-        liveness_probe: serving.then(|| http_probe("/healthz", 10, 3)),
-        readiness_probe: serving.then(|| http_probe("/readyz", 5, 2)),
+        liveness_probe: serving.then(|| http_probe(port, "/healthz", 10, 3)),
+        readiness_probe: serving.then(|| http_probe(port, "/readyz", 5, 2)),
         resources: resources.cloned(),
         security_context: Some(container_security()),
         volume_mounts: Some(mounts),
@@ -240,6 +288,25 @@ pub fn pod_template(
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
                 claim_name: cluster.media_pvc_name(),
                 read_only: Some(false),
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(tls) = &s.edge.tls
+        && container
+            .volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.name == "tls")
+    {
+        volumes.push(Volume {
+            name: "tls".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(tls.secret_name.clone()),
+                // Readable by the pod's group (fsGroup), not by others.
+                default_mode: Some(0o440),
+                optional: Some(false),
+                ..Default::default()
             }),
             ..Default::default()
         });
@@ -327,6 +394,123 @@ mod tests {
         assert_eq!(ctr.security_context.unwrap().run_as_non_root, Some(true));
     }
 
+    fn env_value(c: &Container, name: &str) -> Option<String> {
+        c.env
+            .iter()
+            .flatten()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value.clone())
+    }
+
+    fn probe_port(p: &Option<Probe>) -> (String, Option<String>) {
+        let get = p.as_ref().unwrap().http_get.as_ref().unwrap();
+        let IntOrString::String(port) = &get.port else {
+            panic!("probe port by name")
+        };
+        (port.clone(), get.scheme.clone())
+    }
+
+    /// Every role serves /metrics on the `metrics` port (9090), apart from the client port.
+    #[test]
+    fn roles_serve_metrics_on_their_own_port() {
+        let c = testing::dev();
+        for role in ["edge", "delivery", "presence"] {
+            let ctr = chat_container(&c, Some(role), None);
+            let ports: Vec<_> = ctr
+                .ports
+                .iter()
+                .flatten()
+                .map(|p| (p.name.clone().unwrap(), p.container_port))
+                .collect();
+            assert_eq!(
+                ports,
+                [("http".to_string(), 8080), ("metrics".to_string(), 9090)]
+            );
+            assert_eq!(
+                env_value(&ctr, "CHAT_METRICS_LISTEN").as_deref(),
+                Some("0.0.0.0:9090")
+            );
+            assert_eq!(env_value(&ctr, "CHAT_TLS_CERT"), None);
+            assert_eq!(probe_port(&ctr.readiness_probe), ("http".into(), None));
+        }
+        let setup = chat_container(&c, None, None);
+        assert_eq!(env_value(&setup, "CHAT_METRICS_LISTEN"), None);
+    }
+
+    /// `spec.edge.tls`: edge pods mount the Secret, serve HTTPS on a port named `https` and
+    /// are probed over HTTPS; other roles are unchanged.
+    #[test]
+    fn tls_edge_mounts_the_secret_and_is_probed_over_https() {
+        let c = testing::cluster(serde_json::json!({
+            "image": "i:1", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}},
+            "edge": {"tls": {"secretName": "edge-tls"}}
+        }));
+        let ctr = chat_container(&c, Some("edge"), None);
+        assert_eq!(
+            env_value(&ctr, "CHAT_TLS_CERT").as_deref(),
+            Some("/etc/tern/tls/tls.crt")
+        );
+        assert_eq!(
+            env_value(&ctr, "CHAT_TLS_KEY").as_deref(),
+            Some("/etc/tern/tls/tls.key")
+        );
+        let mount = ctr
+            .volume_mounts
+            .iter()
+            .flatten()
+            .find(|m| m.name == "tls")
+            .unwrap();
+        assert_eq!(
+            (
+                mount.mount_path.as_str(),
+                mount.read_only,
+                mount.sub_path.is_none()
+            ),
+            (TLS_DIR, Some(true), true)
+        );
+        assert_eq!(
+            ctr.ports.as_ref().unwrap()[0].name.as_deref(),
+            Some("https")
+        );
+        assert_eq!(
+            probe_port(&ctr.liveness_probe),
+            ("https".into(), Some("HTTPS".into()))
+        );
+        let t = pod_template(&c, "edge", ctr, "sum");
+        let vol = t
+            .spec
+            .unwrap()
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "tls")
+            .unwrap()
+            .secret
+            .unwrap();
+        assert_eq!(vol.secret_name.as_deref(), Some("edge-tls"));
+        assert_eq!(vol.default_mode, Some(0o440));
+
+        let delivery = chat_container(&c, Some("delivery"), None);
+        assert_eq!(env_value(&delivery, "CHAT_TLS_CERT"), None);
+        assert!(
+            delivery
+                .volume_mounts
+                .iter()
+                .flatten()
+                .all(|m| m.name != "tls")
+        );
+        assert_eq!(probe_port(&delivery.readiness_probe), ("http".into(), None));
+        let t = pod_template(&c, "delivery", delivery, "sum");
+        assert!(
+            t.spec
+                .unwrap()
+                .volumes
+                .unwrap()
+                .iter()
+                .all(|v| v.name != "tls")
+        );
+    }
+
     #[test]
     fn setup_container_has_no_role_or_probes() {
         let ctr = chat_container(&testing::dev(), None, None);
@@ -351,7 +535,7 @@ mod tests {
             ctr.env
                 .unwrap()
                 .iter()
-                .all(|e| e.name == "CHAT_ROLE" || e.name == "CHAT_LISTEN" || e.value.is_none())
+                .all(|e| e.name == "CHAT_ROLE" || e.name.ends_with("LISTEN") || e.value.is_none())
         );
     }
 

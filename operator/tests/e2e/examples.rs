@@ -5,6 +5,7 @@ use crate::support::{TEST_MANAGER, TestEnv, repo_root};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
@@ -67,6 +68,9 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
             &[("accessKeyId", "AKIA"), ("secretAccessKey", "s")],
         )
         .await;
+        // The operator checks the keys; the edge pods (not run here) read the PEM.
+        env.create_secret("tern-prod-tls", &[("tls.crt", "cert"), ("tls.key", "key")])
+            .await;
     }
     env.start_operator();
     let name = apply_file(&env, &path).await;
@@ -93,10 +97,16 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
             },
         )
         .await;
+    // TLS at the edge (production.yaml) reports wss://, plain HTTP ws://.
+    let scheme = if c.spec.edge.tls.is_some() {
+        "wss"
+    } else {
+        "ws"
+    };
+    let endpoint = st.endpoint.unwrap();
     assert!(
-        st.endpoint
-            .unwrap()
-            .starts_with(&format!("ws://{name}-edge.{}.svc", env.ns))
+        endpoint.starts_with(&format!("{scheme}://{name}-edge.{}.svc", env.ns)),
+        "{file}: {endpoint}"
     );
     assert!(
         st.edge
@@ -203,6 +213,23 @@ async fn check_example(file: &str, managed: usize, pdbs: &[&str], generated_jwt:
         2 + 2 * managed,
         "{file}: services {svc_names:?}"
     );
+    // spec.networkPolicy (production.yaml): the pods policy and the edge client port.
+    let policies = env
+        .api::<NetworkPolicy>()
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    let mut policy_names: Vec<_> = policies.iter().map(|p| p.name_any()).collect();
+    policy_names.sort();
+    let want_policies: Vec<String> = if c.spec.network_policy.enabled {
+        vec![format!("{name}-edge-clients"), format!("{name}-pods")]
+    } else {
+        vec![]
+    };
+    assert_eq!(policy_names, want_policies, "{file}: NetworkPolicies");
+    for p in &policies {
+        assert_controlled(p, &uid);
+    }
 
     let sts = env
         .api::<StatefulSet>()

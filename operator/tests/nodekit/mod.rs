@@ -16,7 +16,6 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-
 /// A 16×16 RGB PNG (made with zlib; the server re-encodes images, so only its shape matters).
 pub const PNG_HEX: &str = "89504e470d0a1a0a0000000d4948445200000010000000100802000000909168360000019649444154789c15d151154421084551231881084630021188608413c1084620021188400422cc1bbfd9accb758cc11cc8600df640073638030677f0063e88410e6ad083312673229335d9139dd8e44c98dcc99bf8242639a949cf0f08531061095b50c18423205ce1092e849042092d1f58cc852cd6622f74618bb36071176fe18b58e4a216bd3eb0991bd9accddee8c63667c3e66edec637b1c94d6d7a7f40998a284bd98a2aa61c05e52a4f712594544a69fd80310d3196b10d35cc3806c6359ee146186994d1f681c33cc8611df6410f7638070ef7f00e7e88431eead0e703ff02bf4abe23bfd85f906ff537fc7f171e38042414f4f73de3322f7259977dd18b5dcefd8fdfcbbbf8252e79a94bdf0f3ce6431eebb11ffab0c779ffe5f7f11efe88473eead1ef03ce74c459ce76d431e7f83fca759ee34e38e994d3fe81600612ac60071a5870e21ffc062ff020820c2ae8f84032134956b2134d2c39f93ff3262ff124924c2ae9fc40310b2956b10b2dac38f52fe516aff0228a2caae8fa40331b6956b31b6dac39fdaff036aff1269a6caae9e6078802701011b3f6fb0000000049454e44ae426082";
 
@@ -169,9 +168,11 @@ pub fn pod_line(p: &Pod) -> String {
     )
 }
 
-/// `chat_connections` of one edge pod, read from its /metrics on the pod IP.
+/// `chat_connections` of one edge pod, read from its /metrics on the pod IP (the `metrics`
+/// port, 9090: /metrics is not on the client port).
 pub async fn connections(ip: &str) -> i64 {
-    let text = reqwest::get(format!("http://{ip}:8080/metrics"))
+    let port = tern_operator::resources::METRICS_PORT;
+    let text = reqwest::get(format!("http://{ip}:{port}/metrics"))
         .await
         .unwrap()
         .text()
@@ -535,5 +536,5 @@ pub fn force_delete(ns: &str, pod: &str) {
     ]);
 }
 
-pub mod stream;
 pub mod deps;
+pub mod stream;
