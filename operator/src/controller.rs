@@ -7,13 +7,15 @@ use crate::crd::{ChatCluster, ChatClusterStatus, Dependency, DependencyStatus, E
 use crate::error::{Error, Result};
 use crate::metrics::{ClusterLabels, ErrorLabels, Metrics, ScaleLabels};
 use crate::reachability;
-use crate::resources::config::{self, checksum, config_env, referenced_secrets};
+use crate::resources::config::{
+    self, checksum, config_env, referenced_secrets, secret_value_problems, setup_checksum,
+};
 use crate::resources::dependencies::{self, managed};
 use crate::resources::{
     FIELD_MANAGER, edge, network_policy, pdb, role, selector_string, setup_job,
 };
 use crate::scrape::{self, SCRAPE_TARGETS_ANNOTATION, Sample, Target};
-use crate::status::{self, Gate, Observed, Setup, Workload};
+use crate::status::{self, Gate, Observed, Rejection, Setup, Workload};
 use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -39,6 +41,10 @@ use tracing::{debug, info, instrument, warn};
 
 /// Pod annotation the ReplicaSet controller reads when choosing pods to remove.
 pub const DELETION_COST_ANNOTATION: &str = "controller.kubernetes.io/pod-deletion-cost";
+/// Label that makes a user Secret's changes reconcile the ChatClusters referencing it at once
+/// (the operator watches only Secrets with it, and its own). Unlabelled referenced Secrets
+/// are still read by name on every reconcile, so a change is seen within the resync period.
+pub const SECRET_WATCH_LABEL: &str = "chat.tern.dev/watch";
 /// How often connections are read when autoscaling is off (for `status.edge.connections`).
 const DEFAULT_SCRAPE_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -152,10 +158,11 @@ pub async fn run(
         .owns(api_for::<Job>(&client, &ns), owned.clone())
         .owns(api_for::<NetworkPolicy>(&client, &ns), owned.clone())
         .owns(api_for::<Secret>(&client, &ns), owned)
-        // User Secrets a cluster references: a created or rotated Secret reconciles it.
+        // User Secrets a cluster references and that carry the watch label: a created or
+        // rotated one reconciles it at once. No other Secret is watched or cached.
         .watches(
             api_for::<Secret>(&client, &ns),
-            watcher::Config::default(),
+            watcher::Config::default().labels(&format!("{SECRET_WATCH_LABEL}=true")),
             move |secret: Secret| {
                 let name = secret.name_any();
                 let ns = secret.namespace();
@@ -222,6 +229,8 @@ struct Reconciler<'a> {
     ctx: &'a Context,
     ns: String,
     pp: PatchParams,
+    /// Objects the API server refused in this reconcile (reported, not fatal).
+    rejections: Mutex<Vec<Rejection>>,
 }
 
 impl<'a> Reconciler<'a> {
@@ -231,6 +240,7 @@ impl<'a> Reconciler<'a> {
             ctx,
             ns: cluster.namespace().ok_or(Error::NoNamespace)?,
             pp: PatchParams::apply(FIELD_MANAGER).force(),
+            rejections: Mutex::default(),
         })
     }
 
@@ -256,6 +266,40 @@ impl<'a> Reconciler<'a> {
             .api::<K>()
             .patch(&name, &self.pp, &Patch::Apply(obj))
             .await?)
+    }
+
+    /// Apply `obj`; when the API server refuses it (400 or 422: an invalid value, or a change
+    /// to an immutable field), record the refusal against `field` (the spec field the object
+    /// comes from) and carry on with the live object, if there is one. Other errors stop the
+    /// reconcile as usual (they are retried with backoff).
+    async fn apply_or_record<K>(&self, obj: &K, field: &str) -> Result<Option<K>>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Serialize
+            + DeserializeOwned
+            + Clone
+            + Debug,
+        K::DynamicType: Default,
+    {
+        match self.apply(obj).await {
+            Ok(o) => Ok(Some(o)),
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 400 || s.code == 422 => {
+                let kind = K::kind(&Default::default()).to_string();
+                let name = obj.meta().name.clone().unwrap_or_default();
+                warn!(kind = %kind, object = %name, field, cause = %s.message, "the API server refused an object; reconciling the rest");
+                self.record(Rejection::new(&kind, &name, field, &s.message));
+                Ok(self.api::<K>().get_opt(&name).await?)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn record(&self, r: Rejection) {
+        self.rejections.lock().expect("rejections lock").push(r);
+    }
+
+    fn rejections(&self) -> Vec<Rejection> {
+        self.rejections.lock().expect("rejections lock").clone()
     }
 
     /// Delete `name` if it exists and this cluster controls it (a component that is no longer
@@ -286,12 +330,16 @@ impl<'a> Reconciler<'a> {
         let c = self.cluster;
         let previous = c.status.clone().unwrap_or_default();
 
-        // 1. Secrets: every referenced one must exist with its keys before anything runs.
+        // 1. Secrets: every referenced one must exist with its keys, and hold values
+        //    chat-server can use, before anything runs.
         let (secret_data, problems) = self.secrets().await?;
-        if !problems.is_empty() {
+        let invalid_secrets = secret_value_problems(c, &secret_data);
+        if !problems.is_empty() || !invalid_secrets.is_empty() {
             let obs = Observed {
                 generation: c.metadata.generation.unwrap_or(0),
                 secret_problems: problems,
+                invalid_secrets,
+                rejections: vec![],
                 dependencies: previous.dependencies.clone(),
                 workloads: vec![],
                 setup: Setup::Running,
@@ -310,7 +358,8 @@ impl<'a> Reconciler<'a> {
         // The edge TLS Secret is left out: pods reload a renewed certificate in place.
         let rolling = config::rolling_secrets(c, &secret_data);
         let sum = checksum(&env, &c.spec.image, &rolling);
-        self.apply(&config::config_map(c)).await?;
+        let setup_sum = setup_checksum(&env, &c.spec.image, &rolling);
+        self.apply_or_record(&config::config_map(c), "spec").await?;
 
         // 3. Managed dependencies (and removal of ones switched to external).
         let mut dep_status = Vec::new();
@@ -323,12 +372,12 @@ impl<'a> Reconciler<'a> {
             dep_status.push(st);
         }
         if let Some(pvc) = dependencies::media_pvc(c) {
-            self.apply(&pvc).await?;
+            self.apply_or_record(&pvc, "spec.media.volume").await?;
         }
 
         // 4. Schema and topic setup, after the dependency StatefulSets exist (the Job's
         //    chat-server waits for them to answer).
-        let (setup, setup_requeue) = self.setup(&sum).await?;
+        let (setup, setup_requeue) = self.setup(&setup_sum).await?;
         let gate = status::roles_gate(&setup, managed_redis_ready);
 
         // 5. Edge replicas: the autoscaler's decision or the spec.
@@ -354,7 +403,11 @@ impl<'a> Reconciler<'a> {
                 _ => role::spec_replicas(c, r),
             };
             let live = match gate {
-                Gate::Open => Some(self.apply(&role::deployment(c, r, replicas, &sum)).await?),
+                Gate::Open => {
+                    let field = format!("spec.{}", r.as_str());
+                    self.apply_or_record(&role::deployment(c, r, replicas, &sum), &field)
+                        .await?
+                }
                 Gate::Held { .. } => self.held_deployment(r, replicas).await?,
             };
             if let Some(d) = &live {
@@ -378,7 +431,8 @@ impl<'a> Reconciler<'a> {
             };
             match pdb::pdb(c, c.role_name(r), r.as_str(), min_pods, max_unavailable) {
                 Some(p) => {
-                    self.apply(&p).await?;
+                    let field = format!("spec.{}", r.as_str());
+                    self.apply_or_record(&p, &field).await?;
                 }
                 None => {
                     self.delete_owned::<PodDisruptionBudget>(&c.role_name(r))
@@ -386,11 +440,13 @@ impl<'a> Reconciler<'a> {
                 }
             }
         }
-        self.apply(&edge::service(c)).await?;
-        self.apply(&edge::headless_service(c)).await?;
+        self.apply_or_record(&edge::service(c), "spec.edge.service")
+            .await?;
+        self.apply_or_record(&edge::headless_service(c), "spec.edge.service")
+            .await?;
         if c.spec.network_policy.enabled {
             for p in network_policy::policies(c, &self.ctx.opts.operator_namespace) {
-                self.apply(&p).await?;
+                self.apply_or_record(&p, "spec.networkPolicy").await?;
             }
         } else {
             for name in network_policy::names(c) {
@@ -402,6 +458,8 @@ impl<'a> Reconciler<'a> {
         let obs = Observed {
             generation: c.metadata.generation.unwrap_or(0),
             secret_problems: vec![],
+            invalid_secrets: vec![],
+            rejections: self.rejections(),
             dependencies: dep_status,
             workloads,
             setup,
@@ -490,9 +548,27 @@ impl<'a> Reconciler<'a> {
         let c = self.cluster;
         let name = dep.as_str().to_string();
         if let Some(m) = managed(c, dep) {
-            self.apply(&m.headless).await?;
-            self.apply(&m.service).await?;
-            let ss = self.apply(&m.statefulset).await?;
+            let field = format!("spec.{name}.managed");
+            self.apply_or_record(&m.headless, &field).await?;
+            self.apply_or_record(&m.service, &field).await?;
+            let storage = format!("{field}.storage");
+            let field = match self
+                .api::<StatefulSet>()
+                .get_opt(&m.statefulset.name_any())
+                .await?
+            {
+                Some(live) if claim_templates_differ(&live, &m.statefulset) => storage.as_str(),
+                _ => field.as_str(),
+            };
+            let Some(ss) = self.apply_or_record(&m.statefulset, field).await? else {
+                let st = DependencyStatus {
+                    name,
+                    mode: "managed".into(),
+                    ready: false,
+                    message: "the API server refused its StatefulSet (see Degraded)".into(),
+                };
+                return Ok((st, Some(0)));
+            };
             match &m.pdb {
                 Some(p) => {
                     self.apply(p).await?;
@@ -584,7 +660,13 @@ impl<'a> Reconciler<'a> {
             Some(j) => j,
             None => {
                 info!(job = %name, "starting schema and topic setup");
-                self.apply(&job).await?
+                match self.apply_or_record(&job, "spec").await? {
+                    Some(j) => j,
+                    None => {
+                        let why = format!("the API server refused the setup Job {name}");
+                        return Ok((Setup::Failed(why), None));
+                    }
+                }
             }
         };
         match job_state(&current) {
@@ -609,7 +691,9 @@ impl<'a> Reconciler<'a> {
                         )),
                         Some(Duration::from_secs(5)),
                     )),
-                    None => Ok((Setup::Running, None)),
+                    // Job status does not change while its pod restarts in place: look again
+                    // soon, so a stuck setup is reported within seconds.
+                    None => Ok((Setup::Running, Some(Duration::from_secs(5)))),
                 }
             }
             Setup::Failed(why) => {
@@ -875,7 +959,13 @@ impl<'a> Reconciler<'a> {
             else {
                 continue;
             };
-            if prev.is_some_and(|p| p.status == new.status && p.reason == new.reason) {
+            // Degraded also speaks up when its message changes (another object refused, a
+            // different Secret missing), not only on a new status or reason.
+            if prev.is_some_and(|p| {
+                p.status == new.status
+                    && p.reason == new.reason
+                    && (t != status::DEGRADED || p.message == new.message)
+            }) {
                 continue;
             }
             let bad = (t == status::DEGRADED) == (new.status == "True");
@@ -924,6 +1014,31 @@ pub fn deployment_state(d: &Deployment) -> Workload {
         updated: st.updated_replicas.unwrap_or(0),
         current: st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0),
     }
+}
+
+/// Whether two StatefulSets ask for different volume claims (size or storage class): the
+/// change the API server refuses on an existing StatefulSet. Pure.
+pub fn claim_templates_differ(live: &StatefulSet, desired: &StatefulSet) -> bool {
+    let claims = |s: &StatefulSet| {
+        s.spec
+            .as_ref()
+            .and_then(|s| s.volume_claim_templates.as_ref())
+            .map(|v| {
+                v.iter()
+                    .map(|pvc| {
+                        let spec = pvc.spec.clone().unwrap_or_default();
+                        let size = spec
+                            .resources
+                            .and_then(|r| r.requests)
+                            .and_then(|r| r.get("storage").cloned())
+                            .map(|q| q.0);
+                        (pvc.metadata.name.clone(), size, spec.storage_class_name)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    claims(live) != claims(desired)
 }
 
 /// A Job's state from its conditions. Pure.
@@ -1111,7 +1226,10 @@ mod tests {
         assert!(m.contains("CrashLoopBackOff after 3 restarts"), "{m}");
         assert!(m.contains("last exit 2 (Error)"), "{m}");
         let m = setup_pod_trouble(&pod(waiting("ImagePullBackOff", "not found"), None)).unwrap();
-        assert!(m.contains("ImagePullBackOff") && m.contains("not found"), "{m}");
+        assert!(
+            m.contains("ImagePullBackOff") && m.contains("not found"),
+            "{m}"
+        );
         assert_eq!(
             setup_pod_trouble(&pod(waiting("ContainerCreating", ""), None)),
             None
@@ -1136,6 +1254,31 @@ mod tests {
         assert_eq!(job_state(&job("Complete")), Setup::Succeeded);
         assert!(matches!(job_state(&job("Failed")), Setup::Failed(m) if m.contains("boom")));
         assert_eq!(job_state(&Job::default()), Setup::Running);
+    }
+
+    #[test]
+    fn storage_changes_are_told_apart() {
+        use crate::resources::testing;
+        let mut c = testing::dev();
+        let build = |c: &ChatCluster| managed(c, Dependency::Redis).unwrap().statefulset;
+        let live = build(&c);
+        c.spec.redis.managed.as_mut().unwrap().replicas = 1;
+        c.spec.image = "other:2".into();
+        assert!(
+            !claim_templates_differ(&live, &build(&c)),
+            "image is not storage"
+        );
+        c.spec.redis.managed.as_mut().unwrap().storage.size = "20Gi".into();
+        assert!(claim_templates_differ(&live, &build(&c)));
+        let mut c = testing::dev();
+        c.spec
+            .redis
+            .managed
+            .as_mut()
+            .unwrap()
+            .storage
+            .storage_class_name = Some("fast".into());
+        assert!(claim_templates_differ(&live, &build(&c)));
     }
 
     #[test]

@@ -58,7 +58,9 @@ use std::collections::BTreeMap;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    validation = Rule::new("self.metadata.name.size() <= 45").message("metadata.name must be at most 45 characters: the operator derives names from it (StatefulSet <name>-scylla, whose pods carry a <statefulset>-<10-character hash> label limited to 63; Service <name>-scylla-headless; Job <name>-setup-<10-character hash>); choose a shorter name"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must start with a lowercase letter and contain only lowercase letters, digits and '-' (no '.'): Services, the keyspace and the Kafka topic are named after it")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ChatClusterSpec {
@@ -142,6 +144,11 @@ pub struct EdgeTlsSpec {
 fn default_log_level() -> String {
     "info".into()
 }
+
+/// Longest `metadata.name` (the CEL rule at the root says the same): the StatefulSet
+/// `<name>-scylla` must stay within 52 characters (its pods carry a `controller-revision-hash`
+/// label `<statefulset>-<hash of up to 10 characters>`, and label values end at 63).
+pub const MAX_NAME_LEN: usize = 45;
 
 /// Image pull policy.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
@@ -456,8 +463,12 @@ pub struct ManagedSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StorageSpec {
-    /// Size, e.g. `10Gi`.
+    /// Size, e.g. `10Gi`. For a managed dependency, size and class cannot change once its
+    /// StatefulSet exists (volume claim templates are immutable): the operator then reports
+    /// `Degraded=True` (`SpecRejected`) and keeps the running StatefulSet.
     #[serde(default = "default_storage_size")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive Kubernetes quantity such as 10Gi or 500Mi"))]
     pub size: String,
     /// StorageClass; the cluster default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -481,7 +492,9 @@ impl Default for StorageSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of kafka.external or kafka.managed must be set").reason(Reason::FieldValueRequired)
+    validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of kafka.external or kafka.managed must be set").reason(Reason::FieldValueRequired),
+    validation = Rule::new("!has(self.managed) || self.replicationFactor <= self.managed.replicas").message("kafka.replicationFactor must not exceed kafka.managed.replicas (a topic cannot have more replicas than there are brokers): lower replicationFactor or add brokers").field_path(".replicationFactor"),
+    validation = Rule::new("has(self.topic) == has(oldSelf.topic) && (!has(self.topic) || self.topic == oldSelf.topic)").message("kafka.topic cannot be changed (or set or unset) after creation: the message log lives in the topic the cluster was created with; keep the old value, or create a new ChatCluster").field_path(".topic")
 )]
 pub struct KafkaSpec {
     /// An existing Kafka cluster.
@@ -493,13 +506,16 @@ pub struct KafkaSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.replicas == oldSelf.replicas").message(Message::Expression("'kafka.managed.replicas cannot be changed (%d to %d): the KRaft controller quorum is fixed when the volumes are formatted; keep %d, or create a new ChatCluster of the size you want (docs/operator.md, Managed dependencies)'.format([oldSelf.replicas, self.replicas, oldSelf.replicas])".into())).reason(Reason::FieldValueForbidden))]
     pub managed: Option<ManagedSpec>,
-    /// Topic of the message log (`CHAT_KAFKA_TOPIC`); default `<name>.messages`.
+    /// Topic of the message log (`CHAT_KAFKA_TOPIC`); default `<name>.messages`. Cannot be
+    /// changed after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-zA-Z0-9._-]{1,249}$"))]
     pub topic: Option<String>,
     /// Partitions of the message topic (`CHAT_KAFKA_PARTITIONS`), set when the setup Job
-    /// creates it.
+    /// creates it. Can only grow.
     #[serde(default = "default_partitions")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000))]
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("kafka.partitions can only grow (Kafka cannot remove partitions): set it back to its current value or higher"))]
     pub partitions: i32,
     /// Replication factor of the message topic (`CHAT_KAFKA_REPLICATION`).
     #[serde(default = "default_replication")]
@@ -517,14 +533,24 @@ fn default_replication() -> i32 {
 /// Connection to an existing Kafka cluster.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.saslMechanism) || has(self.credentialsSecretRef)").message("kafka.external.saslMechanism needs kafka.external.credentialsSecretRef (a Secret with username and password)").field_path(".saslMechanism").reason(Reason::FieldValueRequired)
+)]
 pub struct ExternalKafka {
     /// Bootstrap brokers, `host:port`.
     #[schemars(length(min = 1))]
     pub brokers: Vec<String>,
-    /// Secret with keys `username`, `password` and optionally `mechanism` for SASL
-    /// (exposed to chat-server as `CHAT_KAFKA_SASL_USERNAME`/`_PASSWORD`/`_MECHANISM`).
+    /// Secret with keys `username` and `password` for SASL (exposed to chat-server as
+    /// `CHAT_KAFKA_SASL_USERNAME`/`_PASSWORD`). An optional key `mechanism` must say `PLAIN`
+    /// if present (the operator reports anything else as `Degraded`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretRef>,
+    /// SASL mechanism used with `credentialsSecretRef` (`CHAT_KAFKA_SASL_MECHANISM`,
+    /// connection `SASL_PLAINTEXT`); `PLAIN` when unset. Only `PLAIN`: chat-server's Kafka
+    /// client is built without SSL, so SCRAM, OAUTHBEARER, GSSAPI and TLS are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self == 'PLAIN'").message("kafka.external.saslMechanism: only PLAIN is supported (chat-server's Kafka client is built without SSL, so SCRAM-SHA-256/512, OAUTHBEARER, GSSAPI and TLS are not available); use PLAIN on a trusted network or a broker listener that accepts it"))]
+    pub sasl_mechanism: Option<String>,
 }
 
 /// The CQL server a managed `spec.scylla` runs.
@@ -580,7 +606,10 @@ impl std::ops::Deref for ManagedCqlSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of scylla.external or scylla.managed must be set").reason(Reason::FieldValueRequired)
+    validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of scylla.external or scylla.managed must be set").reason(Reason::FieldValueRequired),
+    validation = Rule::new("has(self.keyspace) == has(oldSelf.keyspace) && (!has(self.keyspace) || self.keyspace == oldSelf.keyspace)").message("scylla.keyspace cannot be changed (or set or unset) after creation: the messages live in the keyspace the cluster was created with; keep the old value, or create a new ChatCluster").field_path(".keyspace"),
+    validation = Rule::new("!has(self.managed) || (has(self.datacenterReplication) && size(self.datacenterReplication) > 0) || self.replicationFactor <= self.managed.replicas").message("scylla.replicationFactor must not exceed scylla.managed.replicas (a keyspace cannot keep more copies than there are nodes): lower replicationFactor or add nodes").field_path(".replicationFactor"),
+    validation = Rule::new("!has(self.managed) || !has(self.datacenterReplication) || self.datacenterReplication.all(dc, dc == 'datacenter1' && self.datacenterReplication[dc] <= self.managed.replicas)").message("a managed CQL store has one datacenter, datacenter1, with scylla.managed.replicas nodes: datacenterReplication may only name datacenter1, with at most that many copies (or use replicationFactor)").field_path(".datacenterReplication")
 )]
 pub struct ScyllaSpec {
     /// An existing ScyllaDB or Cassandra cluster.
@@ -602,10 +631,13 @@ pub struct ScyllaSpec {
     /// Replication per datacenter with NetworkTopologyStrategy, e.g. `{dc1: 3, dc2: 3}`
     /// (`CHAT_SCYLLA_REPLICATION=dc1:3,dc2:3`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
     pub datacenter_replication: BTreeMap<String, i32>,
     /// CQL consistency for reads and writes (`CHAT_SCYLLA_CONSISTENCY`), e.g. `quorum` or
     /// `local_quorum`; chat-server's default (`quorum`) when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new("self.lowerAscii().replace('-', '_') in ['one', 'two', 'three', 'quorum', 'all', 'local_quorum', 'each_quorum', 'local_one']").message("scylla.consistency must be one of one, two, three, quorum, all, local_quorum, each_quorum, local_one"))]
     pub consistency: Option<String>,
 }
 
@@ -645,9 +677,11 @@ pub struct RedisSpec {
     validation = Rule::new("has(self.url) != has(self.urlSecretRef)").message("exactly one of url or urlSecretRef must be set").reason(Reason::FieldValueRequired)
 )]
 pub struct ExternalRedis {
-    /// `redis://host:port[/db]` without credentials.
+    /// `redis://host:port[/db]` without credentials. `rediss://` (TLS) is refused: chat-server's
+    /// Redis client is built without TLS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^rediss?://"))]
+    #[x_kube(validation = Rule::new("!self.startsWith('rediss://')").message("redis.external.url: rediss:// (TLS) is not supported: chat-server's Redis client is built without TLS; use redis:// (a trusted network, or a local TLS tunnel)"))]
+    #[x_kube(validation = Rule::new("self.startsWith('redis://') || self.startsWith('rediss://')").message("redis.external.url must start with redis://"))]
     pub url: Option<String>,
     /// A Secret key holding the full URL, credentials included (`CHAT_REDIS_URL`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -676,11 +710,14 @@ pub struct S3Media {
     /// Bucket name.
     #[schemars(length(min = 1))]
     pub bucket: String,
-    /// Endpoint URL for non-AWS S3 (MinIO, Ceph…); AWS when unset.
+    /// Endpoint URL for non-AWS S3 (MinIO, Ceph…); AWS when unset
+    /// (`CHAT_MEDIA_S3_ENDPOINT`). An `http://` endpoint sets `CHAT_MEDIA_S3_ALLOW_HTTP`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')").message("media.s3.endpoint must be a URL starting with http:// or https://"))]
     pub endpoint: Option<String>,
-    /// Region.
+    /// Region (`CHAT_MEDIA_S3_REGION`).
     #[serde(default = "default_region")]
+    #[schemars(length(min = 1))]
     pub region: String,
     /// Secret with keys `accessKeyId` and `secretAccessKey` (exposed as
     /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`).
@@ -710,6 +747,7 @@ pub struct ChatClusterStatus {
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `DependenciesReady` and `SetupComplete`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
     /// In-cluster WebSocket URL of the edge Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -915,6 +953,72 @@ mod tests {
         assert!(
             s.contains("self.replicas == oldSelf.replicas"),
             "kafka quorum size"
+        );
+    }
+
+    /// Every name derived from the longest allowed `metadata.name` fits its limit: DNS-1035
+    /// labels (Services) and label values (`job-name`, `statefulset.kubernetes.io/pod-name`,
+    /// `controller-revision-hash` = `<statefulset>-<up to 10 characters>`) end at 63.
+    #[test]
+    fn derived_names_of_the_longest_name_fit() {
+        let spec: ChatClusterSpec = serde_json::from_value(serde_json::json!({
+            "image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}}
+        }))
+        .unwrap();
+        let name = format!("a{}", "b".repeat(MAX_NAME_LEN - 1));
+        let c = ChatCluster::new(&name, spec);
+        let mut services = vec![c.edge_service_name(), c.edge_headless_name()];
+        for d in Dependency::ALL {
+            services.push(c.dependency_name(d));
+            services.push(c.dependency_headless_name(d));
+            // StatefulSet revision label and pod names (ordinals up to 999).
+            assert!(c.dependency_name(d).len() + 1 + 10 <= 63, "{d:?}");
+            assert!(format!("{}-999", c.dependency_name(d)).len() <= 63);
+        }
+        for s in services {
+            assert!(s.len() <= 63, "{s}");
+        }
+        assert!(c.setup_job_name(&"f".repeat(64)).len() <= 63);
+        assert!(c.keyspace().len() <= 48);
+        for r in Role::ALL {
+            assert!(c.role_name(r).len() <= 63);
+        }
+        // …and one more character would not.
+        let c = ChatCluster::new(&format!("{name}x"), c.spec.clone());
+        assert!(c.dependency_name(Dependency::Scylla).len() + 1 + 10 > 63);
+    }
+
+    #[test]
+    fn crd_carries_admission_rules_and_a_condition_map() {
+        let crd = crd_json();
+        let s = serde_json::to_string(&crd).unwrap();
+        let schema = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+        let root: Vec<&str> = schema["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["rule"].as_str().unwrap())
+            .collect();
+        assert!(
+            root.contains(&"self.metadata.name.size() <= 45"),
+            "{root:?}"
+        );
+        for rule in [
+            "self >= oldSelf",
+            "self.keyspace == oldSelf.keyspace",
+            "self.topic == oldSelf.topic",
+            "self.replicationFactor <= self.managed.replicas",
+            "!self.startsWith('rediss://')",
+            "self == 'PLAIN'",
+            "isQuantity(self)",
+        ] {
+            assert!(s.contains(rule), "{rule}");
+        }
+        let conds = &schema["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conds["x-kubernetes-list-type"], "map");
+        assert_eq!(
+            conds["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"])
         );
     }
 

@@ -72,12 +72,62 @@ pub fn roles_gate(setup: &Setup, managed_redis_ready: Option<i32>) -> Gate {
     }
 }
 
+/// An object the API server refused to create or update (HTTP 400 or 422: an invalid value,
+/// or a change to an immutable field such as a StatefulSet's volume claim templates). The
+/// reconciler records it and carries on with everything else.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Kind and name, e.g. `StatefulSet chat-redis`.
+    pub object: String,
+    /// The spec field behind the object, e.g. `spec.redis.managed.storage`.
+    pub field: String,
+    /// What the API server said.
+    pub api_message: String,
+    /// What the user can do.
+    pub hint: String,
+}
+
+impl Rejection {
+    /// A refusal of `kind`/`name`, built from `field` (the spec field the object comes from)
+    /// and the API server's message, with a hint for the cases we know.
+    pub fn new(kind: &str, name: &str, field: &str, api_message: &str) -> Self {
+        let hint = if kind == "StatefulSet" && api_message.contains("updates to statefulset spec") {
+            format!(
+                "a StatefulSet's volume claim templates cannot change, so {field} (size, storageClassName) must stay as the StatefulSet was created: set it back, or run `kubectl delete statefulset {name} --cascade=orphan` and the operator recreates it with the new template (pods and volumes are kept; existing volumes keep their size unless you expand each PVC)"
+            )
+        } else {
+            format!(
+                "correct {field} and apply the ChatCluster again; the live {kind} is left as it was"
+            )
+        };
+        Rejection {
+            object: format!("{kind} {name}"),
+            field: field.to_string(),
+            api_message: api_message.to_string(),
+            hint,
+        }
+    }
+
+    /// The sentence a user sees in the `Degraded` condition and the event.
+    pub fn message(&self) -> String {
+        format!(
+            "{}: the API server refused {}: {}. To fix: {}",
+            self.field, self.object, self.api_message, self.hint
+        )
+    }
+}
+
 /// Everything the conditions depend on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub generation: i64,
     /// Missing Secrets or keys: nothing can run until they exist.
     pub secret_problems: Vec<String>,
+    /// Secret values chat-server cannot use (see `config::secret_value_problems`): nothing
+    /// runs until they are fixed either.
+    pub invalid_secrets: Vec<String>,
+    /// Objects the API server refused in this reconcile; the rest was reconciled.
+    pub rejections: Vec<Rejection>,
     pub dependencies: Vec<DependencyStatus>,
     pub workloads: Vec<Workload>,
     pub setup: Setup,
@@ -95,10 +145,28 @@ fn cond(type_: &str, ok: bool, reason: &str, message: String, generation: i64) -
     }
 }
 
+/// Why nothing may be deployed, if so: missing Secrets first, then unusable Secret values.
+fn blocked(obs: &Observed) -> Option<(&'static str, String)> {
+    if !obs.secret_problems.is_empty() {
+        let all: Vec<&String> = obs
+            .secret_problems
+            .iter()
+            .chain(&obs.invalid_secrets)
+            .collect();
+        let all: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        Some(("MissingSecret", all.join("; ")))
+    } else if !obs.invalid_secrets.is_empty() {
+        Some(("InvalidSecret", obs.invalid_secrets.join("; ")))
+    } else {
+        None
+    }
+}
+
 /// The five conditions, keeping `lastTransitionTime` from `previous` when the status is the
 /// same and using `now` otherwise.
 pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Condition> {
     let g = obs.generation;
+    let blocked = blocked(obs);
     let not_ready_deps: Vec<String> = obs
         .dependencies
         .iter()
@@ -121,14 +189,8 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         })
         .collect();
 
-    let deps = if !obs.secret_problems.is_empty() {
-        cond(
-            DEPENDENCIES_READY,
-            false,
-            "MissingSecret",
-            obs.secret_problems.join("; "),
-            g,
-        )
+    let deps = if let Some((reason, msg)) = &blocked {
+        cond(DEPENDENCIES_READY, false, reason, msg.clone(), g)
     } else if !not_ready_deps.is_empty() {
         let reason = if unreachable {
             "DependencyUnreachable"
@@ -152,21 +214,31 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         )
     };
 
-    let degraded = if !obs.secret_problems.is_empty() {
+    let degraded = if let Some((reason, msg)) = &blocked {
+        cond(DEGRADED, true, reason, msg.clone(), g)
+    } else if !obs.rejections.is_empty() {
+        let msgs: Vec<String> = obs.rejections.iter().map(Rejection::message).collect();
+        cond(DEGRADED, true, "SpecRejected", msgs.join("; "), g)
+    } else if let Setup::Failed(msg) = &obs.setup {
+        cond(DEGRADED, true, "SetupFailed", msg.clone(), g)
+    } else if !not_ready_deps.is_empty() && !obs.workloads.is_empty() {
+        // The roles run, but something they need is down: sends get `unavailable` until it
+        // is back (before the roles exist this is an install in progress, not degradation).
         cond(
             DEGRADED,
             true,
-            "MissingSecret",
-            obs.secret_problems.join("; "),
+            "DependencyNotReady",
+            format!(
+                "clients get `unavailable` for what needs it: {}",
+                not_ready_deps.join("; ")
+            ),
             g,
         )
-    } else if let Setup::Failed(msg) = &obs.setup {
-        cond(DEGRADED, true, "SetupFailed", msg.clone(), g)
     } else {
         cond(DEGRADED, false, "AsExpected", String::new(), g)
     };
 
-    let progressing = if !obs.secret_problems.is_empty() {
+    let progressing = if blocked.is_some() {
         cond(
             PROGRESSING,
             false,
@@ -190,14 +262,8 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         )
     };
 
-    let ready = if !obs.secret_problems.is_empty() {
-        cond(
-            READY,
-            false,
-            "MissingSecret",
-            obs.secret_problems.join("; "),
-            g,
-        )
+    let ready = if let Some((reason, msg)) = &blocked {
+        cond(READY, false, reason, msg.clone(), g)
     } else if !not_ready_deps.is_empty() {
         cond(
             READY,
@@ -222,11 +288,11 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         cond(READY, true, "AllReady", "all roles are ready".into(), g)
     };
 
-    let setup = if !obs.secret_problems.is_empty() {
+    let setup = if let Some((reason, _)) = &blocked {
         cond(
             SETUP_COMPLETE,
             false,
-            "MissingSecret",
+            reason,
             "waiting for Secrets".into(),
             g,
         )
@@ -300,6 +366,8 @@ mod tests {
         Observed {
             generation: 4,
             secret_problems: vec![],
+            invalid_secrets: vec![],
+            rejections: vec![],
             dependencies: vec![
                 dep("kafka", "managed", true),
                 dep("redis", "external", true),
@@ -341,6 +409,58 @@ mod tests {
     }
 
     #[test]
+    fn unusable_secret_value_blocks_like_a_missing_one() {
+        let mut o = base();
+        o.invalid_secrets = vec!["Secret redis key url holds a rediss:// URL".into()];
+        let c = conditions(&o, &[], t(10));
+        assert_eq!(get(&c, DEGRADED), ("True", "InvalidSecret"));
+        assert_eq!(get(&c, READY), ("False", "InvalidSecret"));
+        assert_eq!(get(&c, PROGRESSING), ("False", "Blocked"));
+        assert!(find(&c, DEGRADED).unwrap().message.contains("rediss://"));
+        // A missing Secret is named first, the unusable value still reported.
+        o.secret_problems = vec!["Secret jwt not found".into()];
+        let c = conditions(&o, &[], t(10));
+        let d = find(&c, DEGRADED).unwrap();
+        assert_eq!(d.reason, "MissingSecret");
+        assert!(d.message.contains("jwt") && d.message.contains("rediss://"));
+    }
+
+    #[test]
+    fn rejected_object_degrades_and_says_what_to_do() {
+        let mut o = base();
+        o.rejections = vec![Rejection::new(
+            "StatefulSet",
+            "chat-redis",
+            "spec.redis.managed.storage",
+            "StatefulSet.apps \"chat-redis\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
+        )];
+        let c = conditions(&o, &[], t(10));
+        assert_eq!(get(&c, DEGRADED), ("True", "SpecRejected"));
+        let m = &find(&c, DEGRADED).unwrap().message;
+        assert!(
+            m.starts_with(
+                "spec.redis.managed.storage: the API server refused StatefulSet chat-redis"
+            ),
+            "{m}"
+        );
+        assert!(
+            m.contains("--cascade=orphan") && m.contains("set it back"),
+            "{m}"
+        );
+        // The rest is still judged on its own: the running roles are ready.
+        assert_eq!(get(&c, READY), ("True", "AllReady"));
+        // Any other refusal gets the generic hint naming the field.
+        let r = Rejection::new("Deployment", "chat-edge", "spec.edge", "Invalid value");
+        assert!(r.message().contains("correct spec.edge"), "{}", r.message());
+        // A missing Secret still wins: nothing was applied at all.
+        o.secret_problems = vec!["Secret jwt not found".into()];
+        assert_eq!(
+            get(&conditions(&o, &[], t(10)), DEGRADED),
+            ("True", "MissingSecret")
+        );
+    }
+
+    #[test]
     fn unreachable_external_dependency() {
         let mut o = base();
         o.dependencies[1].ready = false;
@@ -357,6 +477,29 @@ mod tests {
                 .message
                 .contains("redis (external)")
         );
+    }
+
+    #[test]
+    fn a_dependency_down_under_running_roles_degrades_until_it_is_back() {
+        let mut o = base();
+        o.dependencies[0].ready = false;
+        o.dependencies[0].message = "0/1 pods ready".into();
+        let c = conditions(&o, &[], t(10));
+        assert_eq!(get(&c, DEGRADED), ("True", "DependencyNotReady"));
+        assert!(
+            find(&c, DEGRADED)
+                .unwrap()
+                .message
+                .contains("kafka (managed)")
+        );
+        assert_eq!(get(&c, READY), ("False", "DependenciesNotReady"));
+        // Back: Degraded clears.
+        let back = conditions(&base(), &c, t(20));
+        assert_eq!(get(&back, DEGRADED), ("False", "AsExpected"));
+        // During an install (no roles yet) a dependency still starting is not degradation.
+        o.workloads.clear();
+        let c = conditions(&o, &[], t(10));
+        assert_eq!(get(&c, DEGRADED), ("False", "AsExpected"));
     }
 
     #[test]

@@ -78,6 +78,21 @@ pub fn redis_url(cluster: &ChatCluster) -> Option<String> {
     }
 }
 
+/// The one SASL mechanism chat-server's Kafka client (librdkafka without SSL) can use.
+pub const KAFKA_SASL_PLAIN: &str = "PLAIN";
+
+/// `CHAT_KAFKA_SASL_MECHANISM`: set whenever external Kafka credentials are given
+/// (`spec.kafka.external.saslMechanism`, `PLAIN` by default); `None` without credentials.
+pub fn kafka_sasl_mechanism(cluster: &ChatCluster) -> Option<String> {
+    let ext = cluster.spec.kafka.external.as_ref()?;
+    ext.credentials_secret_ref.as_ref()?;
+    Some(
+        ext.sasl_mechanism
+            .clone()
+            .unwrap_or_else(|| KAFKA_SASL_PLAIN.into()),
+    )
+}
+
 /// `CHAT_SCYLLA_REPLICATION`: `simple:N`, or `dc1:N,dc2:M` for NetworkTopologyStrategy.
 pub fn scylla_replication(cluster: &ChatCluster) -> String {
     let s = &cluster.spec.scylla;
@@ -116,6 +131,11 @@ pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
     if let Some(t) = &s.kafka.topic {
         set("CHAT_KAFKA_TOPIC", t.clone());
     }
+    if let Some(mech) = kafka_sasl_mechanism(cluster) {
+        // chat-server uses SASL only when a mechanism is set: without it the credentials
+        // from the Secret would be ignored.
+        set("CHAT_KAFKA_SASL_MECHANISM", mech);
+    }
     if let Some(url) = redis_url(cluster) {
         set("CHAT_REDIS_URL", url);
     }
@@ -141,11 +161,11 @@ pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
     if let Some(media) = &s.media {
         if let Some(s3) = &media.s3 {
             set("CHAT_MEDIA_S3_BUCKET", s3.bucket.clone());
-            set("AWS_REGION", s3.region.clone());
+            set("CHAT_MEDIA_S3_REGION", s3.region.clone());
             if let Some(ep) = &s3.endpoint {
                 set("CHAT_MEDIA_S3_ENDPOINT", ep.clone());
                 if ep.starts_with("http://") {
-                    set("AWS_ALLOW_HTTP", "true".into());
+                    set("CHAT_MEDIA_S3_ALLOW_HTTP", "true".into());
                 }
             }
         }
@@ -283,6 +303,79 @@ pub fn rolling_secrets(
         .collect()
 }
 
+/// Keys of [`config_env`] that change how the roles run but not what `chat-server setup`
+/// creates: a change of one of them rolls the roles without a new setup Job.
+pub const RUNTIME_ONLY_KEYS: [&str; 4] = [
+    "RUST_LOG",
+    "CHAT_HEARTBEAT_INTERVAL",
+    "CHAT_DRAIN_TIMEOUT",
+    "CHAT_RECONNECT_JITTER_MS",
+];
+
+/// Checksum naming the setup Job: [`checksum`] of the environment without
+/// [`RUNTIME_ONLY_KEYS`] (the image, the endpoints, keyspace, topic, partitions, replication
+/// and the secrets stay in).
+pub fn setup_checksum(
+    env: &BTreeMap<String, String>,
+    image: &str,
+    secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
+) -> String {
+    let mut env = env.clone();
+    env.retain(|k, _| !RUNTIME_ONLY_KEYS.contains(&k.as_str()));
+    checksum(&env, image, secrets)
+}
+
+/// Values in referenced Secrets that chat-server cannot use (the spec itself is checked at
+/// admission; Secrets are not): a Kafka `mechanism` other than the spec's, a Redis URL that is
+/// not `redis://` (no TLS in chat-server's Redis client). `secrets`: Secret name → data.
+pub fn secret_value_problems(
+    cluster: &ChatCluster,
+    secrets: &BTreeMap<String, BTreeMap<String, ByteString>>,
+) -> Vec<String> {
+    let s = &cluster.spec;
+    let value = |name: &str, key: &str| {
+        secrets
+            .get(name)
+            .and_then(|d| d.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).trim().to_string())
+    };
+    let mut out = Vec::new();
+    if let (Some(r), Some(want)) = (
+        s.kafka
+            .external
+            .as_ref()
+            .and_then(|e| e.credentials_secret_ref.as_ref()),
+        kafka_sasl_mechanism(cluster),
+    ) && let Some(m) = value(&r.name, "mechanism")
+        && m != want
+    {
+        out.push(format!(
+            "Secret {} key mechanism is {m:?}, but chat-server can only use SASL {want} (its Kafka client is built without SSL: no SCRAM, OAUTHBEARER, GSSAPI or TLS); remove the key or set it to {want} (spec.kafka.external.saslMechanism chooses the mechanism)",
+            r.name
+        ));
+    }
+    if let Some(r) = s
+        .redis
+        .external
+        .as_ref()
+        .and_then(|e| e.url_secret_ref.as_ref())
+        && let Some(url) = value(&r.name, &r.key)
+    {
+        if url.starts_with("rediss://") {
+            out.push(format!(
+                "Secret {} key {} holds a rediss:// URL: chat-server's Redis client is built without TLS; use redis:// (a trusted network, or a local TLS tunnel)",
+                r.name, r.key
+            ));
+        } else if !url.starts_with("redis://") {
+            out.push(format!(
+                "Secret {} key {} must hold a redis:// URL",
+                r.name, r.key
+            ));
+        }
+    }
+    out
+}
+
 /// Checksum of everything pods read at start: the config environment, the image and the
 /// contents of every Secret they use (by name, sorted), hex SHA-256.
 pub fn checksum(
@@ -384,6 +477,77 @@ mod tests {
         assert_ne!(base, checksum(&env, "img:1", &s2));
     }
 
+    #[test]
+    fn s3_settings_use_chat_server_names() {
+        let mut c = testing::external();
+        let s3 = c.spec.media.as_mut().unwrap().s3.as_mut().unwrap();
+        s3.region = "eu-west-1".into();
+        s3.endpoint = Some("http://minio.data.svc:9000".into());
+        let env = config_env(&c);
+        assert_eq!(env["CHAT_MEDIA_S3_REGION"], "eu-west-1");
+        assert_eq!(env["CHAT_MEDIA_S3_ENDPOINT"], "http://minio.data.svc:9000");
+        assert_eq!(env["CHAT_MEDIA_S3_ALLOW_HTTP"], "true");
+        assert!(!env.contains_key("AWS_REGION") && !env.contains_key("AWS_ALLOW_HTTP"));
+        let s3 = c.spec.media.as_mut().unwrap().s3.as_mut().unwrap();
+        s3.endpoint = Some("https://s3.example.com".into());
+        assert!(!config_env(&c).contains_key("CHAT_MEDIA_S3_ALLOW_HTTP"));
+    }
+
+    #[test]
+    fn kafka_credentials_always_come_with_a_mechanism() {
+        // Credentials without a mechanism were silently ignored by chat-server.
+        let c = testing::external();
+        assert_eq!(config_env(&c)["CHAT_KAFKA_SASL_MECHANISM"], "PLAIN");
+        assert!(!config_env(&testing::dev()).contains_key("CHAT_KAFKA_SASL_MECHANISM"));
+        let mut ok = BTreeMap::new();
+        ok.insert(
+            "kafka-creds".to_string(),
+            BTreeMap::from([("mechanism".to_string(), ByteString(b"PLAIN".to_vec()))]),
+        );
+        ok.insert(
+            "redis".to_string(),
+            BTreeMap::from([("url".to_string(), ByteString(b"redis://r:6379".to_vec()))]),
+        );
+        assert!(secret_value_problems(&c, &ok).is_empty());
+        let mut bad = ok.clone();
+        bad.get_mut("kafka-creds")
+            .unwrap()
+            .insert("mechanism".into(), ByteString(b"SCRAM-SHA-512".to_vec()));
+        bad.get_mut("redis")
+            .unwrap()
+            .insert("url".into(), ByteString(b"rediss://r:6380".to_vec()));
+        let p = secret_value_problems(&c, &bad);
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].contains("kafka-creds") && p[0].contains("SCRAM-SHA-512"));
+        assert!(p[1].contains("rediss://") && p[1].contains("without TLS"));
+    }
+
+    #[test]
+    fn setup_checksum_ignores_runtime_only_settings() {
+        let c = testing::dev();
+        let env = config_env(&c);
+        let none = BTreeMap::new();
+        let base = setup_checksum(&env, "img:1", &none);
+        for (k, v) in [
+            ("RUST_LOG", "debug"),
+            ("CHAT_HEARTBEAT_INTERVAL", "10"),
+            ("CHAT_DRAIN_TIMEOUT", "60"),
+        ] {
+            let mut e = env.clone();
+            e.insert(k.into(), v.into());
+            assert_eq!(setup_checksum(&e, "img:1", &none), base, "{k}");
+            assert_ne!(
+                checksum(&e, "img:1", &none),
+                checksum(&env, "img:1", &none),
+                "{k} rolls the pods"
+            );
+        }
+        let mut e = env.clone();
+        e.insert("CHAT_KAFKA_PARTITIONS".into(), "64".into());
+        assert_ne!(setup_checksum(&e, "img:1", &none), base);
+        assert_ne!(setup_checksum(&env, "img:2", &none), base);
+    }
+
     /// The edge TLS Secret must exist with its keys, but a renewed certificate is reloaded by
     /// the pods: it changes neither the pod checksum nor the setup Job.
     #[test]
@@ -411,7 +575,8 @@ mod tests {
         two.insert("edge-tls".into(), data(b"two"));
         let env = config_env(&c);
         let sum = |s: &BTreeMap<String, BTreeMap<String, ByteString>>| {
-            checksum(&env, "i:1", &rolling_secrets(&c, s))
+            let r = rolling_secrets(&c, s);
+            (checksum(&env, "i:1", &r), setup_checksum(&env, "i:1", &r))
         };
         assert_eq!(sum(&one), sum(&two));
         assert_eq!(

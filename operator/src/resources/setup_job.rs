@@ -13,6 +13,8 @@ use super::meta;
 use super::pod::{chat_container, pod_template};
 use crate::crd::ChatCluster;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -50,10 +52,27 @@ pub fn setup_hash(config_checksum: &str) -> String {
     ))
 }
 
+/// Resources of the setup container: those of the delivery role when set (it talks to the
+/// same services), else requests of 100m CPU and 128Mi memory with a 512Mi memory limit.
+pub fn setup_resources(cluster: &ChatCluster) -> ResourceRequirements {
+    if let Some(r) = &cluster.spec.delivery.resources {
+        return r.clone();
+    }
+    let q = |s: &str| Quantity(s.into());
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), q("100m")),
+            ("memory".to_string(), q("128Mi")),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), q("512Mi"))])),
+        ..Default::default()
+    }
+}
+
 /// Attempt `attempt` (from 1) at the setup Job of `config_checksum`.
 pub fn setup_job(cluster: &ChatCluster, config_checksum: &str, attempt: u32) -> Job {
     let hash = setup_hash(config_checksum);
-    let container = chat_container(cluster, None, None);
+    let container = chat_container(cluster, None, Some(&setup_resources(cluster)));
     let mut template = pod_template(cluster, "setup", container, config_checksum);
     if let Some(pod) = template.spec.as_mut() {
         pod.restart_policy = Some("OnFailure".into());
@@ -103,6 +122,25 @@ mod tests {
             pod.containers[0].args.as_deref(),
             Some(&["setup".to_string()][..])
         );
+    }
+
+    #[test]
+    fn setup_container_has_resources() {
+        let res = |c: &ChatCluster| {
+            let job = setup_job(c, "sum", 1);
+            job.spec.unwrap().template.spec.unwrap().containers[0]
+                .resources
+                .clone()
+                .expect("setup container resources")
+        };
+        let r = res(&testing::dev());
+        assert_eq!(r.requests.unwrap()["memory"].0, "128Mi");
+        assert_eq!(r.limits.unwrap()["memory"].0, "512Mi");
+        let c = testing::cluster(serde_json::json!({
+            "image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {}},
+            "delivery": {"resources": {"requests": {"cpu": "1", "memory": "1Gi"}}}
+        }));
+        assert_eq!(res(&c).requests.unwrap()["memory"].0, "1Gi");
     }
 
     #[test]

@@ -101,6 +101,22 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
             json!({"image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {"engine": "mysql"}}, "redis": {"managed": {}}}),
             "Unsupported value",
         ),
+        (
+            json!({"image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"external": {"url": "rediss://r:6380"}}}),
+            "rediss:// (TLS) is not supported",
+        ),
+        (
+            json!({"image": "i", "kafka": {"external": {"brokers": ["k:9092"], "credentialsSecretRef": {"name": "k"}, "saslMechanism": "SCRAM-SHA-512"}}, "scylla": {"managed": {}}, "redis": {"managed": {}}}),
+            "only PLAIN is supported",
+        ),
+        (
+            json!({"image": "i", "kafka": {"managed": {}, "replicationFactor": 3}, "scylla": {"managed": {}}, "redis": {"managed": {}}}),
+            "kafka.replicationFactor must not exceed kafka.managed.replicas",
+        ),
+        (
+            json!({"image": "i", "kafka": {"managed": {}}, "scylla": {"managed": {}}, "redis": {"managed": {"storage": {"size": "lots"}}}}),
+            "storage.size must be a positive Kubernetes quantity",
+        ),
     ];
     for (spec, want) in cases {
         let err = try_create(&env, spec.clone())
@@ -153,6 +169,27 @@ async fn crd_is_accepted_with_defaults_and_cel_rejects_bad_specs() {
             .contains("kafka.managed.replicas cannot be changed (1 to 3)"),
         "{err}"
     );
+    // Keyspace and topic are fixed; partitions only grow.
+    for (patch, want) in [
+        (
+            json!({"spec": {"scylla": {"keyspace": "other"}}}),
+            "scylla.keyspace cannot be changed",
+        ),
+        (
+            json!({"spec": {"kafka": {"topic": "other.messages"}}}),
+            "kafka.topic cannot be changed",
+        ),
+        (
+            json!({"spec": {"kafka": {"partitions": 8}}}),
+            "kafka.partitions can only grow",
+        ),
+    ] {
+        let err = api
+            .patch("c", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect_err(&format!("{patch} must be rejected"));
+        assert!(err.to_string().contains(want), "{patch}: {err}");
+    }
     let image = json!({"spec": {"kafka": {"managed": {"image": "apache/kafka:4.1.2"}}}});
     api.patch("c", &PatchParams::default(), &Patch::Merge(&image))
         .await

@@ -201,10 +201,11 @@ async fn config_and_secret_changes_roll_the_pods() {
         })
         .await;
 
-    // A config change (log level) rolls every role, but only once the setup Job of the new
-    // configuration succeeded. Until then the Deployments keep their template, and the edge
-    // still follows a replica change.
-    spec["logLevel"] = json!("debug");
+    // A setup-relevant config change (more partitions) rolls every role, but only once the
+    // setup Job of the new configuration succeeded. Until then the Deployments keep their
+    // template, and the edge still follows a replica change. (The log level alone would roll
+    // the roles without a new setup Job: it is not part of the setup hash.)
+    spec["kafka"]["partitions"] = json!(64);
     spec["edge"] = json!({"replicas": 3});
     env.apply_cluster("chat", spec.clone()).await;
     env.wait(
@@ -232,7 +233,7 @@ async fn config_and_secret_changes_roll_the_pods() {
     let second = env
         .wait(
             "chat",
-            "checksum after logLevel change",
+            "checksum after the partitions change",
             Duration::from_secs(30),
             || async {
                 let s = template_checksum(&env, "chat-edge").await?;
@@ -376,7 +377,7 @@ async fn failed_setup_holds_the_roles_and_is_reported() {
 
     // The setup of a new configuration fails: reported with the Job's message and the next
     // attempt; the running roles are left alone.
-    spec["logLevel"] = json!("debug");
+    spec["kafka"]["partitions"] = json!(64);
     env.apply_cluster("chat", spec).await;
     let job = env.finish_setup("chat", false).await;
     let msg = env

@@ -229,7 +229,9 @@ impl TestEnv {
             .collect();
         let s: Secret = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": name}, "stringData": string_data
+            // The label makes the operator watch it (a rotation reconciles at once).
+            "metadata": {"name": name, "labels": {"chat.tern.dev/watch": "true"}},
+            "stringData": string_data
         }))
         .unwrap();
         self.api::<Secret>()
