@@ -132,7 +132,10 @@ async fn chatcluster_on_a_real_node() {
     );
     // The managed dependencies run production-shaped: non-root, no privilege escalation,
     // PDBs, spread (nodekit::deps).
-    step(t0, "managed dependencies: security context, volumes, PDBs, spread");
+    step(
+        t0,
+        "managed dependencies: security context, volumes, PDBs, spread",
+    );
     nodekit::deps::assert_dependencies_hardened(&k).await;
 
     // ---- 2. clients through the Service ------------------------------------------------

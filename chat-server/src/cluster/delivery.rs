@@ -96,9 +96,15 @@ pub async fn run(
     store: Arc<ScyllaStore>,
 ) {
     let mut dirty: HashSet<ChatId> = HashSet::new();
+    let mut retry = tokio::time::interval(DIRTY_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             m = consumer.recv() => m,
+            _ = retry.tick(), if !dirty.is_empty() => {
+                drop_dirty(&plane.redis, &mut dirty).await;
+                continue;
+            }
             _ = state.stop.cancelled() => break,
         };
         let mut batch = Vec::with_capacity(BATCH);
@@ -115,6 +121,9 @@ pub async fn run(
                 Some(Ok(m)) => batch.push(take(&m)),
                 _ => break,
             }
+        }
+        if !dirty.is_empty() {
+            drop_dirty(&plane.redis, &mut dirty).await;
         }
         process(&state, &plane, &store, &batch, &mut dirty).await;
         let mut last: HashMap<i32, i64> = HashMap::new();
@@ -340,8 +349,32 @@ async fn process(
     .await;
 }
 
-/// Add the batch's messages to the recent cache. A chat whose update failed is marked dirty
-/// and its cached run is dropped at its next successful update (it may have a hole).
+/// How often the cached runs of dirty chats are retried for removal while Redis is back
+/// but no new message came for them.
+const DIRTY_RETRY: Duration = Duration::from_millis(200);
+
+/// Drop the cached runs of chats whose cache update failed. Until this succeeds an edge may
+/// answer a `sync` from a run that lacks the newest messages (Redis was unreachable for the
+/// update, so it is for those reads too, except in the moment it comes back): retried every
+/// [`DIRTY_RETRY`] and before every batch, so that moment stays short even in a chat that
+/// gets no new message.
+async fn drop_dirty(redis: &Redis, dirty: &mut HashSet<ChatId>) {
+    let chats: Vec<ChatId> = dirty.iter().copied().collect();
+    match redis.cache_drop(&chats).await {
+        Ok(()) => {
+            tracing::info!(
+                chats = chats.len(),
+                "Redis back: dropped the recent cache of chats that missed updates"
+            );
+            dirty.clear();
+        }
+        Err(e) => tracing::debug!(cause = %e, "Redis: dirty recent cache not dropped yet"),
+    }
+}
+
+/// Add the batch's messages to the recent cache. A chat whose update failed is marked dirty;
+/// its cached run is dropped by [`drop_dirty`] or at its next successful update (it may have
+/// a hole).
 async fn update_cache(
     redis: &Redis,
     fan: &[(SharedMessage, &SendRecord)],

@@ -343,6 +343,15 @@ impl Redis {
         pipe.query_async::<()>(&mut self.conn.clone()).await
     }
 
+    /// Remove chats' cached runs (they missed an update).
+    pub async fn cache_drop(&self, chats: &[ChatId]) -> RedisResult<()> {
+        if chats.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<String> = chats.iter().map(|c| self.recent_key(*c)).collect();
+        self.conn.clone().del::<_, ()>(keys).await
+    }
+
     /// Messages with `seq > after_seq` (at most `limit`) if the cached run covers them.
     pub async fn cache_after(
         &self,
