@@ -6,20 +6,26 @@
 //!    user sees (name too long or with a dot, `rediss://`, SCRAM, a bad quantity, replication
 //!    above the managed replicas, an unknown consistency, a non-URL S3 endpoint) — and on
 //!    update: keyspace and topic are fixed, partitions only grow.
-//! 2. What only the API server can refuse: a ChatCluster (external dependencies at
+//! 2. The environment chat-server reads (`CHAT_MEDIA_S3_REGION`, `CHAT_MEDIA_S3_ALLOW_HTTP`,
+//!    `CHAT_KAFKA_SASL_MECHANISM`) and the setup Job's resources.
+//! 3. What only the API server can refuse: a ChatCluster (external dependencies at
 //!    unreachable addresses, a managed Redis whose volume never binds, an image that is never
 //!    pulled: no container runs) gets a bigger Redis volume. The StatefulSet update is
 //!    refused; the ChatCluster reports `Degraded=True/SpecRejected` naming the field and what
 //!    to do, with a Warning event, while the rest of the same update (edge Service port, log
-//!    level in the ConfigMap, status) is reconciled. Setting the size back clears it.
+//!    level in the ConfigMap, status) is reconciled, and the log level starts no new setup
+//!    Job. Setting the size back clears it.
+//! 4. A labelled Kafka Secret changed to `mechanism: SCRAM-SHA-512`: reconciled at once,
+//!    `Degraded=True/InvalidSecret` naming the Secret and what to do.
 //!
 //! Namespace `e2e-specs`, created and deleted here. About 30 s on a warm node.
 
 mod nodekit;
 
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, Service};
-use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
 use nodekit::*;
 use serde_json::json;
 use std::io::Write;
@@ -66,10 +72,20 @@ fn base() -> serde_json::Value {
         "image": "tern/not-pulled:specs",
         "imagePullPolicy": "Never",
         "edge": {"replicas": 1},
-        "kafka": {"external": {"brokers": ["127.0.0.1:1"]}, "topic": "specs.messages", "partitions": 8},
+        "kafka": {"external": {"brokers": ["127.0.0.1:1"], "credentialsSecretRef": {"name": "specs-kafka"}},
+                  "topic": "specs.messages", "partitions": 8},
         "scylla": {"external": {"nodes": ["127.0.0.1:1"]}, "keyspace": "specs_ks"},
-        "redis": {"managed": {"storage": {"size": "1Gi", "storageClassName": "e2e-specs-none"}}}
+        "redis": {"managed": {"storage": {"size": "1Gi", "storageClassName": "e2e-specs-none"}}},
+        "media": {"s3": {"bucket": "media", "endpoint": "http://minio.invalid:9000", "region": "eu-west-1",
+                         "credentialsSecretRef": {"name": "specs-s3"}}}
     })
+}
+
+/// A Secret the operator watches (label `chat.tern.dev/watch=true`).
+fn secret(name: &str, data: serde_json::Value) -> serde_json::Value {
+    json!({"apiVersion": "v1", "kind": "Secret",
+           "metadata": {"name": name, "labels": {"chat.tern.dev/watch": "true"}},
+           "stringData": data})
 }
 
 /// `kubectl apply` of `manifest` must fail, printing `want`.
@@ -165,7 +181,9 @@ async fn bad_specs_get_a_clear_answer() {
         "a mechanism without credentials",
         cluster(
             NAME,
-            with(json!({"kafka": {"external": {"saslMechanism": "PLAIN"}}})),
+            with(
+                json!({"kafka": {"external": {"credentialsSecretRef": null, "saslMechanism": "PLAIN"}}}),
+            ),
         ),
         "saslMechanism needs kafka.external.credentialsSecretRef",
     );
@@ -224,6 +242,16 @@ async fn bad_specs_get_a_clear_answer() {
     );
 
     // A valid cluster; then updates that change what cannot change.
+    apply(&secret(
+        "specs-kafka",
+        json!({"username": "u", "password": "p"}),
+    ))
+    .unwrap();
+    apply(&secret(
+        "specs-s3",
+        json!({"accessKeyId": "a", "secretAccessKey": "s"}),
+    ))
+    .unwrap();
     apply(&cluster(NAME, base())).expect("the base spec is valid");
     refused(
         "fewer partitions",
@@ -275,6 +303,47 @@ async fn bad_specs_get_a_clear_answer() {
         },
     )
     .await;
+    // The environment chat-server reads (S3 region and plain-http endpoint, the SASL
+    // mechanism that makes it use the Kafka credentials), and the setup Job's resources.
+    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+    let env = cm.get("specs-config").await.unwrap().data.unwrap();
+    assert_eq!(env["CHAT_MEDIA_S3_REGION"], "eu-west-1");
+    assert_eq!(env["CHAT_MEDIA_S3_ALLOW_HTTP"], "true");
+    assert_eq!(env["CHAT_KAFKA_SASL_MECHANISM"], "PLAIN");
+    assert!(!env.contains_key("AWS_REGION"), "{env:?}");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), NS);
+    let setup_jobs = || async {
+        let lp = ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={NAME},app.kubernetes.io/component=setup"
+        ));
+        let mut names: Vec<String> = jobs
+            .list(&lp)
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|j| j.name_any())
+            .collect();
+        names.sort();
+        names
+    };
+    // One setup Job per setup-relevant configuration (8, then 16 partitions); the older one
+    // stays until a newer one succeeded. Every one has requests and limits.
+    let before = setup_jobs().await;
+    assert!(!before.is_empty());
+    for name in &before {
+        let job = jobs.get(name).await.unwrap();
+        let res = job.spec.unwrap().template.spec.unwrap().containers[0]
+            .resources
+            .clone()
+            .expect("setup container resources");
+        assert!(
+            res.requests.is_some_and(|r| r.contains_key("memory"))
+                && res.limits.is_some_and(|l| l.contains_key("memory")),
+            "setup Job {name} has requests and limits"
+        );
+    }
+
     step(
         t0,
         "bigger Redis volume + new edge port + log level in one update",
@@ -314,10 +383,15 @@ async fn bad_specs_get_a_clear_answer() {
     let services: Api<Service> = Api::namespaced(client.clone(), NS);
     let svc = services.get("specs-edge").await.unwrap();
     assert_eq!(svc.spec.unwrap().ports.unwrap()[0].port, 8081);
-    let cm: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
     assert_eq!(
         cm.get("specs-config").await.unwrap().data.unwrap()["RUST_LOG"],
         "debug"
+    );
+    // A new log level rolls the roles but is no reason for another setup Job.
+    assert_eq!(
+        setup_jobs().await,
+        before,
+        "the setup Job of the same setup"
     );
     let cc = k.chatclusters().get(NAME).await.unwrap();
     assert_eq!(
@@ -374,6 +448,32 @@ async fn bad_specs_get_a_clear_answer() {
         },
     )
     .await;
+
+    // A Secret value chat-server cannot use: the labelled Secret's change reconciles at once
+    // (well inside the 30 s resync) and holds the cluster.
+    step(t0, "the Kafka Secret says SCRAM-SHA-512");
+    apply(&secret(
+        "specs-kafka",
+        json!({"username": "u", "password": "p", "mechanism": "SCRAM-SHA-512"}),
+    ))
+    .unwrap();
+    let (_, _, msg) = wait_for(
+        "Degraded=True InvalidSecret within 15 s",
+        Duration::from_secs(15),
+        || async {
+            match k.condition("Degraded").await {
+                Some((s, r, m)) if s == "True" && r == "InvalidSecret" => Ok((s, r, m)),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    eprintln!("   Degraded: {msg}");
+    assert!(
+        msg.contains("Secret specs-kafka key mechanism is \"SCRAM-SHA-512\"")
+            && msg.contains("remove the key or set it to PLAIN"),
+        "{msg}"
+    );
 
     step(t0, "delete the namespace");
     delete_namespace(&nss).await;
