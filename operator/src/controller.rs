@@ -162,7 +162,7 @@ pub async fn run(
         // rotated one reconciles it at once. No other Secret is watched or cached.
         .watches(
             api_for::<Secret>(&client, &ns),
-            watcher::Config::default().labels(&format!("{SECRET_WATCH_LABEL}=true")),
+            user_secret_watch(),
             move |secret: Secret| {
                 let name = secret.name_any();
                 let ns = secret.namespace();
@@ -185,6 +185,12 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// The watch on user Secrets: only those labelled [`SECRET_WATCH_LABEL`]`=true` are listed,
+/// watched and cached (the operator's own Secrets come through `owns`).
+pub fn user_secret_watch() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{SECRET_WATCH_LABEL}=true"))
 }
 
 /// Backoff per cluster: 2 s, 4 s, … up to 5 min; reset by a successful reconcile.
@@ -1254,6 +1260,14 @@ mod tests {
         assert_eq!(job_state(&job("Complete")), Setup::Succeeded);
         assert!(matches!(job_state(&job("Failed")), Setup::Failed(m) if m.contains("boom")));
         assert_eq!(job_state(&Job::default()), Setup::Running);
+    }
+
+    #[test]
+    fn only_labelled_user_secrets_are_watched() {
+        assert_eq!(
+            user_secret_watch().label_selector.as_deref(),
+            Some("chat.tern.dev/watch=true")
+        );
     }
 
     #[test]
