@@ -792,11 +792,37 @@ async fn dependency_restart(k: &Cluster, c: &Clients, chats: &Chats, dep: &str, 
     let (g, _, _) = k.condition("Degraded").await.unwrap();
     assert_eq!(g, "False", "Degraded clears when {dep} is back");
     let back = deleted.elapsed();
+    // Each chat-server process reconnects on its own: wait until every edge answers a read
+    // that needs the store and Redis (the chat list), and count that in the outage.
+    let user = chats.lanes[0].0;
+    wait_for(
+        &format!("{dep}: every edge serves reads"),
+        Duration::from_secs(180),
+        || async {
+            for e in k.ready_pods("edge", 2).await? {
+                let url = format!("http://{}:8080/v1/chats", pod_ip(&e));
+                let r = c
+                    .http
+                    .get(&url)
+                    .bearer_auth(token(&c.secret, user))
+                    .timeout(Duration::from_secs(5))
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if r.status() != 200 {
+                    return Err(format!("{url}: {}", r.status()));
+                }
+            }
+            Ok(())
+        },
+    )
+    .await;
+    let reads = deleted.elapsed();
     // Give clients a moment to get through after the pod is back.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_, errors, _, gap) = finish_load(c, load, &format!("dep-{dep}"), &["unavailable"]).await;
     eprintln!(
-        "   {dep}: Ready again {back:.0?} after the delete; clients: {errors:?}, longest ack wait {gap:.1?}"
+        "   {dep}: Ready again {back:.0?} after the delete, reads through every edge after {reads:.0?}; clients: {errors:?}, longest ack wait {gap:.1?}"
     );
     for comp in ["edge", "delivery", "presence"] {
         for p in k.pods_of(comp).await {

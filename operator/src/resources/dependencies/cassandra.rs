@@ -76,6 +76,10 @@ pub fn heap_sizes(m: &ManagedSpec) -> (String, String) {
     }
 }
 
+/// Pod 0 (the seed) names itself by IP; every pod then runs the official entrypoint with its
+/// default command.
+pub const SEED_SELF: &str = r#"if [ "${HOSTNAME##*-}" = 0 ]; then export CASSANDRA_SEEDS="$CASSANDRA_BROADCAST_ADDRESS"; fi; exec docker-entrypoint.sh cassandra -f"#;
+
 pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'static str, i32)>) {
     let seed = dependency_pod_host(cluster, Dependency::Scylla, 0);
     let (heap, newsize) = heap_sizes(m);
@@ -92,8 +96,12 @@ pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'s
     let c = Container {
         name: "cassandra".into(),
         image: Some(m.image.clone().unwrap_or_else(|| DEFAULT_IMAGE.into())),
-        // No command or args: the image's entrypoint configures from the environment and
-        // runs its default `cassandra -f`.
+        // The image's entrypoint and default command, with one change for pod 0: it is the
+        // seed, and names itself by its IP instead of its DNS name. After a restart with a new
+        // IP the name can still resolve to the old one for a while (the DNS cache); the node
+        // then did not recognise itself as the seed, tried to gossip with its old address and
+        // exited ("Unable to gossip with any peers"), seen on the real node.
+        command: Some(vec!["sh".into(), "-c".into(), SEED_SELF.into()]),
         env: Some(vec![
             env("CASSANDRA_SEEDS", &seed),
             env("CASSANDRA_CLUSTER_NAME", &cluster.name_any()),
@@ -167,10 +175,13 @@ mod tests {
         let c = cassandra(serde_json::json!({}));
         let (ctr, ports) = container(&c, c.spec.scylla.managed.as_ref().unwrap());
         assert_eq!(ctr.image.as_deref(), Some("cassandra:5.0.6"));
-        assert!(
-            ctr.command.is_none() && ctr.args.is_none(),
-            "image entrypoint"
+        assert_eq!(
+            ctr.command,
+            Some(vec!["sh".into(), "-c".into(), SEED_SELF.to_string()]),
+            "the image's entrypoint, pod 0 naming itself by IP"
         );
+        assert!(ctr.args.is_none());
+        assert!(SEED_SELF.ends_with("exec docker-entrypoint.sh cassandra -f"));
         assert_eq!(
             value(&ctr, "CASSANDRA_SEEDS"),
             "chat-scylla-0.chat-scylla-headless.ns.svc"
