@@ -48,6 +48,9 @@ end
 return {before, after, redis.call('HGET', KEYS[1], '_ls') or ''}
 "#;
 
+/// Longest wait for a subscription (connect + SUBSCRIBE) before it is retried.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Seconds a recent-cache entry lives after its last write.
 const RECENT_TTL_SECS: i64 = 24 * 3600;
 
@@ -414,12 +417,28 @@ impl Redis {
     }
 
     /// Open a subscription to `channels` (a dedicated connection).
+    ///
+    /// Bounded by [`SUBSCRIBE_TIMEOUT`]: the connection has no timeouts of its own, and after
+    /// Redis moved (a restarted pod behind a Service) a connect can go to the old address
+    /// until kube-proxy catches up and hang there for a minute or more; the caller retries.
     pub async fn subscribe(&self, channels: &[String]) -> RedisResult<redis::aio::PubSub> {
-        let mut ps = self.client.get_async_pubsub().await?;
-        for c in channels {
-            ps.subscribe(c).await?;
+        let attempt = async {
+            let mut ps = self.client.get_async_pubsub().await?;
+            for c in channels {
+                ps.subscribe(c).await?;
+            }
+            Ok(ps)
+        };
+        match tokio::time::timeout(SUBSCRIBE_TIMEOUT, attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "subscribing took longer than {}s",
+                    SUBSCRIBE_TIMEOUT.as_secs()
+                ),
+            ))),
         }
-        Ok(ps)
     }
 }
 
