@@ -80,11 +80,17 @@ fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         };
         // One plain line on stdout that scripts and tests can wait for (a second one, in the
         // same write, with a separate metrics address).
-        match server.metrics_addr {
-            None => println!("tern: listening on {http}://{addr}"),
+        // A closed stdout (a supervisor that stopped reading) must not stop the server.
+        let line = match server.metrics_addr {
+            None => format!("tern: listening on {http}://{addr}\n"),
             Some(m) => {
-                println!("tern: listening on {http}://{addr}\ntern: metrics on http://{m}/metrics")
+                format!("tern: listening on {http}://{addr}\ntern: metrics on http://{m}/metrics\n")
             }
+        };
+        {
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(line.as_bytes()).and_then(|()| out.flush());
         }
         if distributed {
             tracing::info!(%addr, ?role, dev_auth, "chat-server ready (distributed)");

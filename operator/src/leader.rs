@@ -71,6 +71,19 @@ pub fn next_spec(
     }
 }
 
+/// The renew deadline and retry period for a lease duration, where not given: two thirds of
+/// the lease (client-go's 10 s for 15 s) and 2 s, at most half the deadline (whole
+/// milliseconds, so short test leases work too). Pure.
+pub fn timing(
+    lease: Duration,
+    renew_deadline: Option<Duration>,
+    retry: Option<Duration>,
+) -> (Duration, Duration) {
+    let deadline = renew_deadline.unwrap_or(lease * 2 / 3);
+    let retry = retry.unwrap_or_else(|| Duration::from_secs(2).min(deadline / 2));
+    (deadline, retry)
+}
+
 /// Runs the election loop for one candidate.
 pub struct LeaderElector {
     api: Api<Lease>,
@@ -285,6 +298,14 @@ mod tests {
             decide(Some(&spec("a", 10, 15)), "a", at(100)),
             LeaseAction::Renew
         );
+    }
+
+    #[test]
+    fn default_timing_follows_the_lease() {
+        let s = Duration::from_secs;
+        assert_eq!(timing(s(15), None, None), (s(10), s(2)));
+        assert_eq!(timing(s(3), None, None), (s(2), s(1)));
+        assert_eq!(timing(s(15), Some(s(12)), Some(s(3))), (s(12), s(3)));
     }
 
     #[tokio::test]

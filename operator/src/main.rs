@@ -35,12 +35,14 @@ struct Config {
     #[arg(long, env = "TERN_LEASE_SECONDS", default_value_t = 15)]
     lease_seconds: u64,
     /// The leader stops acting and exits when it could not renew for this long; must be
-    /// shorter than the lease, so it has stopped before another replica may take over.
-    #[arg(long, env = "TERN_RENEW_DEADLINE_SECONDS", default_value_t = 10)]
-    renew_deadline_seconds: u64,
-    /// Seconds between lease attempts (renewals while leading).
-    #[arg(long, env = "TERN_LEASE_RETRY_SECONDS", default_value_t = 2)]
-    lease_retry_seconds: u64,
+    /// shorter than the lease, so it has stopped before another replica may take over
+    /// [default: two thirds of the lease, 10 s for 15 s].
+    #[arg(long, env = "TERN_RENEW_DEADLINE_SECONDS")]
+    renew_deadline_seconds: Option<u64>,
+    /// Seconds between lease attempts (renewals while leading) [default: 2, at most half the
+    /// renew deadline].
+    #[arg(long, env = "TERN_LEASE_RETRY_SECONDS")]
+    lease_retry_seconds: Option<u64>,
     /// This replica's identity (the pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
@@ -118,13 +120,18 @@ async fn main() -> anyhow::Result<()> {
 
     let result = if cfg.leader_election {
         let (lead_tx, mut lead_rx) = watch::channel(false);
+        let (renew_deadline, retry) = tern_operator::leader::timing(
+            Duration::from_secs(cfg.lease_seconds),
+            cfg.renew_deadline_seconds.map(Duration::from_secs),
+            cfg.lease_retry_seconds.map(Duration::from_secs),
+        );
         let elector = LeaderElector::new(
             kube::Api::<Lease>::namespaced(client.clone(), &cfg.lease_namespace),
             &cfg.lease_name,
             &identity,
             Duration::from_secs(cfg.lease_seconds),
-            Duration::from_secs(cfg.renew_deadline_seconds),
-            Duration::from_secs(cfg.lease_retry_seconds),
+            renew_deadline,
+            retry,
         )
         .context("leader election settings")?;
         // The lease is released only after the controller has stopped (on SIGTERM), so a

@@ -39,6 +39,8 @@ fn chat_server_bin() -> Option<PathBuf> {
 struct EdgeProcess {
     child: Child,
     addr: String,
+    /// Where its /metrics is served (the pods' separate metrics port).
+    metrics: String,
     _dir: TempDir,
 }
 
@@ -109,6 +111,9 @@ fn start_edge(bin: &PathBuf, cmd: &[String], vars: &BTreeMap<String, String>) ->
         .env("CHAT_BACKEND", "embedded")
         .env("CHAT_ROLE", "all")
         .env("CHAT_LISTEN", "127.0.0.1:0")
+        // The pods serve /metrics on their own port (9090); two processes on one host each
+        // take a free one.
+        .env("CHAT_METRICS_LISTEN", "127.0.0.1:0")
         .env("CHAT_DATA_DIR", &dir.0)
         .env("CHAT_DEV_AUTH", "true")
         .env("RUST_LOG", "warn")
@@ -116,18 +121,33 @@ fn start_edge(bin: &PathBuf, cmd: &[String], vars: &BTreeMap<String, String>) ->
         .stderr(Stdio::inherit())
         .spawn()
         .expect("start chat-server");
+    let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    out.read_line(&mut line).unwrap();
     let addr = line
         .trim()
         .strip_prefix("tern: listening on http://")
         .unwrap_or_else(|| panic!("unexpected first line from chat-server: {line:?}"))
         .to_string();
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let metrics = line
+        .trim()
+        .strip_prefix("tern: metrics on http://")
+        .and_then(|a| a.strip_suffix("/metrics"))
+        .unwrap_or_else(|| panic!("unexpected second line from chat-server: {line:?}"))
+        .to_string();
+    // Keep reading stdout so chat-server never writes into a closed pipe.
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while out.read_line(&mut sink).is_ok_and(|n| n > 0) {
+            sink.clear();
+        }
+    });
     EdgeProcess {
         child,
         addr,
+        metrics,
         _dir: dir,
     }
 }
@@ -235,7 +255,7 @@ async fn edge_replicas_follow_real_websocket_connections() {
     let targets = edges
         .iter()
         .enumerate()
-        .map(|(i, e)| format!("scale-edge-{i}={}", e.addr))
+        .map(|(i, e)| format!("scale-edge-{i}={}", e.metrics))
         .collect::<Vec<_>>()
         .join(",");
     let patch = json!({"metadata": {"annotations": {SCRAPE_TARGETS_ANNOTATION: targets}}});
