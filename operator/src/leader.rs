@@ -311,6 +311,8 @@ mod tests {
     #[tokio::test]
     async fn the_renew_deadline_must_be_shorter_than_the_lease() {
         // No API calls are made by `new`; a client that points nowhere is enough.
+        // The workspace build enables both rustls providers: pick one, as main does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let cfg = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
         let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "x");
         let s = Duration::from_secs;
@@ -336,6 +338,7 @@ mod tests {
                 conns.push(c);
             }
         });
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let cfg = kube::Config::new(format!("http://{addr}").parse().unwrap());
         let api: Api<Lease> = Api::namespaced(kube::Client::try_from(cfg).unwrap(), "x");
         let e = LeaderElector::new(
