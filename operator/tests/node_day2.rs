@@ -27,7 +27,7 @@ mod nodekit;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use nodekit::stream::{Receiver, Sender, start_receiver, start_sender};
@@ -1014,6 +1014,4 @@ async fn leadership(k: &Cluster, t0: Instant) {
     )
     .await;
     kubectl(&["scale", "deploy", "-n", OPNS, &opname, "--replicas=1"]);
-    // Events from the exit are visible to whoever looks.
-    let _ = Api::<Event>::namespaced(k.client.clone(), OPNS);
 }
