@@ -7,8 +7,14 @@
 //! - [`resources`]: pure builders, one per object kind and component, returning k8s-openapi
 //!   objects (Deployments, Services, PDBs, ConfigMap, generated Secret, setup Job, managed
 //!   Kafka/ScyllaDB/Redis StatefulSets).
-//! - [`controller`]: the reconciler. Looks things up, applies the builders' output with
-//!   server-side apply (field manager `tern-operator`), writes status and events.
+//! - [`controller`]: the controller: watches, shared context, error back-off. Its modules:
+//!   - `controller::reconcile`: the reconcile path, step by step (Secrets, config, dependencies,
+//!     role Deployments behind the setup gate, Services, NetworkPolicies);
+//!   - `controller::apply`: server-side apply (field manager `tern-operator`), refusals
+//!     recorded, removal of components no longer wanted;
+//!   - `controller::setup`: the setup Job that gates the role Deployments;
+//!   - `controller::scaling`: edge replicas from live connection counts, pod deletion cost;
+//!   - `controller::report`: the status subresource and events.
 //! - [`status`]: conditions (`Ready`, `Progressing`, `Degraded`, `DependenciesReady`) from
 //!   what the reconciler observed, pure.
 //! - [`autoscale`]: the edge scaling decision, pure; [`scrape`] reads `chat_connections`.
