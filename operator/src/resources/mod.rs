@@ -8,6 +8,7 @@
 pub mod config;
 pub mod dependencies;
 pub mod edge;
+pub mod env;
 pub mod network_policy;
 pub mod pdb;
 pub mod pod;

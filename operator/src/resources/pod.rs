@@ -2,14 +2,14 @@
 //! Deployments and the setup Job.
 
 use super::config::{self, DATA_DIR, MEDIA_DIR};
+use super::env::{field_env, plain_env, secret_env};
 use super::{CHAT_PORT, CHECKSUM_ANNOTATION, METRICS_PORT, labels};
 use crate::crd::ChatCluster;
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    EnvVarSource, HTTPGetAction, LocalObjectReference, ObjectFieldSelector,
-    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    ResourceRequirements, SeccompProfile, SecretKeySelector, SecretVolumeSource, SecurityContext,
-    Volume, VolumeMount,
+    HTTPGetAction, LocalObjectReference, PersistentVolumeClaimVolumeSource, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -34,29 +34,6 @@ pub fn client_port_name(cluster: &ChatCluster, role: Option<&str>) -> &'static s
     }
 }
 
-fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: secret.into(),
-                key: key.into(),
-                optional: Some(false),
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn plain_env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
 /// Environment beyond the shared ConfigMap: the role, the node id from the pod name and every
 /// secret value (by reference, never copied into the spec).
 pub fn role_env(cluster: &ChatCluster, role: Option<&str>) -> Vec<EnvVar> {
@@ -64,28 +41,18 @@ pub fn role_env(cluster: &ChatCluster, role: Option<&str>) -> Vec<EnvVar> {
     let mut env = Vec::new();
     if let Some(role) = role {
         env.push(plain_env("CHAT_ROLE", role));
-        env.push(plain_env("CHAT_LISTEN", &format!("0.0.0.0:{CHAT_PORT}")));
+        env.push(plain_env("CHAT_LISTEN", format!("0.0.0.0:{CHAT_PORT}")));
         // /metrics on its own port, off the client port (and off the client Service).
         env.push(plain_env(
             "CHAT_METRICS_LISTEN",
-            &format!("0.0.0.0:{METRICS_PORT}"),
+            format!("0.0.0.0:{METRICS_PORT}"),
         ));
     }
     if serves_tls(cluster, role) {
-        env.push(plain_env("CHAT_TLS_CERT", &format!("{TLS_DIR}/tls.crt")));
-        env.push(plain_env("CHAT_TLS_KEY", &format!("{TLS_DIR}/tls.key")));
+        env.push(plain_env("CHAT_TLS_CERT", format!("{TLS_DIR}/tls.crt")));
+        env.push(plain_env("CHAT_TLS_KEY", format!("{TLS_DIR}/tls.key")));
     }
-    env.push(EnvVar {
-        name: "CHAT_NODE_ID".into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
+    env.push(field_env("CHAT_NODE_ID", "metadata.name"));
     let (jwt_name, jwt_key) = config::jwt_secret_ref(cluster);
     env.push(secret_env("CHAT_JWT_SECRET", &jwt_name, &jwt_key));
     if let Some(r) = s

@@ -7,10 +7,8 @@
 use super::{DATA_VOLUME, quantity_value};
 use crate::crd::{ChatCluster, Dependency, ManagedSpec};
 use crate::resources::config::{CQL_PORT, dependency_pod_host};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Probe, TCPSocketAction,
-    VolumeMount,
-};
+use crate::resources::env::{field_env, plain_env};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, TCPSocketAction, VolumeMount};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -34,28 +32,6 @@ pub const DEFAULT_HEAP: (&str, &str) = ("768M", "200M");
 pub const STARTUP_SECONDS: i32 = 600;
 /// Seconds Cassandra gets on SIGTERM (flushing memtables) before it is killed.
 pub const TERMINATION_GRACE_SECONDS: i64 = 120;
-
-fn env(name: &str, value: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value.into()),
-        ..Default::default()
-    }
-}
-
-fn pod_ip(name: &str) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "status.podIP".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 /// `MAX_HEAP_SIZE` and `HEAP_NEWSIZE` (e.g. `1024M`, `256M`): half of the memory limit (or
 /// the request when there is no limit), between 256M and 8G, new generation a quarter of the
@@ -103,18 +79,18 @@ pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'s
         // exited ("Unable to gossip with any peers"), seen on the real node.
         command: Some(vec!["sh".into(), "-c".into(), SEED_SELF.into()]),
         env: Some(vec![
-            env("CASSANDRA_SEEDS", &seed),
-            env("CASSANDRA_CLUSTER_NAME", &cluster.name_any()),
-            env("CASSANDRA_DC", DATACENTER),
-            env("CASSANDRA_RACK", RACK),
-            env("CASSANDRA_ENDPOINT_SNITCH", "GossipingPropertyFileSnitch"),
-            env("CASSANDRA_NUM_TOKENS", "16"),
-            pod_ip("CASSANDRA_LISTEN_ADDRESS"),
-            pod_ip("CASSANDRA_BROADCAST_ADDRESS"),
-            env("CASSANDRA_RPC_ADDRESS", "0.0.0.0"),
-            pod_ip("CASSANDRA_BROADCAST_RPC_ADDRESS"),
-            env("MAX_HEAP_SIZE", &heap),
-            env("HEAP_NEWSIZE", &newsize),
+            plain_env("CASSANDRA_SEEDS", seed),
+            plain_env("CASSANDRA_CLUSTER_NAME", cluster.name_any()),
+            plain_env("CASSANDRA_DC", DATACENTER),
+            plain_env("CASSANDRA_RACK", RACK),
+            plain_env("CASSANDRA_ENDPOINT_SNITCH", "GossipingPropertyFileSnitch"),
+            plain_env("CASSANDRA_NUM_TOKENS", "16"),
+            field_env("CASSANDRA_LISTEN_ADDRESS", "status.podIP"),
+            field_env("CASSANDRA_BROADCAST_ADDRESS", "status.podIP"),
+            plain_env("CASSANDRA_RPC_ADDRESS", "0.0.0.0"),
+            field_env("CASSANDRA_BROADCAST_RPC_ADDRESS", "status.podIP"),
+            plain_env("MAX_HEAP_SIZE", &heap),
+            plain_env("HEAP_NEWSIZE", &newsize),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -145,6 +121,7 @@ pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'s
 mod tests {
     use super::*;
     use crate::resources::testing;
+    use k8s_openapi::api::core::v1::EnvVar;
 
     fn cassandra(extra: serde_json::Value) -> ChatCluster {
         let mut managed = serde_json::json!({"engine": "cassandra"});

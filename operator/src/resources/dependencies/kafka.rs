@@ -4,10 +4,8 @@
 use super::DATA_VOLUME;
 use crate::crd::{ChatCluster, Dependency, ManagedSpec};
 use crate::resources::config::{KAFKA_CONTROLLER_PORT, KAFKA_PORT, dependency_pod_host};
-use k8s_openapi::api::core::v1::{
-    Container, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, Probe, TCPSocketAction,
-    VolumeMount,
-};
+use crate::resources::env::{field_env, plain_env};
+use k8s_openapi::api::core::v1::{Container, ContainerPort, Probe, TCPSocketAction, VolumeMount};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
 
@@ -16,14 +14,6 @@ pub const DEFAULT_IMAGE: &str = "apache/kafka:4.1.1";
 /// pod sets the number for the kubelet's `runAsNonRoot` check.
 pub const UID: i64 = 1000;
 pub const GID: i64 = 1000;
-
-fn env(name: &str, value: String) -> EnvVar {
-    EnvVar {
-        name: name.into(),
-        value: Some(value),
-        ..Default::default()
-    }
-}
 
 /// A KRaft cluster id (22 characters of URL-safe base64 of 16 bytes) derived from the
 /// ChatCluster's uid, so it is stable across reconciles and unique per cluster.
@@ -54,45 +44,35 @@ pub fn container(cluster: &ChatCluster, m: &ManagedSpec) -> (Container, Vec<(&'s
         .join(",");
     let internal_rf = m.replicas.min(3).to_string();
     let env = vec![
-        EnvVar {
-            name: "POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        env("CLUSTER_ID", kraft_cluster_id(cluster)),
-        env("KAFKA_PROCESS_ROLES", "broker,controller".into()),
-        env(
+        field_env("POD_NAME", "metadata.name"),
+        plain_env("CLUSTER_ID", kraft_cluster_id(cluster)),
+        plain_env("KAFKA_PROCESS_ROLES", "broker,controller"),
+        plain_env(
             "KAFKA_LISTENERS",
             format!("PLAINTEXT://:{KAFKA_PORT},CONTROLLER://:{KAFKA_CONTROLLER_PORT}"),
         ),
-        env(
+        plain_env(
             "KAFKA_ADVERTISED_LISTENERS",
             format!("PLAINTEXT://$(POD_NAME).{headless}:{KAFKA_PORT}"),
         ),
-        env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER".into()),
-        env(
+        plain_env("KAFKA_CONTROLLER_LISTENER_NAMES", "CONTROLLER"),
+        plain_env(
             "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT".into(),
+            "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
         ),
-        env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters),
-        env("KAFKA_LOG_DIRS", "/var/lib/kafka/data/logs".into()),
-        env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false".into()),
-        env(
+        plain_env("KAFKA_CONTROLLER_QUORUM_VOTERS", voters),
+        plain_env("KAFKA_LOG_DIRS", "/var/lib/kafka/data/logs"),
+        plain_env("KAFKA_AUTO_CREATE_TOPICS_ENABLE", "false"),
+        plain_env(
             "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
             internal_rf.clone(),
         ),
-        env(
+        plain_env(
             "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
             internal_rf,
         ),
-        env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1".into()),
-        env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0".into()),
+        plain_env("KAFKA_TRANSACTION_STATE_LOG_MIN_ISR", "1"),
+        plain_env("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS", "0"),
     ];
     let c = Container {
         name: "kafka".into(),
