@@ -6,7 +6,6 @@
 //! `#[ignore]`d in a plain `cargo test` and run one at a time by `e2e/test-distributed.sh`:
 //! `TERN_TEST_BACKEND=distributed cargo test -p chat-server --test cluster_failures -- --ignored --test-threads 1`
 
-#[path = "protocol/support.rs"]
 mod support;
 
 use serde_json::{Value, json};
@@ -14,16 +13,6 @@ use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant};
 use support::*;
-
-const IGNORE: &str = "needs the e2e services; run with e2e/test-distributed.sh";
-
-fn require_cluster() {
-    assert!(
-        distributed(),
-        "run with TERN_TEST_BACKEND=distributed and the services of e2e/env up \
-         (e2e/test-distributed.sh does both)"
-    );
-}
 
 /// Run an e2e service script action (`start`/`stop`) and check it worked.
 fn service(name: &str, action: &str) {
@@ -135,8 +124,7 @@ fn seqs_of(frames: &[Value]) -> Vec<u64> {
 #[tokio::test]
 #[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn kill_9_the_delivery_process_mid_stream() {
-    require_cluster();
-    let _ = IGNORE;
+    require_distributed();
     let s = TestServer::start_with(&["--rate-burst", "1000"]).await;
     let chat = s.api_at(0, 1).direct(2).await;
     let mut a = s.ws_at(0, 1).await;
@@ -207,7 +195,7 @@ async fn kill_9_the_delivery_process_mid_stream() {
 #[tokio::test]
 #[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn kill_9_an_edge_clients_move_to_the_other_and_sync() {
-    require_cluster();
+    require_distributed();
     let mut s =
         TestServer::start_with(&["--rate-burst", "1000", "--heartbeat-interval", "2"]).await;
     let chat = s.api_at(1, 1).group(&[2, 3]).await;
@@ -297,7 +285,7 @@ async fn kill_9_an_edge_clients_move_to_the_other_and_sync() {
 #[tokio::test]
 #[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn restart_redis_routing_and_presence_recover() {
-    require_cluster();
+    require_distributed();
     let s = TestServer::start_with(&["--heartbeat-interval", "10"]).await;
     let chat = s.api_at(0, 1).direct(2).await;
     let mut a = s.ws_at(0, 1).await;
@@ -363,7 +351,7 @@ async fn restart_redis_routing_and_presence_recover() {
 #[tokio::test]
 #[ignore = "needs the e2e services; run with e2e/test-distributed.sh"]
 async fn stop_kafka_for_10_s_sends_fail_clearly_then_recover() {
-    require_cluster();
+    require_distributed();
     let s = TestServer::start().await;
     let chat = s.api_at(0, 1).direct(2).await;
     let mut a = s.ws_at(0, 1).await;

@@ -2,26 +2,25 @@
 //! (`--metrics-listen`) and HTTPS/WSS on the client port (`--tls-cert`/`--tls-key`), with a
 //! test CA made here by rcgen. The server is the real binary on port 0, embedded backend.
 
+mod support;
+
 use futures::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::{TestServer, token};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-
-const SECRET: &str = "edge-test-secret-0123456789";
 
 /// A test CA and what it signs.
 struct Ca {
@@ -70,98 +69,6 @@ fn write_pair(dir: &Path, cert: &str, key: &str) {
         std::fs::write(&tmp, body).unwrap();
         std::fs::rename(&tmp, dir.join(name)).unwrap();
     }
-}
-
-/// The chat-server binary with the given flags; knows its client and metrics addresses.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    metrics: Option<SocketAddr>,
-    scheme: String,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chat-server"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--jwt-secret",
-                SECRET,
-                "--dev-auth",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn chat-server");
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let (scheme, addr) = line
-            .trim()
-            .strip_prefix("tern: listening on ")
-            .and_then(|r| r.split_once("://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "first line {line:?}; log:\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let (scheme, addr) = (scheme.to_string(), addr.parse().unwrap());
-        let metrics = args.contains(&"--metrics-listen").then(|| {
-            let mut l = String::new();
-            out.read_line(&mut l).unwrap();
-            l.trim()
-                .strip_prefix("tern: metrics on http://")
-                .and_then(|r| r.strip_suffix("/metrics"))
-                .unwrap_or_else(|| panic!("second line {l:?}"))
-                .parse()
-                .unwrap()
-        });
-        Server {
-            child,
-            addr,
-            metrics,
-            scheme,
-            log,
-            _dir: dir,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("---- server log ----\n{}", self.log());
-        }
-    }
-}
-
-fn token(user: u64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
-        &json!({"sub": user.to_string(), "exp": now + 3600}),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
 }
 
 /// One plain HTTP/1.1 GET on a fresh connection: (status, body).
@@ -281,13 +188,13 @@ async fn exchange(a: &mut Wss, b: &mut Wss, chat: u64, text: &str) {
 #[tokio::test]
 async fn metrics_listen_moves_metrics_off_the_client_port() {
     // Default: one port for everything, as `cargo run -p chat-server` always did.
-    let plain = Server::start(&[]);
+    let plain = TestServer::start_embedded(&[]).await;
     assert!(plain.metrics.is_none());
     let (st, body) = http_get(plain.addr, "/metrics").await;
     assert_eq!(st, 200);
     assert!(body.contains("chat_connections"), "{body}");
 
-    let s = Server::start(&["--metrics-listen", "127.0.0.1:0"]);
+    let s = TestServer::start_embedded(&["--metrics-listen", "127.0.0.1:0"]).await;
     let metrics = s.metrics.expect("metrics address printed");
     assert_ne!(metrics, s.addr);
     assert_eq!(http_get(s.addr, "/metrics").await.0, 404);
@@ -311,14 +218,15 @@ async fn wss_clients_talk_and_plain_http_on_the_tls_port_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &cert, &key);
     let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let s = Server::start(&[
+    let s = TestServer::start_embedded(&[
         "--tls-cert",
         c.to_str().unwrap(),
         "--tls-key",
         k.to_str().unwrap(),
         "--metrics-listen",
         "127.0.0.1:0",
-    ]);
+    ])
+    .await;
     assert_eq!(s.scheme, "https");
 
     let chat = create_chat(&ca, s.addr).await;
@@ -366,14 +274,15 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &cert1, &key1);
     let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let s = Server::start(&[
+    let s = TestServer::start_embedded(&[
         "--tls-cert",
         c.to_str().unwrap(),
         "--tls-key",
         k.to_str().unwrap(),
         "--tls-reload-seconds",
         "1",
-    ]);
+    ])
+    .await;
     assert_eq!(tls_connect(&ca, s.addr).await.1, der1);
     let chat = create_chat(&ca, s.addr).await;
     let mut a = wss(&ca, s.addr, 1).await;

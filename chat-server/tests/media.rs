@@ -1,7 +1,7 @@
 //! Media: uploads, checks, serving, access, signed URLs, tus and orphan collection, through
 //! the real binary and real HTTP clients (the protocol suite's harness). Test files are made
 //! here: images with the `image` crate (plus a hand-inserted EXIF segment), audio/video
-//! containers by `src/media/fixtures.rs`.
+//! containers by `support::media`.
 //!
 //! ```sh
 //! cargo test -p chat-server --test media                       # local blob directory
@@ -11,18 +11,14 @@
 //! `TERN_S3_ENDPOINT` (MinIO from `e2e/env/up.sh minio`), under a fresh prefix per test.
 //! `TERN_TEST_BACKEND=distributed` runs the same tests on a cluster, as for the protocol suite.
 
-#[path = "protocol/support.rs"]
 mod support;
-
-#[path = "../src/media/fixtures.rs"]
-mod fixtures;
 
 use image::{DynamicImage, ImageBuffer, ImageFormat, Rgb, Rgba};
 use reqwest::header::{HeaderMap, HeaderValue};
 use serde_json::{Value, json};
 use std::io::Cursor;
 use std::time::Duration;
-use support::{Api, TestServer};
+use support::{Api, TestServer, media};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---- servers and clients -------------------------------------------------------------------
@@ -191,8 +187,8 @@ fn png_bomb() -> Vec<u8> {
 
 /// A video large enough to upload in parts: the MP4 fixture plus a 300 KiB `free` box.
 fn big_mp4() -> Vec<u8> {
-    let mut v = fixtures::mp4(true, 9000, 1280, 720);
-    v.extend(fixtures::boxed(b"free", &vec![7u8; 300 * 1024]));
+    let mut v = media::mp4(true, 9000, 1280, 720);
+    v.extend(media::boxed(b"free", &vec![7u8; 300 * 1024]));
     v
 }
 
@@ -246,7 +242,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "video/mp4",
-            fixtures::mp4(true, 2500, 640, 360),
+            media::mp4(true, 2500, 640, 360),
             "video/mp4",
             Some(640),
             Some(360),
@@ -254,7 +250,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "video/webm",
-            fixtures::webm(Some(3000.0), Some((320, 240)), 3000),
+            media::webm(Some(3000.0), Some((320, 240)), 3000),
             "video/webm",
             Some(320),
             Some(240),
@@ -263,7 +259,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         // A MediaRecorder voice note: no Duration in the header; the last block counts.
         (
             "audio/webm;codecs=opus",
-            fixtures::webm(None, None, 1940),
+            media::webm(None, None, 1940),
             "audio/webm",
             None,
             None,
@@ -271,7 +267,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "audio/ogg",
-            fixtures::ogg_opus(1500),
+            media::ogg_opus(1500),
             "audio/ogg",
             None,
             None,
@@ -279,7 +275,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "audio/x-m4a",
-            fixtures::mp4(false, 4200, 0, 0),
+            media::mp4(false, 4200, 0, 0),
             "audio/mp4",
             None,
             None,
@@ -288,7 +284,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         // A fragmented M4A (Safari's MediaRecorder): the duration comes from the fragments.
         (
             "audio/mp4",
-            fixtures::fmp4(2000),
+            media::fmp4(2000),
             "audio/mp4",
             None,
             None,
@@ -296,7 +292,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "audio/aac",
-            fixtures::adts(47),
+            media::adts(47),
             "audio/aac",
             None,
             None,
@@ -304,7 +300,7 @@ async fn every_allowed_type_uploads_with_its_metadata() {
         ),
         (
             "audio/mpeg",
-            fixtures::mp3(100),
+            media::mp3(100),
             "audio/mpeg",
             None,
             None,
@@ -374,7 +370,7 @@ async fn spoofed_and_unlisted_types_are_refused() {
         ("application/octet-stream", b"%PDF-1.7\n".repeat(20)),
         // QuickTime is an ISO box file too, but not on the list.
         ("video/mp4", {
-            let mut v = fixtures::mp4(true, 1000, 10, 10);
+            let mut v = media::mp4(true, 1000, 10, 10);
             v[8..12].copy_from_slice(b"qt  ");
             v
         }),
@@ -424,7 +420,7 @@ async fn oversize_uploads_get_413_without_the_body_being_read() {
         200 * 1024 * 1024
     );
     sock.write_all(head.as_bytes()).await.unwrap();
-    let _ = sock.write_all(&fixtures::mp4(true, 1, 1, 1)).await;
+    let _ = sock.write_all(&media::mp4(true, 1, 1, 1)).await;
     let _ = sock.write_all(&vec![0u8; 64 * 1024]).await;
     let started = std::time::Instant::now();
     let resp = read_head(&mut sock).await;
@@ -490,7 +486,7 @@ async fn oversize_uploads_get_413_without_the_body_being_read() {
     let resp = read_head(&mut sock).await;
     assert!(resp.starts_with("HTTP/1.1 413"), "{resp}");
     // The same size as audio is fine (16 MiB default).
-    let mut mp3 = fixtures::mp3(700);
+    let mut mp3 = media::mp3(700);
     mp3.truncate(290_000);
     let v = upload_ok(&a, "audio/mpeg", mp3).await;
     assert!(v["duration_ms"].as_u64().unwrap() > 0);
@@ -527,7 +523,7 @@ async fn truncated_corrupt_and_bomb_images_are_refused() {
         "{msg}"
     );
     // A video cut before its index is refused too.
-    let mp4 = fixtures::mp4(true, 2000, 64, 64);
+    let mp4 = media::mp4(true, 2000, 64, 64);
     let (st, v) = upload(&a, "video/mp4", mp4[..mp4.len() - 40].to_vec()).await;
     assert_eq!(st, 415, "truncated mp4: {v}");
     let (st, v) = upload(&a, "image/png", vec![]).await;
@@ -538,7 +534,7 @@ async fn truncated_corrupt_and_bomb_images_are_refused() {
 async fn range_reads_etags_and_cache_headers() {
     let s = server(&[]).await;
     let a = s.api(1);
-    let mp3 = fixtures::mp3(50);
+    let mp3 = media::mp3(50);
     let len = mp3.len();
     let v = upload_ok(&a, "audio/mpeg", mp3.clone()).await;
     let path = format!("/v1/media/{}", v["media_id"].as_str().unwrap());
@@ -962,8 +958,8 @@ async fn uploads_never_sent_are_collected() {
     let s = server(&["--media-orphan-age", "2", "--media-gc-interval", "1"]).await;
     let a = s.api(1);
     let chat = a.direct(2).await;
-    let orphan = upload_ok(&a, "audio/ogg", fixtures::ogg_opus(800)).await;
-    let kept = upload_ok(&a, "audio/ogg", fixtures::ogg_opus(900)).await;
+    let orphan = upload_ok(&a, "audio/ogg", media::ogg_opus(800)).await;
+    let kept = upload_ok(&a, "audio/ogg", media::ogg_opus(900)).await;
     let (st, ack) = a
         .post(
             &format!("/v1/chats/{chat}/messages"),
@@ -992,7 +988,7 @@ async fn uploads_never_sent_are_collected() {
         404
     );
     // Too old to be sent now (past the orphan age minus its margin).
-    let late = upload_ok(&a, "audio/ogg", fixtures::ogg_opus(700)).await;
+    let late = upload_ok(&a, "audio/ogg", media::ogg_opus(700)).await;
     tokio::time::sleep(Duration::from_millis(1900)).await;
     let (st, e) = a
         .post(

@@ -7,6 +7,8 @@
 //! cargo test -p chat-server --test media_store
 //! ```
 
+mod support;
+
 use chat_server::media::{MediaRecord, VariantInfo};
 use chat_server::store::Store;
 use chat_server::store::sqlite::SqliteStore;
@@ -101,86 +103,44 @@ async fn sqlite_keeps_the_media_contract() {
 mod cql {
     use super::*;
     use chat_server::store::scylla::{ScyllaOptions, ScyllaStore};
-    use chat_server::store::scylla_schema::{self, Replication};
-    use scylla::client::session::Session;
-    use scylla::client::session_builder::SessionBuilder;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    async fn session() -> Arc<Session> {
-        let nodes: Vec<String> = std::env::var("TERN_CQL_NODES")
-            .unwrap_or_else(|_| "127.0.0.1:19042".into())
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .collect();
-        Arc::new(
-            SessionBuilder::new()
-                .known_nodes(&nodes)
-                .connection_timeout(Duration::from_secs(5))
-                .build()
-                .await
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot reach the CQL server at {nodes:?} ({e}); start it with \
-                         `e2e/env/up.sh cassandra` or set TERN_CQL_NODES"
-                    )
-                }),
-        )
-    }
-
-    async fn drop_keyspace(s: &Session, ks: &str) {
-        s.query_unpaged(format!("DROP KEYSPACE IF EXISTS {ks}"), ())
-            .await
-            .unwrap();
-    }
-
-    fn keyspace() -> String {
-        format!("tern_m_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff)
-    }
+    use chat_server::store::scylla_schema::{self, DEFAULT_BUCKET_SIZE, Replication};
+    use support::cql::TestKeyspace;
 
     #[tokio::test]
     async fn scylla_keeps_the_media_contract() {
-        let s = session().await;
-        let ks = keyspace();
-        scylla_schema::setup(&s, &ks, &Replication::Simple { factor: 1 })
-            .await
-            .unwrap();
-        let store = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default())
-            .await
-            .unwrap();
+        let ks = TestKeyspace::create(DEFAULT_BUCKET_SIZE).await;
+        let store = ks.store().await;
         media_contract(&store).await;
         drop(store);
-        drop_keyspace(&s, &ks).await;
+        ks.drop_keyspace().await;
     }
 
     #[tokio::test]
     async fn a_version_1_keyspace_is_upgraded_by_setup() {
-        let s = session().await;
-        let ks = keyspace();
-        let r = Replication::Simple { factor: 1 };
-        scylla_schema::setup(&s, &ks, &r).await.unwrap();
+        let ks = TestKeyspace::create(DEFAULT_BUCKET_SIZE).await;
+        let (s, name) = (&ks.session, &ks.name);
         // Pretend it was written by a binary from before media.
         s.query_unpaged(
-            format!("UPDATE {ks}.schema_version SET version = 1 WHERE component = 'store'"),
+            format!("UPDATE {name}.schema_version SET version = 1 WHERE component = 'store'"),
             (),
         )
         .await
         .unwrap();
-        let refused = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default()).await;
+        let refused = ScyllaStore::with_session(s.clone(), name, ScyllaOptions::default()).await;
         assert!(
             refused.is_err(),
             "a version 1 keyspace must be set up first"
         );
-        scylla_schema::setup(&s, &ks, &r).await.unwrap();
-        let v = scylla_schema::read_version(&s, &ks).await.unwrap().unwrap();
-        assert_eq!(v.version, scylla_schema::SCHEMA_VERSION);
-        assert_eq!(v.version, 2);
-        let store = ScyllaStore::with_session(s.clone(), &ks, ScyllaOptions::default())
+        scylla_schema::setup(s, name, &Replication::Simple { factor: 1 })
             .await
             .unwrap();
+        let v = scylla_schema::read_version(s, name).await.unwrap().unwrap();
+        assert_eq!(v.version, scylla_schema::SCHEMA_VERSION);
+        assert_eq!(v.version, 2);
+        let store = ks.store().await;
         store.put_media(record(&id(1), 1, 1)).await.unwrap();
         assert!(store.media(&id(1)).await.unwrap().is_some());
         drop(store);
-        drop_keyspace(&s, &ks).await;
+        ks.drop_keyspace().await;
     }
 }

@@ -2,7 +2,6 @@
 //! a signed webhook and a Web Push service (payload decrypted with the subscription's key).
 //! The server is the real binary (the protocol suite's harness).
 
-#[path = "protocol/support.rs"]
 mod support;
 
 use axum::body::Bytes;
@@ -99,6 +98,25 @@ impl Receiver {
 
     fn requests(&self) -> Vec<Req> {
         self.reqs.lock().clone()
+    }
+
+    /// Wait until the requests after the first `from` come from `users` distinct users.
+    async fn wait_for_users(&self, from: usize, users: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok: std::collections::BTreeSet<u64> = self.requests()[from..]
+                .iter()
+                .map(|r| r.json()["user_id"].as_u64().unwrap())
+                .collect();
+            if ok.len() == users {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after restart only {ok:?} were pushed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Wait for at least `n` requests.
@@ -477,21 +495,8 @@ async fn kill_9_with_pushes_pending_then_delivered_after_restart() {
     hook.status.store(200, Ordering::SeqCst);
     let before = hook.requests().len();
     s.restart_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let ok: std::collections::BTreeSet<u64> = hook.requests()[before..]
-            .iter()
-            .map(|r| r.json()["user_id"].as_u64().unwrap())
-            .collect();
-        if ok.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after restart only {ok:?} were pushed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    hook.wait_for_users(before, 2, Duration::from_secs(15))
+        .await;
     wait_metric(
         &s,
         "chat_push_sent_total{provider=\"webhook\"}",
@@ -569,16 +574,10 @@ async fn device_registration_validates_and_deletes() {
 #[tokio::test]
 #[ignore = "needs TERN_TEST_BACKEND=distributed and Kafka, Cassandra, Redis (e2e/env)"]
 async fn distributed_offline_member_gets_one_push_through_kafka() {
-    assert!(
-        support::distributed(),
-        "run with TERN_TEST_BACKEND=distributed (and eval \"$(e2e/env/env.sh)\")"
-    );
+    support::require_distributed();
     let hook = Receiver::start().await;
     hook.reply.lock().clear();
     let url = hook.url("/hook");
-    // Dropped after the cluster (declared before it): deletes `<cluster>.push`, which the
-    // harness does not know about, even when the test fails.
-    let mut push_topic = DropPushTopic(None);
     let s = TestServer::start_with(&[
         "--push-webhook-url",
         &url,
@@ -588,12 +587,6 @@ async fn distributed_offline_member_gets_one_push_through_kafka() {
         "1000",
     ])
     .await;
-    push_topic.0 = s
-        .log()
-        .split("cluster=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .map(str::to_string);
     // Devices and mutes go through either edge (ScyllaDB).
     let (st, v) = s
         .api_at(0, 2)
@@ -649,15 +642,11 @@ async fn distributed_offline_member_gets_one_push_through_kafka() {
 #[tokio::test]
 #[ignore = "needs TERN_TEST_BACKEND=distributed and Kafka, Cassandra, Redis (e2e/env)"]
 async fn distributed_kill_9_with_pushes_pending_then_delivered_after_restart() {
-    assert!(
-        support::distributed(),
-        "run with TERN_TEST_BACKEND=distributed (and eval \"$(e2e/env/env.sh)\")"
-    );
+    support::require_distributed();
     let hook = Receiver::start().await;
     hook.reply.lock().clear();
     hook.status.store(503, Ordering::SeqCst);
     let url = hook.url("/hook");
-    let mut push_topic = DropPushTopic(None);
     let mut s = TestServer::start_with(&[
         "--push-webhook-url",
         &url,
@@ -671,12 +660,6 @@ async fn distributed_kill_9_with_pushes_pending_then_delivered_after_restart() {
         "600",
     ])
     .await;
-    push_topic.0 = s
-        .log()
-        .split("cluster=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .map(str::to_string);
     for user in [2, 3] {
         let (st, v) = s
             .api_at(0, user)
@@ -697,54 +680,6 @@ async fn distributed_kill_9_with_pushes_pending_then_delivered_after_restart() {
     hook.status.store(200, Ordering::SeqCst);
     let before = hook.requests().len();
     s.restart_ready().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let ok: std::collections::BTreeSet<u64> = hook.requests()[before..]
-            .iter()
-            .map(|r| r.json()["user_id"].as_u64().unwrap())
-            .collect();
-        if ok.len() == 2 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after restart only {ok:?} were pushed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-#[cfg(feature = "distributed")]
-struct DropPushTopic(Option<String>);
-
-#[cfg(feature = "distributed")]
-impl Drop for DropPushTopic {
-    fn drop(&mut self) {
-        let Some(name) = self.0.take() else { return };
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let brokers = std::env::var("TERN_KAFKA_BROKERS")
-                    .unwrap_or_else(|_| "127.0.0.1:19092".into());
-                let admin: Result<
-                    rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext>,
-                    _,
-                > = rdkafka::ClientConfig::new()
-                    .set("bootstrap.servers", brokers)
-                    .create();
-                if let Ok(admin) = admin {
-                    let _ = admin
-                        .delete_topics(
-                            &[&format!("{name}.push")],
-                            &rdkafka::admin::AdminOptions::new(),
-                        )
-                        .await;
-                }
-            });
-        });
-        let _ = cleanup.join();
-    }
+    hook.wait_for_users(before, 2, Duration::from_secs(60))
+        .await;
 }

@@ -31,6 +31,7 @@ pub mod tus;
 pub mod tus_http;
 
 #[cfg(test)]
+#[path = "../../tests/support/media.rs"]
 mod fixtures;
 
 pub use record::{MediaRecord, UNSENT_SHARDS, VariantInfo};

@@ -1,9 +1,7 @@
-//! Minimal, valid audio/video containers built in code, for the unit tests of
-//! [`container`](super::container) and for the integration tests (`tests/media.rs` includes
-//! this file with `#[path]`). Each has real headers and frames with silent/empty payloads:
-//! enough for sniffing, duration and dimensions, not for playback.
-
-#![allow(dead_code)]
+//! Minimal, valid audio/video containers built in code, for `tests/media.rs` and for the unit
+//! tests of `src/media/container.rs` (which include this file as `media::fixtures`, under
+//! `#[cfg(test)]`). Each has real headers and frames with silent/empty payloads: enough for
+//! sniffing, duration and dimensions, not for playback.
 
 pub fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut b = ((payload.len() + 8) as u32).to_be_bytes().to_vec();

@@ -7,9 +7,11 @@
 //! `127.0.0.1:19042`, which `e2e/env/up.sh cassandra` starts).
 //!
 //! ```sh
-//! cargo test -p chat-server --features distributed --test scylla_store
+//! cargo test -p chat-server --features distributed --test store_contract
 //! ```
 #![cfg(feature = "distributed")]
+
+mod support;
 
 use async_trait::async_trait;
 use chat_server::error::Error;
@@ -19,10 +21,8 @@ use chat_server::store::scylla_schema::{self, Replication, SetupOptions};
 use chat_server::store::sqlite::SqliteStore;
 use chat_server::store::{Page, Store};
 use futures::future::join_all;
-use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+use support::cql::TestKeyspace;
 
 /// Messages per `messages` partition in test keyspaces: small, so tests cross buckets.
 const TEST_BUCKET: u64 = 7;
@@ -95,99 +95,6 @@ async fn scylla_backend() -> Box<dyn Backend> {
     let ks = TestKeyspace::create(TEST_BUCKET).await;
     let store = ks.store().await;
     Box::new(ScyllaBackend { ks, store })
-}
-
-fn cql_nodes() -> Vec<String> {
-    std::env::var("TERN_CQL_NODES")
-        .unwrap_or_else(|_| "127.0.0.1:19042".into())
-        .split(',')
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-async fn cql_session() -> Arc<Session> {
-    let nodes = cql_nodes();
-    match SessionBuilder::new()
-        .known_nodes(&nodes)
-        .connection_timeout(Duration::from_secs(5))
-        .build()
-        .await
-    {
-        Ok(s) => Arc::new(s),
-        Err(e) => panic!(
-            "cannot reach the CQL server at {} ({e}). These tests need a real one: start it \
-             with `e2e/env/up.sh cassandra`, or point TERN_CQL_NODES at one (host:port,…)",
-            nodes.join(",")
-        ),
-    }
-}
-
-/// A fresh keyspace, set up with the store schema and dropped by [`drop_keyspace`] (or, if a
-/// test panics first, by `Drop` on a session of its own).
-struct TestKeyspace {
-    session: Arc<Session>,
-    name: String,
-    dropped: bool,
-}
-
-impl TestKeyspace {
-    async fn create(bucket_size: u64) -> Self {
-        let session = cql_session().await;
-        let name = format!("tern_t_{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
-        scylla_schema::setup_with(
-            &session,
-            &name,
-            &Replication::Simple { factor: 1 },
-            SetupOptions { bucket_size },
-        )
-        .await
-        .expect("schema setup");
-        TestKeyspace {
-            session,
-            name,
-            dropped: false,
-        }
-    }
-
-    async fn store(&self) -> ScyllaStore {
-        ScyllaStore::with_session(self.session.clone(), &self.name, ScyllaOptions::default())
-            .await
-            .expect("open the scylla store")
-    }
-
-    async fn drop_keyspace(mut self) {
-        self.session
-            .query_unpaged(format!("DROP KEYSPACE IF EXISTS {}", self.name), ())
-            .await
-            .expect("drop keyspace");
-        self.dropped = true;
-    }
-}
-
-impl Drop for TestKeyspace {
-    fn drop(&mut self) {
-        if self.dropped {
-            return;
-        }
-        // A test failed before its cleanup: drop the keyspace from a runtime of our own (the
-        // test's runtime may be unwinding).
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(s) = SessionBuilder::new().known_nodes(cql_nodes()).build().await {
-                    let _ = s
-                        .query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ())
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
 }
 
 // ---- helpers -----------------------------------------------------------------------------
