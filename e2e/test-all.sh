@@ -27,7 +27,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "real services (e2e/env: Redis, Kafka, Cassandra, MinIO; cached builds/downloads in $TERN_CACHE)"
-# Started before the workspace tests: the store contract suites (scylla_store, media_store)
+# Started before the workspace tests: the store contract suites (store_contract, media_store)
 # run against the real CQL server.
 e2e/env/up.sh redis kafka cassandra minio
 

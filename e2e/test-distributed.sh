@@ -33,7 +33,7 @@ export TERN_TEST_BACKEND=distributed
 
 if [[ "$what" == all ]]; then
   echo "==> ScyllaDB store suite"
-  cargo test -p chat-server --test scylla_store
+  cargo test -p chat-server --test store_contract
   echo "==> protocol suite against 2 edges + 2 delivery + 1 presence"
   cargo test -p chat-server --test protocol -- --test-threads 2
   echo "==> media on S3 (MinIO), embedded and on a cluster"
