@@ -113,7 +113,7 @@ pub async fn create_chat(
                 st.partners_changed(&[me, other]).await;
                 // New partners learn each other's presence now, not at the next change.
                 for (to, about) in [(me, other), (other, me)] {
-                    for p in st.presence.get(&[about]).await {
+                    for p in st.plane.presence().get(&[about]).await {
                         st.fan_out(&[to], &crate::hub::frame(protocol::presence_frame(&p)))
                             .await;
                     }
@@ -177,7 +177,7 @@ async fn member_chat(st: &AppState, chat_id: ChatId, me: UserId) -> Result<Chat>
         .chat(chat_id)
         .await?
         .ok_or_else(|| Error::not_found(format!("chat {chat_id} does not exist")))?;
-    st.members.require(st.store.as_ref(), chat_id, me).await?;
+    st.directory.require(chat_id, me).await?;
     Ok(chat)
 }
 
@@ -308,7 +308,7 @@ pub async fn receipts(
     Path(id): Path<String>,
 ) -> Result<Json<Value>> {
     let chat_id = parse_id(&id, "chat id")?;
-    st.members.require(st.store.as_ref(), chat_id, me).await?;
+    st.directory.require(chat_id, me).await?;
     Ok(Json(json!({"members": st.marks(chat_id).await?})))
 }
 
@@ -329,7 +329,9 @@ pub async fn presence(
             protocol::MAX_PRESENCE_IDS
         )));
     }
-    Ok(Json(json!({"presence": st.presence.get(&ids).await})))
+    Ok(Json(
+        json!({"presence": st.plane.presence().get(&ids).await}),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -353,10 +355,7 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn readyz(State(st): State<Arc<AppState>>) -> Response {
-    if st.ready.load(Ordering::Acquire)
-        && !st.draining.is_cancelled()
-        && st.cluster.as_ref().is_none_or(|c| c.ready())
-    {
+    if st.ready.load(Ordering::Acquire) && !st.draining.is_cancelled() && st.plane.ready() {
         "ready".into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()

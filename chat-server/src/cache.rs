@@ -6,6 +6,7 @@
 //! starts at the first message written since; older ranges are read from the store.
 
 use crate::model::{ChatId, Seq, SharedMessage};
+use crate::store::MessagePage;
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 
@@ -44,13 +45,8 @@ impl RecentCache {
     }
 
     /// Messages with `seq > after_seq`, at most `limit`, if the cache covers that range.
-    /// `Some((messages, has_more))`, or `None` when the store must be asked.
-    pub fn after(
-        &self,
-        chat_id: ChatId,
-        after_seq: Seq,
-        limit: usize,
-    ) -> Option<(Vec<SharedMessage>, bool)> {
+    /// `None` when the store must be asked.
+    pub fn after(&self, chat_id: ChatId, after_seq: Seq, limit: usize) -> Option<MessagePage> {
         let chats = self.chats.lock();
         let q = chats.get(&chat_id)?;
         let first = q.front()?.seq;
@@ -65,11 +61,14 @@ impl RecentCache {
             .collect();
         let has_more = out.len() > limit;
         out.truncate(limit);
-        Some((out, has_more))
+        Some(MessagePage {
+            messages: out,
+            has_more,
+        })
     }
 
     /// The latest `limit` messages, if the cache holds them all (or the chat's whole history).
-    pub fn latest(&self, chat_id: ChatId, limit: usize) -> Option<(Vec<SharedMessage>, bool)> {
+    pub fn latest(&self, chat_id: ChatId, limit: usize) -> Option<MessagePage> {
         let chats = self.chats.lock();
         let q = chats.get(&chat_id)?;
         let first = q.front()?.seq;
@@ -79,7 +78,10 @@ impl RecentCache {
         let skip = q.len().saturating_sub(limit);
         let out: Vec<_> = q.iter().skip(skip).cloned().collect();
         let has_more = out.first().is_some_and(|m| m.seq > 1);
-        Some((out, has_more))
+        Some(MessagePage {
+            messages: out,
+            has_more,
+        })
     }
 }
 
@@ -103,6 +105,11 @@ mod tests {
         })
     }
 
+    fn page(p: Option<MessagePage>) -> (Vec<SharedMessage>, bool) {
+        let p = p.expect("served from the cache");
+        (p.messages, p.has_more)
+    }
+
     #[test]
     fn serves_only_ranges_it_covers() {
         let c = RecentCache::new(10);
@@ -111,12 +118,12 @@ mod tests {
         }
         // Holds 21..=70.
         assert!(c.after(1, 10, 50).is_none());
-        let (m, more) = c.after(1, 20, 10).unwrap();
+        let (m, more) = page(c.after(1, 20, 10));
         assert_eq!((m.first().unwrap().seq, m.len(), more), (21, 10, true));
-        let (m, more) = c.after(1, 65, 10).unwrap();
+        let (m, more) = page(c.after(1, 65, 10));
         assert_eq!((m.len(), more), (5, false));
-        assert_eq!(c.after(1, 70, 10).unwrap().0.len(), 0);
-        let (m, more) = c.latest(1, 50).unwrap();
+        assert_eq!(page(c.after(1, 70, 10)).0.len(), 0);
+        let (m, more) = page(c.latest(1, 50));
         assert_eq!((m.len(), m[0].seq, more), (50, 21, true));
         assert!(c.after(2, 0, 10).is_none());
     }
@@ -127,7 +134,7 @@ mod tests {
         for s in 1..=3 {
             c.push(&msg(s));
         }
-        let (m, more) = c.latest(1, 50).unwrap();
+        let (m, more) = page(c.latest(1, 50));
         assert_eq!((m.len(), more), (3, false));
     }
 }

@@ -1,5 +1,7 @@
-//! Membership cache: chat → kind and member ids, read on every send, typing and receipt.
-//! Entries are dropped on every membership change made through this node.
+//! Who belongs where, cached in front of the store: a chat's kind and member ids (read on
+//! every send, typing and receipt) and each user's direct-chat partners (read on every connect
+//! and presence change). [`Directory`] is what the rest of the server uses; entries are dropped
+//! on every membership change (in a cluster, on every process, through the plane's notices).
 
 use crate::error::{Error, Result};
 use crate::model::{ChatId, ChatType, UserId};
@@ -89,6 +91,59 @@ impl MemberCache {
     /// Drop everything (invalidations may have been missed, e.g. while Redis was away).
     pub fn clear(&self) {
         self.chats.lock().clear();
+    }
+}
+
+/// The store's membership data with caches in front: what every layer that needs "who is in
+/// this chat" or "whose presence does this user see" takes.
+pub struct Directory {
+    store: Arc<dyn Store>,
+    members: MemberCache,
+    partners: PartnerCache,
+}
+
+impl Directory {
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Directory {
+            store,
+            members: MemberCache::new(100_000),
+            partners: PartnerCache::new(1_000_000),
+        }
+    }
+
+    /// The chat's members; `not_found` if the chat does not exist.
+    pub async fn members(&self, chat_id: ChatId) -> Result<Arc<ChatMembers>> {
+        self.members.get(self.store.as_ref(), chat_id).await
+    }
+
+    /// The chat's members if `user` is one of them; `forbidden` otherwise.
+    pub async fn require(&self, chat_id: ChatId, user: UserId) -> Result<Arc<ChatMembers>> {
+        self.members
+            .require(self.store.as_ref(), chat_id, user)
+            .await
+    }
+
+    /// The users `user` shares a direct chat with.
+    pub async fn partners(&self, user: UserId) -> Result<Arc<Vec<UserId>>> {
+        self.partners.get(self.store.as_ref(), user).await
+    }
+
+    /// A chat's membership changed.
+    pub fn forget_members(&self, chat_id: ChatId) {
+        self.members.invalidate(chat_id);
+    }
+
+    /// These users' direct partners changed.
+    pub fn forget_partners(&self, users: &[UserId]) {
+        for u in users {
+            self.partners.invalidate(*u);
+        }
+    }
+
+    /// Drop everything (changes may have been missed, e.g. while Redis was away).
+    pub fn forget_all(&self) {
+        self.members.clear();
+        self.partners.clear();
     }
 }
 

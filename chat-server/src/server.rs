@@ -2,16 +2,17 @@
 
 use crate::api;
 use crate::auth::Auth;
-use crate::cache::RecentCache;
 use crate::config::{BackendArg, RoleArg, ServeConfig};
-use crate::delivery::{self, Delivery};
 use crate::hub::Hub;
 use crate::longpoll;
-use crate::members::MemberCache;
+use crate::members::Directory;
 use crate::metrics::Metrics;
-use crate::presence::{LocalPresence, Subscriptions};
+use crate::plane::Plane;
+use crate::plane::local::{LocalDeps, LocalPlane};
 use crate::state::AppState;
+use crate::store::Store;
 use crate::store::sqlite::SqliteStore;
+use crate::watchers::Watchers;
 use crate::web;
 use crate::ws;
 use anyhow::{Context, bail};
@@ -27,6 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower_http::timeout::TimeoutLayer;
 
 /// The client listener's certificate (`--tls-cert`), when it speaks TLS.
@@ -41,8 +44,6 @@ pub struct Server {
     pub tls: bool,
     pub state: Arc<AppState>,
     sqlite: Option<Arc<SqliteStore>>,
-    #[cfg(feature = "distributed")]
-    plane: Option<Arc<crate::cluster::node::Distributed>>,
     accept: tokio::task::JoinHandle<()>,
     metrics_accept: Option<tokio::task::JoinHandle<()>>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
@@ -158,35 +159,56 @@ pub fn metrics_router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The parts every backend builds the same way, made before the plane (which uses them).
+struct Common {
+    metrics: Arc<Metrics>,
+    hub: Arc<Hub>,
+    directory: Arc<Directory>,
+    watchers: Arc<Watchers>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Common {
+    fn new(cfg: &ServeConfig, store: Arc<dyn Store>) -> Self {
+        let hub = Arc::new(Hub::new(cfg.send_queue));
+        let directory = Arc::new(Directory::new(store));
+        Common {
+            metrics: Arc::new(Metrics::new()),
+            watchers: Arc::new(Watchers::new(hub.clone(), directory.clone())),
+            hub,
+            directory,
+            tasks: TaskTracker::new(),
+            stop: CancellationToken::new(),
+        }
+    }
+}
+
 /// What a backend contributes to the shared state.
 struct Backend {
-    store: Arc<dyn crate::store::Store>,
-    presence: Arc<dyn crate::presence::PresenceStore>,
-    cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
+    store: Arc<dyn Store>,
+    plane: Arc<dyn Plane>,
     media: Option<Arc<crate::media::MediaService>>,
     push: Option<Arc<crate::push::Push>>,
 }
 
-fn build_state(cfg: ServeConfig, secret: &str, b: Backend, delivery: Delivery) -> Arc<AppState> {
+/// The one place an [`AppState`] is assembled.
+fn build_state(cfg: ServeConfig, secret: &str, c: Common, b: Backend) -> Arc<AppState> {
     Arc::new(AppState {
         auth: Auth::new(secret.as_bytes()),
         store: b.store,
-        hub: Hub::new(cfg.send_queue),
-        presence: b.presence,
-        subs: Subscriptions::default(),
-        members: MemberCache::new(100_000),
-        partners: crate::members::PartnerCache::new(1_000_000),
-        cache: RecentCache::new(20_000),
+        hub: c.hub,
+        directory: c.directory,
+        watchers: c.watchers,
+        plane: b.plane,
         receipts: Default::default(),
-        metrics: Metrics::new(),
-        delivery,
-        cluster: b.cluster,
+        metrics: c.metrics,
         media: b.media,
         push: b.push,
         longpoll: Default::default(),
         draining: Default::default(),
-        stop: Default::default(),
-        tasks: Default::default(),
+        stop: c.stop,
+        tasks: c.tasks,
         connections: Default::default(),
         ready: Default::default(),
         cfg,
@@ -244,24 +266,34 @@ impl Server {
         let shards = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .clamp(2, 16);
-        let (delivery, shard_rxs) = Delivery::new(shards, 16 * 1024);
         let (push, push_rx) = crate::push::Push::open_embedded(&cfg)?;
+        let media = crate::media::MediaService::open_unless_disabled(
+            &cfg.media,
+            &cfg.data_dir,
+            secret.as_bytes(),
+        )?;
+        let common = Common::new(&cfg, store.clone());
+        let plane = LocalPlane::new(
+            shards,
+            16 * 1024,
+            LocalDeps {
+                store: store.clone(),
+                hub: common.hub.clone(),
+                directory: common.directory.clone(),
+                metrics: common.metrics.clone(),
+                push: Some(push.clone()),
+                events: common.watchers.clone(),
+            },
+        );
+        plane.start(&common.tasks, &common.stop);
         let backend = Backend {
             store: store.clone(),
-            presence: Arc::new(LocalPresence::default()),
-            cluster: None,
-            media: crate::media::MediaService::open_unless_disabled(
-                &cfg.media,
-                &cfg.data_dir,
-                secret.as_bytes(),
-            )?,
+            plane,
+            media,
             push: Some(push.clone()),
         };
-        let state = build_state(cfg, &secret, backend, delivery);
+        let state = build_state(cfg, &secret, common, backend);
         crate::push::spawn_worker(&state, push, crate::push::worker::ChannelSource(push_rx))?;
-        for rx in shard_rxs {
-            state.tasks.spawn(delivery::run_shard(state.clone(), rx));
-        }
         state.tasks.spawn(flush_receipts(state.clone()));
         state.tasks.spawn(longpoll::sweep(state.clone()));
         let mut server = Self::serve(listener, addr, state, true, tls)?;
@@ -272,7 +304,11 @@ impl Server {
     /// A process of a cluster: `--role edge|delivery|presence`, or `all` of them in one.
     #[cfg(feature = "distributed")]
     async fn start_distributed(cfg: ServeConfig, tls: Option<Tls>) -> anyhow::Result<Server> {
-        use crate::cluster::{delivery as kdelivery, kafka, node, redis::Redis};
+        use crate::plane::cluster::producer::SendProducer;
+        use crate::plane::cluster::sequencer::{self, Sequencer};
+        use crate::plane::cluster::{
+            ClusterDeps, ClusterPlane, kafka, presence, redis::Redis, subscriber,
+        };
         use crate::store::scylla::{ScyllaOptions, ScyllaStore, parse_consistency};
         let role = cfg.role;
         let edge = matches!(role, RoleArg::All | RoleArg::Edge);
@@ -301,51 +337,95 @@ impl Server {
         };
         let keyspace = c.keyspace();
         let store = Arc::new(
-            retry(wait, Duration::from_secs(1), "ScyllaDB", || {
+            crate::retry::until(wait, Duration::from_secs(1), "ScyllaDB", || {
                 ScyllaStore::connect(&c.scylla_nodes, &keyspace, options.clone())
             })
             .await?,
         );
         let redis = Redis::connect(&c.redis_url, &c.cluster, wait).await?;
-        let bus = if edge {
-            Some(Arc::new(kafka::KafkaBus::new(
+        let common = Common::new(&cfg, store.clone());
+        let producer = if edge {
+            Some(Arc::new(SendProducer::new(
                 &c.kafka_brokers,
                 c.topic(),
                 node_id.clone(),
                 Duration::from_millis(cfg.ack_timeout_ms),
+                common.metrics.clone(),
+                common.tasks.clone(),
             )?))
         } else {
             None
         };
         let assigned = delivers.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
-        let plane = Arc::new(node::Distributed::new(
-            node_id.clone(),
-            redis.clone(),
-            bus.clone(),
-            assigned.clone(),
-        ));
-        let presence = Arc::new(node::RedisPresence::new(redis.clone(), node_id.clone()));
-        let consumer = if let Some(assigned) = assigned {
-            Some(kdelivery::consumer(
+        let consumer = match &assigned {
+            Some(assigned) => Some(sequencer::consumer(
                 &c.kafka_brokers,
                 &format!("{}.delivery", c.cluster),
                 &c.topic(),
                 store.clone(),
-                assigned,
-            )?)
-        } else {
-            None
+                assigned.clone(),
+            )?),
+            None => None,
         };
-        let topic = c.topic();
         let (push, push_source) =
             crate::push::open_distributed(&cfg, store.session().clone(), &keyspace, delivers)
                 .await?;
         let listener = bind(cfg.listen, cfg.reuse_port)?;
         let addr = listener.local_addr()?;
+        let plane = ClusterPlane::new(
+            ClusterDeps {
+                node: node_id.clone(),
+                redis: redis.clone(),
+                producer: producer.clone(),
+                hub: common.hub.clone(),
+                directory: common.directory.clone(),
+                metrics: common.metrics.clone(),
+                events: common.watchers.clone(),
+            },
+            assigned,
+        );
+        let (tasks, stop) = (&common.tasks, &common.stop);
+        tasks.spawn(subscriber::run(
+            plane.clone(),
+            edge,
+            tasks.clone(),
+            stop.clone(),
+        ));
+        let heartbeat = Duration::from_secs(cfg.heartbeat_interval);
+        if edge {
+            tasks.spawn(presence::refresh_loop(
+                plane.redis_presence().clone(),
+                plane.clone(),
+                heartbeat,
+                stop.clone(),
+            ));
+        }
+        if let Some(p) = producer {
+            tasks.spawn(p.expire_loop(stop.clone()));
+        }
+        if let Some(consumer) = consumer {
+            let seq = Sequencer {
+                consumer,
+                topic: c.topic(),
+                store: store.clone(),
+                redis: redis.clone(),
+                directory: common.directory.clone(),
+                metrics: common.metrics.clone(),
+                push: Some(push.clone()),
+            };
+            tasks.spawn(seq.run(stop.clone()));
+        }
+        if reaps {
+            tasks.spawn(presence::reaper_loop(
+                redis.clone(),
+                plane.clone(),
+                heartbeat,
+                stop.clone(),
+            ));
+        }
         let backend = Backend {
             store: store.clone(),
-            presence: presence.clone(),
-            cluster: Some(plane.clone()),
+            plane,
             // Only processes with clients serve media: delivery and presence open no blob
             // store and write nothing under the data directory.
             media: if edge {
@@ -359,47 +439,15 @@ impl Server {
             },
             push: Some(push.clone()),
         };
-        let (delivery, _) = Delivery::new(1, 1);
-        let state = build_state(cfg, &secret, backend, delivery);
-        plane.attach(&state);
-        state.tasks.spawn(node::subscribe_loop(
-            state.clone(),
-            plane.clone(),
-            Some(presence.clone()),
-            edge,
-        ));
+        let state = build_state(cfg, &secret, common, backend);
         if edge {
             state.tasks.spawn(flush_receipts(state.clone()));
             state.tasks.spawn(longpoll::sweep(state.clone()));
-            state
-                .tasks
-                .spawn(node::presence_refresh_loop(state.clone(), presence.clone()));
-            if let Some(bus) = bus {
-                state
-                    .tasks
-                    .spawn(node::ack_timeout_loop(state.clone(), bus));
-            }
         }
         if let Some(source) = push_source {
             crate::push::spawn_worker(&state, push, source)?;
         }
-        if let Some(consumer) = consumer {
-            state.tasks.spawn(kdelivery::run(
-                state.clone(),
-                plane.clone(),
-                consumer,
-                topic,
-                store,
-            ));
-        }
-        if reaps {
-            state
-                .tasks
-                .spawn(node::reaper_loop(state.clone(), plane.clone()));
-        }
-        let mut server = Self::serve(listener, addr, state, edge, tls)?;
-        server.plane = Some(plane);
-        Ok(server)
+        Self::serve(listener, addr, state, edge, tls)
     }
 
     fn serve(
@@ -465,8 +513,6 @@ impl Server {
             tls: tls.is_some(),
             state,
             sqlite: None,
-            #[cfg(feature = "distributed")]
-            plane: None,
             accept,
             metrics_accept,
             graceful,
@@ -505,12 +551,7 @@ impl Server {
         {
             tracing::warn!("some tasks did not stop in time");
         }
-        #[cfg(feature = "distributed")]
-        if let Some(plane) = &self.plane
-            && let Err(e) = plane.redis.node_gone(&plane.node).await
-        {
-            tracing::warn!(cause = %e, "could not unregister this node from Redis (the presence role will)");
-        }
+        st.plane.close().await;
         if let Some(store) = &self.sqlite {
             store.close().await;
         }
@@ -525,32 +566,6 @@ fn default_node_id() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "node".into());
     format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
-}
-
-/// Retry `connect` until it succeeds or `wait` has passed (services starting together).
-#[cfg(feature = "distributed")]
-async fn retry<T, E, F, Fut>(
-    wait: Duration,
-    pause: Duration,
-    what: &str,
-    mut connect: F,
-) -> anyhow::Result<T>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = std::result::Result<T, E>>,
-{
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        match connect().await {
-            Ok(v) => return Ok(v),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::warn!(cause = %e, "{what} not ready yet; retrying");
-                tokio::time::sleep(pause).await;
-            }
-            Err(e) => bail!("{what}: {e}"),
-        }
-    }
 }
 
 /// `chat-server setup`: create or upgrade the keyspace and the message topic. Idempotent.
@@ -570,12 +585,12 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         "--kafka-replication must be at least 1"
     );
     tracing::info!(nodes = %c.scylla_nodes.join(","), keyspace = %c.keyspace(), "CQL: connecting");
-    crate::cluster::kafka::configure_security(c.kafka_security());
+    crate::plane::cluster::kafka::configure_security(c.kafka_security());
     let options = ScyllaOptions {
         credentials: c.scylla_credentials(),
         ..ScyllaOptions::default()
     };
-    let session = retry(wait, Duration::from_secs(1), "ScyllaDB", || {
+    let session = crate::retry::until(wait, Duration::from_secs(1), "ScyllaDB", || {
         connect_session(&c.scylla_nodes, &options)
     })
     .await?;
@@ -584,8 +599,8 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("creating the schema in {}: {e}", c.keyspace()))?;
     tracing::info!(keyspace = %c.keyspace(), "CQL schema is current");
     let topic = c.topic();
-    retry(wait, Duration::from_secs(2), "Kafka", || {
-        crate::cluster::kafka::ensure_topic(
+    crate::retry::until(wait, Duration::from_secs(2), "Kafka", || {
+        crate::plane::cluster::kafka::ensure_topic(
             &c.kafka_brokers,
             &topic,
             args.partitions,

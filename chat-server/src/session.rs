@@ -1,10 +1,10 @@
 //! One client session (a WebSocket connection or a long-poll session), independent of the
 //! transport: it registers with the hub and presence, answers client frames, and cleans up.
 
-use crate::delivery::ReplyTo;
 use crate::error::{Error, Result};
 use crate::hub::{ConnHandle, Frame, frame};
 use crate::model::{ChatId, ReceiptKind, UserId};
+use crate::plane::ReplyTo;
 use crate::protocol::{self, ClientFrame};
 use crate::ratelimit::TokenBucket;
 use crate::state::{AppState, ConnSlot};
@@ -53,15 +53,15 @@ impl Session {
             .connections_opened
             .get_or_create(&crate::metrics::TransportLabel { transport })
             .inc();
-        if let Some(p) = state.presence.connected(user_id).await {
+        if let Some(p) = state.plane.presence().connected(user_id).await {
             let st = state.clone();
             state
                 .tasks
                 .spawn(async move { st.announce_presence(p).await });
         }
-        match state.partners.get(state.store.as_ref(), user_id).await {
+        match state.directory.partners(user_id).await {
             Ok(partners) if !partners.is_empty() => {
-                for p in state.presence.get(&partners).await {
+                for p in state.plane.presence().get(&partners).await {
                     conn.send(frame(protocol::presence_frame(&p)));
                 }
             }
@@ -175,9 +175,10 @@ impl Session {
                     ));
                     return vec![self.error(&e, None)];
                 }
-                st.subs.add(user, &new);
+                st.watchers.subscribe(user, &new);
                 self.subscribed.extend(&new);
-                st.presence
+                st.plane
+                    .presence()
                     .get(&p.user_ids)
                     .await
                     .iter()
@@ -214,8 +215,8 @@ impl Session {
     pub async fn close(self) {
         let st = self.state.clone();
         st.hub.unregister(&self.conn);
-        st.subs.remove(self.user_id(), &self.subscribed);
-        if let Some(p) = st.presence.disconnected(self.user_id()).await {
+        st.watchers.unsubscribe(self.user_id(), &self.subscribed);
+        if let Some(p) = st.plane.presence().disconnected(self.user_id()).await {
             st.announce_presence(p).await;
         }
     }

@@ -1,19 +1,20 @@
 //! Shared state of a running server and the operations the transports (WebSocket, long-poll,
-//! HTTP) share: send, sync, receipts, typing, presence announcements.
+//! HTTP) share: send, sync, history, receipts, typing, presence announcements. Assembled once
+//! by [`server`](crate::server); handed only to the transports and the HTTP handlers. Below
+//! it, modules take the parts they use; every message goes through the [`Plane`].
 
 use crate::auth::Auth;
-use crate::cache::RecentCache;
 use crate::config::ServeConfig;
-use crate::delivery::{Delivery, ReplyTo, Submission};
 use crate::error::{Error, Result};
-use crate::hub::{ConnId, Hub, frame};
-use crate::members::MemberCache;
+use crate::hub::{ConnId, Frame, Hub, frame};
+use crate::members::Directory;
 use crate::metrics::Metrics;
 use crate::model::{Ack, ChatId, Marks, NewMessage, Presence, ReceiptKind, Seq, UserId};
-use crate::presence::{PresenceStore, Subscriptions};
+use crate::plane::{Plane, ReplyTo, Submission};
 use crate::protocol::{self, SendFrame};
 use crate::receipts::{self, PendingMarks};
 use crate::store::{MessagePage, Page, Store};
+use crate::watchers::Watchers;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,17 +31,16 @@ pub struct AppState {
     pub cfg: ServeConfig,
     pub auth: Auth,
     pub store: Arc<dyn Store>,
-    pub hub: Hub,
-    pub presence: Arc<dyn PresenceStore>,
-    pub subs: Subscriptions,
-    pub members: MemberCache,
-    pub partners: crate::members::PartnerCache,
-    pub cache: RecentCache,
+    /// This process's connections.
+    pub hub: Arc<Hub>,
+    /// Chat members and direct partners, cached.
+    pub directory: Arc<Directory>,
+    /// Presence subscriptions of this process's connections.
+    pub watchers: Arc<Watchers>,
+    /// Where sends, fan-out and presence go (local or cluster).
+    pub plane: Arc<dyn Plane>,
     pub receipts: Mutex<PendingMarks>,
-    pub metrics: Metrics,
-    pub delivery: Delivery,
-    /// The distributed plane (Kafka, Redis); `None` in the embedded backend.
-    pub cluster: Option<Arc<dyn crate::cluster::ClusterPlane>>,
+    pub metrics: Arc<Metrics>,
     /// Media uploads and serving (blob store, limits, URL signer); `None` where media is off
     /// (`--media-disabled`) or not served (delivery and presence processes).
     pub media: Option<Arc<crate::media::MediaService>>,
@@ -109,9 +109,7 @@ impl AppState {
         received: Instant,
     ) -> Result<()> {
         protocol::check_send(&f)?;
-        self.members
-            .require(self.store.as_ref(), f.chat_id, sender)
-            .await?;
+        self.directory.require(f.chat_id, sender).await?;
         let media = match &f.media_id {
             Some(id) => Some(crate::media::attach(self, sender, f.chat_id, id).await?),
             None => None,
@@ -128,26 +126,19 @@ impl AppState {
             client_msg_id: f.client_msg_id,
             message_id: None,
         };
-        let s = Submission {
-            message,
-            reply,
-            origin,
-            received,
-        };
-        match &self.cluster {
-            Some(c) => c.submit(s).await,
-            None => self.delivery.submit(s).await,
-        }
+        self.plane
+            .submit(Submission {
+                message,
+                reply,
+                origin,
+                received,
+            })
+            .await
     }
 
     /// Queue `f` on every connection of `users` (on every edge, in the distributed mode).
-    pub async fn fan_out(&self, users: &[UserId], f: &crate::hub::Frame) {
-        match &self.cluster {
-            Some(c) => c.fan_out(users, f).await,
-            None => {
-                self.hub.deliver(users, f, None);
-            }
-        }
+    pub async fn fan_out(&self, users: &[UserId], f: &Frame) {
+        self.plane.fan_out(users, f).await;
     }
 
     /// Send and wait for the durable ack (HTTP and long-poll).
@@ -172,15 +163,9 @@ impl AppState {
         after_seq: Seq,
         limit: usize,
     ) -> Result<MessagePage> {
-        self.members
-            .require(self.store.as_ref(), chat_id, user)
-            .await?;
-        let cached = match &self.cluster {
-            Some(c) => c.recent_after(chat_id, after_seq, limit).await,
-            None => self.cache.after(chat_id, after_seq, limit),
-        };
-        if let Some((messages, has_more)) = cached {
-            return Ok(MessagePage { messages, has_more });
+        self.directory.require(chat_id, user).await?;
+        if let Some(page) = self.plane.recent_after(chat_id, after_seq, limit).await {
+            return Ok(page);
         }
         self.store
             .messages(
@@ -196,38 +181,26 @@ impl AppState {
 
     /// A history page (HTTP), from the cache for the common "latest" and "after" reads.
     pub async fn history(&self, user: UserId, chat_id: ChatId, page: Page) -> Result<MessagePage> {
-        self.members
-            .require(self.store.as_ref(), chat_id, user)
-            .await?;
-        let cached = match (page.after_seq, page.before_seq, &self.cluster) {
-            (None, None, None) => self.cache.latest(chat_id, page.limit),
-            (Some(after), None, None) => self.cache.after(chat_id, after, page.limit),
-            (None, None, Some(c)) => c.recent_latest(chat_id, page.limit).await,
-            (Some(after), None, Some(c)) => c.recent_after(chat_id, after, page.limit).await,
+        self.directory.require(chat_id, user).await?;
+        let cached = match (page.after_seq, page.before_seq) {
+            (None, None) => self.plane.recent_latest(chat_id, page.limit).await,
+            (Some(after), None) => self.plane.recent_after(chat_id, after, page.limit).await,
             _ => None,
         };
         match cached {
-            Some((messages, has_more)) => Ok(MessagePage { messages, has_more }),
+            Some(p) => Ok(p),
             None => self.store.messages(chat_id, page).await,
         }
     }
 
     /// A chat's membership changed: drop cached members here and, in a cluster, everywhere.
     pub async fn members_changed(&self, chat_id: ChatId) {
-        self.members.invalidate(chat_id);
-        if let Some(c) = &self.cluster {
-            c.members_changed(chat_id).await;
-        }
+        self.plane.members_changed(chat_id).await;
     }
 
     /// Users' direct partners changed: drop cached partners here and, in a cluster, everywhere.
     pub async fn partners_changed(&self, users: &[UserId]) {
-        for u in users {
-            self.partners.invalidate(*u);
-        }
-        if let Some(c) = &self.cluster {
-            c.partners_changed(users).await;
-        }
+        self.plane.partners_changed(users).await;
     }
 
     /// Record a delivered/read mark; it is written and announced at the next flush.
@@ -238,9 +211,7 @@ impl AppState {
         kind: ReceiptKind,
         seq: Seq,
     ) -> Result<()> {
-        self.members
-            .require(self.store.as_ref(), chat_id, user)
-            .await?;
+        self.directory.require(chat_id, user).await?;
         self.receipts.lock().record(chat_id, user, kind, seq);
         Ok(())
     }
@@ -309,7 +280,7 @@ impl AppState {
         }
         self.metrics.receipts_flushed.inc_by(n as u64);
         for (chat_id, user, announce) in announcements {
-            let Ok(members) = self.members.get(self.store.as_ref(), chat_id).await else {
+            let Ok(members) = self.directory.members(chat_id).await else {
                 continue;
             };
             let others = members.others(user);
@@ -322,10 +293,7 @@ impl AppState {
 
     /// Relay `typing` to the other members.
     pub async fn typing(&self, user: UserId, chat_id: ChatId) -> Result<()> {
-        let members = self
-            .members
-            .require(self.store.as_ref(), chat_id, user)
-            .await?;
+        let members = self.directory.require(chat_id, user).await?;
         let others = members.others(user);
         self.fan_out(&others, &frame(protocol::typing_frame(chat_id, user)))
             .await;
@@ -335,24 +303,6 @@ impl AppState {
     /// Send a presence change to watchers and direct-chat partners (in the distributed mode:
     /// broadcast to every edge, each tells its own connections).
     pub async fn announce_presence(&self, p: Presence) {
-        match &self.cluster {
-            Some(c) => c.announce_presence(&p).await,
-            None => self.announce_presence_locally(p).await,
-        }
-    }
-
-    /// Tell this node's watchers and direct-chat partners of `p.user_id` about `p`.
-    pub async fn announce_presence_locally(&self, p: Presence) {
-        let mut to = self.subs.watchers(p.user_id);
-        match self.partners.get(self.store.as_ref(), p.user_id).await {
-            Ok(partners) => to.extend(partners.iter().copied()),
-            Err(e) => {
-                tracing::warn!(cause = %e, user_id = p.user_id, "presence: cannot list direct partners")
-            }
-        }
-        to.sort_unstable();
-        to.dedup();
-        self.hub
-            .deliver(&to, &frame(protocol::presence_frame(&p)), None);
+        self.plane.announce_presence(p).await;
     }
 }

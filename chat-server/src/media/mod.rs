@@ -381,12 +381,7 @@ pub async fn can_read(st: &AppState, user: UserId, m: &MediaRecord) -> Result<bo
         return Ok(true);
     }
     for chat in st.store.media_chats(&m.media_id).await? {
-        if st
-            .members
-            .get(st.store.as_ref(), chat)
-            .await?
-            .contains(user)
-        {
+        if st.directory.members(chat).await?.contains(user) {
             return Ok(true);
         }
     }

@@ -118,7 +118,7 @@ pub async fn unregister(
 
 async fn member_chat(st: &AppState, id: &str, me: u64) -> Result<u64> {
     let chat = chat_id(id)?;
-    st.members.require(st.store.as_ref(), chat, me).await?;
+    st.directory.require(chat, me).await?;
     Ok(chat)
 }
 

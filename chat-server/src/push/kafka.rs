@@ -43,7 +43,7 @@ pub struct PushProducer {
 impl PushProducer {
     /// A producer for `topic`, which must exist (`chat-server setup` creates it).
     pub fn new(brokers: &str, topic: String) -> anyhow::Result<Self> {
-        let producer: FutureProducer = crate::cluster::kafka::producer_config(brokers)
+        let producer: FutureProducer = crate::plane::cluster::kafka::producer_config(brokers)
             .create()
             .map_err(|e| anyhow::anyhow!("Kafka producer for {brokers}: {e}"))?;
         let md = rdkafka::producer::Producer::client(&producer)
@@ -101,7 +101,12 @@ impl PushProducer {
                 "push: producing to Kafka failed; retrying"
             );
             events = failed;
-            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+            tokio::time::sleep(crate::retry::backoff(
+                Duration::from_millis(400),
+                attempt - 1,
+                Duration::from_secs(10),
+            ))
+            .await;
         }
         tracing::error!(
             lost = events.len(),
@@ -148,21 +153,13 @@ pub struct KafkaSource {
 impl KafkaSource {
     pub fn new(brokers: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
         let owned: Arc<Mutex<BTreeSet<i32>>> = Default::default();
-        // With the process's Kafka security settings (SASL), like every other client.
-        let consumer: StreamConsumer<ShardContext> = crate::cluster::kafka::client_config(brokers)
-            .set("group.id", group)
-            .set("enable.auto.commit", "true")
-            .set("auto.commit.interval.ms", "1000")
-            // Offsets are stored once the events are in ScyllaDB.
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "6000")
-            .set("heartbeat.interval.ms", "1000")
-            .set("fetch.wait.max.ms", "50")
-            .create_with_context(ShardContext {
-                owned: owned.clone(),
-            })
-            .map_err(|e| anyhow::anyhow!("Kafka consumer for {brokers}: {e}"))?;
+        // Offsets are stored once the events are in ScyllaDB.
+        let consumer: StreamConsumer<ShardContext> =
+            crate::plane::cluster::kafka::consumer_config(brokers, group, 50)
+                .create_with_context(ShardContext {
+                    owned: owned.clone(),
+                })
+                .map_err(|e| anyhow::anyhow!("Kafka consumer for {brokers}: {e}"))?;
         consumer
             .subscribe(&[topic])
             .map_err(|e| anyhow::anyhow!("subscribing to {topic}: {e}"))?;

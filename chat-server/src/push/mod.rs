@@ -283,34 +283,6 @@ impl Push {
     }
 }
 
-/// Hook of the embedded delivery role: push to members with no connection on this node.
-pub async fn on_stored(state: &AppState, m: &Message, members: &[UserId]) {
-    if let Some(push) = &state.push {
-        let events = offline_events(m, members, |u| state.hub.is_connected(u));
-        push.enqueue(events).await;
-    }
-}
-
-/// Hook of the distributed delivery role, called with each fanned-out message and its members
-/// once the batch is stored and published, before its offsets are stored (a crash before
-/// Kafka has the pushes replays the batch). `routes` gives each user's edges; `routes_ok` is
-/// false when the lookup failed (nobody is pushed then: everyone would look offline).
-pub async fn on_stored_cluster<'a>(
-    state: &AppState,
-    messages: impl Iterator<Item = (&'a Message, &'a [UserId])>,
-    online: impl Fn(UserId) -> bool,
-    routes_ok: bool,
-) {
-    let Some(push) = &state.push else { return };
-    if !routes_ok {
-        return;
-    }
-    let events: Vec<PushEvent> = messages
-        .flat_map(|(m, members)| offline_events(m, members, &online))
-        .collect();
-    push.enqueue(events).await;
-}
-
 /// Validate a registration (`POST /v1/devices`) into a [`Device`].
 pub fn device_of(user_id: UserId, req: api::RegisterDevice) -> Result<Device> {
     let platform = Platform::parse(&req.platform)
@@ -491,6 +463,11 @@ pub async fn setup(
     scylla::setup(session, keyspace)
         .await
         .map_err(|e| anyhow::anyhow!("creating the push tables in {keyspace}: {e}"))?;
-    crate::cluster::kafka::ensure_topic(brokers, &kafka::topic(cluster), partitions, replication)
-        .await
+    crate::plane::cluster::kafka::ensure_topic(
+        brokers,
+        &kafka::topic(cluster),
+        partitions,
+        replication,
+    )
+    .await
 }

@@ -11,15 +11,23 @@
 //! - `recent:<chat>` sorted set, score = seq: the chat's last 50 messages (TTL one day).
 //! - channels `edge:<node>` (batches for that edge) and `notice` (broadcast).
 
-use super::CachedPage;
-use super::wire::{self, CachedMessage};
 use crate::cache::RECENT;
 use crate::model::{ChatId, Message, Presence, PresenceStatus, Seq, SharedMessage, UserId};
+use crate::plane::wire::{self, CachedMessage};
+use crate::store::MessagePage;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisResult};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// Where one user is connected, and when they were last seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// The edge nodes counting connections of the user (empty: offline).
+    pub nodes: Vec<String>,
+    pub last_seen: Option<i64>,
+}
 
 /// Set one node's count of one user's connections; report the user's total before and after.
 /// KEYS: pr:<user>, nu:<node>. ARGV: node, count, now_ms, user.
@@ -99,22 +107,11 @@ impl Redis {
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(2);
-        let deadline = tokio::time::Instant::now() + wait;
-        let conn = loop {
-            match client
-                .get_connection_manager_with_config(config.clone())
-                .await
-            {
-                Ok(c) => break c,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::warn!(cause = %e, url, "Redis not reachable yet; retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-                Err(e) => anyhow::bail!(
-                    "cannot reach Redis at {url}: {e} (is it running? check --redis-url)"
-                ),
-            }
-        };
+        let what = format!("Redis at {url} (is it running? check --redis-url)");
+        let conn = crate::retry::until(wait, Duration::from_secs(1), &what, || {
+            client.get_connection_manager_with_config(config.clone())
+        })
+        .await?;
         Ok(Redis {
             conn,
             client,
@@ -194,8 +191,8 @@ impl Redis {
             .collect())
     }
 
-    /// Presence and routes of `users`: per user, the nodes counting connections, and last seen.
-    pub async fn lookup(&self, users: &[UserId]) -> RedisResult<Vec<(Vec<String>, Option<i64>)>> {
+    /// Presence and routes of `users`, in the order given.
+    pub async fn lookup(&self, users: &[UserId]) -> RedisResult<Vec<Route>> {
         if users.is_empty() {
             return Ok(Vec::new());
         }
@@ -216,7 +213,7 @@ impl Redis {
                         nodes.push(k);
                     }
                 }
-                (nodes, last_seen)
+                Route { nodes, last_seen }
             })
             .collect())
     }
@@ -225,14 +222,18 @@ impl Redis {
         Ok(users
             .iter()
             .zip(self.lookup(users).await?)
-            .map(|(u, (nodes, last_seen))| Presence {
+            .map(|(u, r)| Presence {
                 user_id: *u,
-                status: if nodes.is_empty() {
+                status: if r.nodes.is_empty() {
                     PresenceStatus::Offline
                 } else {
                     PresenceStatus::Online
                 },
-                last_seen: if nodes.is_empty() { last_seen } else { None },
+                last_seen: if r.nodes.is_empty() {
+                    r.last_seen
+                } else {
+                    None
+                },
             })
             .collect())
     }
@@ -361,7 +362,7 @@ impl Redis {
         chat: ChatId,
         after_seq: Seq,
         limit: usize,
-    ) -> RedisResult<Option<CachedPage>> {
+    ) -> RedisResult<Option<MessagePage>> {
         let k = self.recent_key(chat);
         let (first, rows): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
             .zrange_withscores(&k, 0, 0)
@@ -380,10 +381,10 @@ impl Redis {
         }
         let has_more = messages.len() > limit;
         messages.truncate(limit);
-        Ok(Some((
-            messages.into_iter().map(Arc::new).collect(),
+        Ok(Some(MessagePage {
+            messages: messages.into_iter().map(Arc::new).collect(),
             has_more,
-        )))
+        }))
     }
 
     /// The latest `limit` messages, if the cache holds that many (or the chat's start).
@@ -391,7 +392,7 @@ impl Redis {
         &self,
         chat: ChatId,
         limit: usize,
-    ) -> RedisResult<Option<CachedPage>> {
+    ) -> RedisResult<Option<MessagePage>> {
         let k = self.recent_key(chat);
         let rows: Vec<String> = self
             .conn
@@ -410,10 +411,10 @@ impl Redis {
             return Ok(None);
         }
         let has_more = !starts_chat;
-        Ok(Some((
-            messages.into_iter().map(Arc::new).collect(),
+        Ok(Some(MessagePage {
+            messages: messages.into_iter().map(Arc::new).collect(),
             has_more,
-        )))
+        }))
     }
 
     /// Open a subscription to `channels` (a dedicated connection).
