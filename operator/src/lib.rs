@@ -22,11 +22,15 @@
 //! - [`leader`]: Lease-based leader election, so only one operator replica acts.
 //! - [`metrics`]: the operator's own metrics and health endpoints.
 //! - [`error`]: the crate's error type.
+//! - `fixtures` (tests only): a mocked API server behind a real `kube::Client`, so the
+//!   reconciler is unit-tested request by request.
 
 pub mod autoscale;
 pub mod controller;
 pub mod crd;
 pub mod error;
+#[cfg(test)]
+mod fixtures;
 pub mod leader;
 pub mod metrics;
 pub mod reachability;

@@ -14,6 +14,8 @@
 
 mod apply;
 mod reconcile;
+#[cfg(test)]
+mod reconcile_tests;
 mod report;
 mod scaling;
 mod setup;
