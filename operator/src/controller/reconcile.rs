@@ -32,6 +32,13 @@ impl Reconciler<'_> {
         let c = self.cluster;
         let previous = c.status.clone().unwrap_or_default();
 
+        // 0. Being deleted (foreground deletion keeps it until garbage collection removed what
+        //    it owns): nothing is applied, or the operator would recreate what is being removed.
+        if c.metadata.deletion_timestamp.is_some() {
+            info!("being deleted; garbage collection removes what it owns, nothing is applied");
+            return Ok(Action::await_change());
+        }
+
         // 1. Secrets: every referenced one must exist with its keys, and hold values
         //    chat-server can use, before anything runs.
         let (secret_data, problems) = self.secrets().await?;

@@ -13,6 +13,8 @@ use crate::scrape::SCRAPE_TARGETS_ANNOTATION;
 use crate::status;
 use http::Method;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -710,4 +712,27 @@ async fn the_edge_scales_on_scraped_connections_and_pods_get_their_deletion_cost
         "same cost, no patch"
     );
     assert_eq!(server.last_status()["edge"]["desiredReplicas"], 3);
+}
+
+#[tokio::test]
+async fn a_cluster_being_deleted_gets_no_writes() {
+    let mut c = testing::dev();
+    c.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+    c.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let server = ApiServerVerifier::new(&c);
+    dependencies_ready(&server);
+    setup_completes(&server);
+    let ctx = server.context(opts());
+    let action = reconcile_once(&c, &ctx).await.expect("reconcile");
+    assert_eq!(action, Action::await_change(), "nothing to look at again");
+    let writes: Vec<String> = server
+        .calls()
+        .iter()
+        .filter(|c| c.method != Method::GET)
+        .map(|c| format!("{} {}", c.method, c.path))
+        .collect();
+    assert!(
+        writes.is_empty(),
+        "garbage collection owns the teardown: {writes:?}"
+    );
 }
