@@ -6,7 +6,7 @@
 use super::*;
 use crate::autoscale::deletion_cost;
 use crate::crd::{Dependency, Role};
-use crate::fixtures::{ApiServerVerifier, Call, path_of};
+use crate::fixtures::{APPLY, ApiServerVerifier, Call, path_of};
 use crate::resources::testing;
 use crate::resources::{CHECKSUM_ANNOTATION, role};
 use crate::scrape::SCRAPE_TARGETS_ANNOTATION;
@@ -92,10 +92,10 @@ async fn a_new_cluster_gets_its_setup_job_and_no_role_deployment() {
     assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     let calls = server.calls();
 
-    // Every write is a forced server-side apply by the operator's one field manager.
+    // Every server-side apply is forced, under the operator's one field manager.
     for a in calls
         .iter()
-        .filter(|c| c.content_type.as_deref() == Some("application/apply-patch+yaml"))
+        .filter(|c| c.content_type.as_deref() == Some(APPLY))
     {
         assert_eq!(
             a.query.get("fieldManager").map(String::as_str),
