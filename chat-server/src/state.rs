@@ -1,6 +1,6 @@
 //! Shared state of a running server and the operations the transports (WebSocket, long-poll,
 //! HTTP) share: send, sync, history, receipts, typing, presence announcements. Assembled once
-//! by [`server`](crate::server); handed only to the transports and the HTTP handlers. Below
+//! by the server assembly (`server.rs`); handed only to the transports and the HTTP handlers. Below
 //! it, modules take the parts they use; every message goes through the [`Plane`].
 
 use crate::auth::Auth;

@@ -1,8 +1,8 @@
 //! The message plane: how a send becomes a stored, ordered, fanned-out message, and how
 //! frames and presence reach users wherever they are connected.
 //!
-//! [`Plane`] is the one seam between the transports (through [`AppState`]) and a backend, the
-//! way Centrifuge's `Node` talks to a `Broker` whose memory engine is the default:
+//! [`Plane`] is the one seam between the transports (through the app state) and a backend,
+//! the way Centrifuge's `Node` talks to a `Broker` whose memory engine is the default:
 //! - [`local::LocalPlane`] (embedded): per-chat shards append to SQLite with group commit
 //!   and fan out to this process's [`Hub`](crate::hub::Hub).
 //! - [`cluster::ClusterPlane`] (`--backend distributed`, feature `distributed`): edges
@@ -10,9 +10,7 @@
 //!   CQL store and fans out through the edges' Redis channels.
 //!
 //! Both turn a stored batch into deliveries, acks and push candidates with the same pure
-//! [`pipeline`]. A plane never sees [`AppState`]; it calls back through [`PlaneEvents`].
-//!
-//! [`AppState`]: crate::state::AppState
+//! [`pipeline`]. A plane never sees the app state; it calls back through [`PlaneEvents`].
 
 use crate::error::{Error, Result};
 use crate::hub::{ConnHandle, ConnId, Frame, frame};

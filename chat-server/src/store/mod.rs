@@ -16,7 +16,7 @@ pub mod scylla_schema;
 pub mod sqlite;
 
 use crate::error::Result;
-use crate::media::MediaRecord;
+use crate::media::record::MediaRecord;
 use crate::model::{Chat, ChatId, Marks, Member, NewMessage, Seq, SharedMessage, UserId};
 use async_trait::async_trait;
 
@@ -98,7 +98,7 @@ pub trait Store: Send + Sync + 'static {
     /// Everyone who shares a direct chat with `user_id`.
     async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>>;
 
-    // ---- media (see `crate::media`) ----
+    // ---- media (see the media module) ----
     /// Record an uploaded media object (durably, before the upload is answered). It counts as
     /// "never sent" until [`Store::link_media`].
     async fn put_media(&self, media: MediaRecord) -> Result<()>;

@@ -1489,15 +1489,15 @@ impl Store for ScyllaStore {
             .collect())
     }
 
-    async fn put_media(&self, m: crate::media::MediaRecord) -> Result<()> {
+    async fn put_media(&self, m: crate::media::record::MediaRecord) -> Result<()> {
         self.media_put(m).await
     }
 
-    async fn media(&self, media_id: &str) -> Result<Option<crate::media::MediaRecord>> {
+    async fn media(&self, media_id: &str) -> Result<Option<crate::media::record::MediaRecord>> {
         self.media_get(media_id).await
     }
 
-    async fn link_media(&self, m: &crate::media::MediaRecord, chat_id: ChatId) -> Result<()> {
+    async fn link_media(&self, m: &crate::media::record::MediaRecord, chat_id: ChatId) -> Result<()> {
         self.media_link(m, chat_id).await
     }
 
@@ -1509,11 +1509,11 @@ impl Store for ScyllaStore {
         &self,
         before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<crate::media::MediaRecord>> {
+    ) -> Result<Vec<crate::media::record::MediaRecord>> {
         self.media_unsent(before_ms, limit).await
     }
 
-    async fn delete_media(&self, m: &crate::media::MediaRecord) -> Result<()> {
+    async fn delete_media(&self, m: &crate::media::record::MediaRecord) -> Result<()> {
         self.media_delete(m).await
     }
 }

@@ -863,16 +863,16 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn put_media(&self, m: crate::media::MediaRecord) -> Result<()> {
+    async fn put_media(&self, m: crate::media::record::MediaRecord) -> Result<()> {
         self.media_write(media::put(m)).await
     }
 
-    async fn media(&self, media_id: &str) -> Result<Option<crate::media::MediaRecord>> {
+    async fn media(&self, media_id: &str) -> Result<Option<crate::media::record::MediaRecord>> {
         let id = media_id.to_string();
         self.read(move |c| media::get(c, &id)).await
     }
 
-    async fn link_media(&self, m: &crate::media::MediaRecord, chat_id: ChatId) -> Result<()> {
+    async fn link_media(&self, m: &crate::media::record::MediaRecord, chat_id: ChatId) -> Result<()> {
         self.media_write(media::link(m.media_id.clone(), chat_id))
             .await
     }
@@ -886,11 +886,11 @@ impl Store for SqliteStore {
         &self,
         before_ms: i64,
         limit: usize,
-    ) -> Result<Vec<crate::media::MediaRecord>> {
+    ) -> Result<Vec<crate::media::record::MediaRecord>> {
         self.read(move |c| media::unsent(c, before_ms, limit)).await
     }
 
-    async fn delete_media(&self, m: &crate::media::MediaRecord) -> Result<()> {
+    async fn delete_media(&self, m: &crate::media::record::MediaRecord) -> Result<()> {
         self.media_write(media::delete(m.media_id.clone())).await
     }
 }

@@ -4,7 +4,7 @@
 
 use super::{ScyllaOptions, ScyllaStore, exec_error, id, rows_of};
 use crate::error::{Error, Result};
-use crate::media::{MediaRecord, UNSENT_SHARDS};
+use crate::media::record::{MediaRecord, UNSENT_SHARDS};
 use crate::model::ChatId;
 use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;

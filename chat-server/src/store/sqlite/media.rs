@@ -3,7 +3,7 @@
 
 use super::SqliteStore;
 use crate::error::{Error, Result};
-use crate::media::MediaRecord;
+use crate::media::record::MediaRecord;
 use crate::model::ChatId;
 use rusqlite::{Connection, OptionalExtension, params};
 
