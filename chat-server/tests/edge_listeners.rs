@@ -71,6 +71,19 @@ fn write_pair(dir: &Path, cert: &str, key: &str) {
     }
 }
 
+/// A server on TLS with the pair in `dir` (as [`write_pair`] writes it) and `extra` flags.
+async fn tls_server(dir: &Path, extra: &[&str]) -> TestServer {
+    let (c, k) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let mut args = vec![
+        "--tls-cert",
+        c.to_str().unwrap(),
+        "--tls-key",
+        k.to_str().unwrap(),
+    ];
+    args.extend(extra);
+    TestServer::start_embedded(&args).await
+}
+
 /// One plain HTTP/1.1 GET on a fresh connection: (status, body).
 async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
@@ -217,16 +230,7 @@ async fn wss_clients_talk_and_plain_http_on_the_tls_port_is_refused() {
     let (cert, key, _) = ca.leaf("edge");
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &cert, &key);
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let s = TestServer::start_embedded(&[
-        "--tls-cert",
-        c.to_str().unwrap(),
-        "--tls-key",
-        k.to_str().unwrap(),
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ])
-    .await;
+    let s = tls_server(dir.path(), &["--metrics-listen", "127.0.0.1:0"]).await;
     assert_eq!(s.scheme, "https");
 
     let chat = create_chat(&ca, s.addr).await;
@@ -273,16 +277,7 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     let (cert1, key1, der1) = ca.leaf("edge-1");
     let dir = tempfile::tempdir().unwrap();
     write_pair(dir.path(), &cert1, &key1);
-    let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-    let s = TestServer::start_embedded(&[
-        "--tls-cert",
-        c.to_str().unwrap(),
-        "--tls-key",
-        k.to_str().unwrap(),
-        "--tls-reload-seconds",
-        "1",
-    ])
-    .await;
+    let s = tls_server(dir.path(), &["--tls-reload-seconds", "1"]).await;
     assert_eq!(tls_connect(&ca, s.addr).await.1, der1);
     let chat = create_chat(&ca, s.addr).await;
     let mut a = wss(&ca, s.addr, 1).await;

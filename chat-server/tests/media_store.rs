@@ -36,6 +36,19 @@ fn id(n: u32) -> String {
     format!("{n:032x}")
 }
 
+/// The ids `unsent_media(10_000, 100)` lists, sorted.
+async fn unsent_ids(s: &dyn Store) -> Vec<String> {
+    let mut ids: Vec<_> = s
+        .unsent_media(10_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.media_id)
+        .collect();
+    ids.sort();
+    ids
+}
+
 /// The contract every store keeps for media.
 async fn media_contract(s: &dyn Store) {
     let a = record(&id(1), 7, 1_000);
@@ -49,15 +62,7 @@ async fn media_contract(s: &dyn Store) {
     assert!(s.media_chats(&id(1)).await.unwrap().is_empty());
 
     // Never sent, older than the cutoff: listed (all three before 10 000, two before 2 500).
-    let mut unsent: Vec<_> = s
-        .unsent_media(10_000, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.media_id)
-        .collect();
-    unsent.sort();
-    assert_eq!(unsent, vec![id(1), id(2), id(3)]);
+    assert_eq!(unsent_ids(s).await, vec![id(1), id(2), id(3)]);
     assert_eq!(s.unsent_media(2_500, 100).await.unwrap().len(), 2);
     assert_eq!(s.unsent_media(10_000, 1).await.unwrap().len(), 1);
 
@@ -68,13 +73,7 @@ async fn media_contract(s: &dyn Store) {
     let mut chats = s.media_chats(&id(1)).await.unwrap();
     chats.sort();
     assert_eq!(chats, vec![100, 200]);
-    let unsent: Vec<_> = s
-        .unsent_media(10_000, 100)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.media_id)
-        .collect();
+    let unsent = unsent_ids(s).await;
     assert!(!unsent.contains(&id(1)), "{unsent:?}");
     assert_eq!(unsent.len(), 2);
 

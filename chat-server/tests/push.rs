@@ -139,13 +139,9 @@ impl Receiver {
 
 /// A metric with labels (`name{a="b"}`), summed over matching lines; 0 when absent.
 async fn metric(s: &TestServer, name_and_labels: &str) -> f64 {
-    let text = reqwest::get(s.url("/metrics"))
+    s.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .filter_map(|l| l.strip_prefix(name_and_labels))
         .filter_map(|r| r.trim().parse::<f64>().ok())
         .sum()
@@ -164,6 +160,18 @@ async fn wait_metric(s: &TestServer, name: &str, at_least: f64, within: Duration
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A server pushing to the webhook at `url`, signed with [`WEBHOOK_SECRET`], and `push_flags`.
+async fn webhook_server(url: &str, push_flags: &[&str]) -> TestServer {
+    let mut args = vec![
+        "--push-webhook-url",
+        url,
+        "--push-webhook-secret",
+        WEBHOOK_SECRET,
+    ];
+    args.extend(push_flags);
+    TestServer::start_with(&args).await
 }
 
 async fn register(s: &TestServer, user: u64, body: Value) {
@@ -239,15 +247,7 @@ async fn webhook_is_signed_and_a_muted_chat_stays_silent() {
     let hook = Receiver::start().await;
     hook.reply.lock().clear();
     let url = hook.url("/hooks/tern");
-    let s = TestServer::start_with(&[
-        "--push-webhook-url",
-        &url,
-        "--push-webhook-secret",
-        WEBHOOK_SECRET,
-        "--push-coalesce-ms",
-        "300",
-    ])
-    .await;
+    let s = webhook_server(&url, &["--push-coalesce-ms", "300"]).await;
     register(&s, 2, json!({"platform":"android","token":"a-2"})).await;
     let a = s.api(1);
     let b = s.api(2);
@@ -422,18 +422,17 @@ async fn receiver_down_for_a_while_is_retried_and_gets_it_when_back() {
         .local_addr()
         .unwrap();
     let url = format!("http://{addr}/hook");
-    let s = TestServer::start_with(&[
-        "--push-webhook-url",
+    let s = webhook_server(
         &url,
-        "--push-webhook-secret",
-        WEBHOOK_SECRET,
-        "--push-coalesce-ms",
-        "100",
-        "--push-retry-base-ms",
-        "200",
-        "--push-retry-max-ms",
-        "800",
-    ])
+        &[
+            "--push-coalesce-ms",
+            "100",
+            "--push-retry-base-ms",
+            "200",
+            "--push-retry-max-ms",
+            "800",
+        ],
+    )
     .await;
     register(&s, 2, json!({"platform":"ios","token":"i-2"})).await;
     let a = s.api(1);
@@ -470,18 +469,17 @@ async fn kill_9_with_pushes_pending_then_delivered_after_restart() {
     // The receiver fails (503) until the server has been killed and restarted.
     hook.status.store(503, Ordering::SeqCst);
     let url = hook.url("/hook");
-    let mut s = TestServer::start_with(&[
-        "--push-webhook-url",
+    let mut s = webhook_server(
         &url,
-        "--push-webhook-secret",
-        WEBHOOK_SECRET,
-        "--push-coalesce-ms",
-        "100",
-        "--push-retry-base-ms",
-        "300",
-        "--push-retry-max-ms",
-        "600",
-    ])
+        &[
+            "--push-coalesce-ms",
+            "100",
+            "--push-retry-base-ms",
+            "300",
+            "--push-retry-max-ms",
+            "600",
+        ],
+    )
     .await;
     register(&s, 2, json!({"platform":"android","token":"a-2"})).await;
     register(&s, 3, json!({"platform":"android","token":"a-3"})).await;
@@ -578,15 +576,7 @@ async fn distributed_offline_member_gets_one_push_through_kafka() {
     let hook = Receiver::start().await;
     hook.reply.lock().clear();
     let url = hook.url("/hook");
-    let s = TestServer::start_with(&[
-        "--push-webhook-url",
-        &url,
-        "--push-webhook-secret",
-        WEBHOOK_SECRET,
-        "--push-coalesce-ms",
-        "1000",
-    ])
-    .await;
+    let s = webhook_server(&url, &["--push-coalesce-ms", "1000"]).await;
     // Devices and mutes go through either edge (ScyllaDB).
     let (st, v) = s
         .api_at(0, 2)
@@ -647,18 +637,17 @@ async fn distributed_kill_9_with_pushes_pending_then_delivered_after_restart() {
     hook.reply.lock().clear();
     hook.status.store(503, Ordering::SeqCst);
     let url = hook.url("/hook");
-    let mut s = TestServer::start_with(&[
-        "--push-webhook-url",
+    let mut s = webhook_server(
         &url,
-        "--push-webhook-secret",
-        WEBHOOK_SECRET,
-        "--push-coalesce-ms",
-        "200",
-        "--push-retry-base-ms",
-        "300",
-        "--push-retry-max-ms",
-        "600",
-    ])
+        &[
+            "--push-coalesce-ms",
+            "200",
+            "--push-retry-base-ms",
+            "300",
+            "--push-retry-max-ms",
+            "600",
+        ],
+    )
     .await;
     for user in [2, 3] {
         let (st, v) = s

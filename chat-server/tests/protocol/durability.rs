@@ -99,12 +99,7 @@ async fn readiness_health_and_metrics() {
     let _a = s.ws(1).await;
     let _b = s.ws(2).await;
     assert_eq!(s.metric("chat_connections").await, 2.0);
-    let text = reqwest::get(s.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = s.metrics_text().await;
     for name in [
         "chat_messages_stored_total",
         "chat_deliveries_total",

@@ -379,6 +379,16 @@ impl TestServer {
             .as_u16()
     }
 
+    /// The first edge's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// A metric of one process (`role`, `index`), if it is running and exports it.
     pub async fn metric_of(&self, role: &str, index: usize, name: &str) -> Option<f64> {
         let p = self
