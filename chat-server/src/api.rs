@@ -1,6 +1,6 @@
 //! HTTP API under `/v1` (PROTOCOL.md "HTTP API"), health, readiness and metrics.
 
-use crate::auth;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::{Chat, ChatId, ChatType, MAX_ID, UserId, message_status};
 use crate::protocol::{self, SendFrame};
@@ -8,8 +8,7 @@ use crate::state::AppState;
 use crate::store::Page;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -18,29 +17,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-/// The authenticated caller (`Authorization: Bearer`, or `?token=`).
-pub struct Caller(pub UserId);
-
-impl FromRequestParts<Arc<AppState>> for Caller {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, st: &Arc<AppState>) -> Result<Self> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let query_token = parts.uri.query().and_then(|q| {
-            q.split('&')
-                .find_map(|kv| kv.strip_prefix("token="))
-                .map(str::to_string)
-        });
-        let token = auth::bearer(header, query_token.as_deref()).ok_or_else(|| {
-            Error::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into())
-        })?;
-        Ok(Caller(st.auth.verify(&token)?))
-    }
-}
 
 /// A JSON body whose errors are protocol errors (400 `invalid` with the reason).
 fn json_body<T: DeserializeOwned>(body: &Bytes) -> Result<T> {

@@ -2,8 +2,12 @@
 
 use crate::error::{Error, Result};
 use crate::model::{MAX_ID, UserId};
+use axum::extract::{FromRef, FromRequestParts};
+use axum::http::header;
+use axum::http::request::Parts;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
@@ -13,9 +17,12 @@ struct Claims {
     iat: Option<u64>,
 }
 
-/// Verifies and mints tokens with one shared secret.
+/// Verifies and mints tokens with one shared secret. Cloning is cheap (the keys are shared),
+/// so handler states carry their own copy.
 #[derive(Clone)]
-pub struct Auth {
+pub struct Auth(Arc<Keys>);
+
+struct Keys {
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -26,11 +33,11 @@ impl Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = 5;
-        Auth {
+        Auth(Arc::new(Keys {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-        }
+        }))
     }
 
     /// Mint a token for `user_id` valid for `ttl_s` seconds.
@@ -41,13 +48,13 @@ impl Auth {
             exp: now + ttl_s,
             iat: Some(now),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding)
             .map_err(Error::internal)
     }
 
     /// The user id a valid token names.
     pub fn verify(&self, token: &str) -> Result<UserId> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
                 let why = match e.kind() {
@@ -84,6 +91,34 @@ pub fn bearer(header: Option<&str>, query_token: Option<&str>) -> Option<String>
         return Some(t.trim().to_string());
     }
     query_token.map(str::to_string)
+}
+
+/// The authenticated caller of an HTTP handler (`Authorization: Bearer`, or `?token=`), in any
+/// router whose state gives an [`Auth`].
+pub struct Caller(pub UserId);
+
+impl<S> FromRequestParts<S> for Caller
+where
+    S: Send + Sync,
+    Auth: FromRef<S>,
+{
+    type Rejection = Error;
+
+    async fn from_request_parts(parts: &mut Parts, st: &S) -> Result<Self> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let query_token = parts.uri.query().and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::to_string)
+        });
+        let token = bearer(header, query_token.as_deref()).ok_or_else(|| {
+            Error::Unauthenticated("missing token: send Authorization: Bearer <jwt>".into())
+        })?;
+        Ok(Caller(Auth::from_ref(st).verify(&token)?))
+    }
 }
 
 #[cfg(test)]

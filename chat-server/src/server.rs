@@ -57,30 +57,12 @@ pub fn resolve_secret(configured: Option<&str>, data_dir: &Path) -> anyhow::Resu
         }
         return Ok((s.to_string(), false));
     }
-    let path = data_dir.join("jwt-secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return Ok((s.trim().to_string(), true));
-    }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    let secret: String = (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect();
-    {
-        use std::io::Write;
-        #[cfg(unix)]
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        opts.mode(0o600);
-        let mut f = opts
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        f.write_all(secret.as_bytes())?;
-        f.sync_all()?;
-    }
-    Ok((secret, true))
+    let key = crate::keyfile::read_or_create(&data_dir.join("jwt-secret"), || {
+        (0..32)
+            .map(|_| format!("{:02x}", rand::random::<u8>()))
+            .collect()
+    })?;
+    Ok((key.secret, true))
 }
 
 fn bind(addr: SocketAddr, reuse_port: bool) -> anyhow::Result<TcpListener> {
@@ -188,13 +170,29 @@ impl Common {
 struct Backend {
     store: Arc<dyn Store>,
     plane: Arc<dyn Plane>,
-    media: Option<Arc<crate::media::MediaService>>,
+    /// Whether this process has clients, and so serves media: delivery and presence processes
+    /// open no blob store and write nothing under the data directory.
+    clients: bool,
     push: Option<Arc<crate::push::Push>>,
 }
 
-/// The one place an [`AppState`] is assembled.
-fn build_state(cfg: ServeConfig, secret: &str, c: Common, b: Backend) -> Arc<AppState> {
-    Arc::new(AppState {
+/// The one place an [`AppState`] is assembled (and the media service opened, unless off).
+fn build_state(
+    cfg: ServeConfig,
+    secret: &str,
+    c: Common,
+    b: Backend,
+) -> anyhow::Result<Arc<AppState>> {
+    let media = if b.clients {
+        crate::media::MediaService::open_unless_disabled(
+            &cfg.media,
+            &cfg.data_dir,
+            secret.as_bytes(),
+        )?
+    } else {
+        None
+    };
+    Ok(Arc::new(AppState {
         auth: Auth::new(secret.as_bytes()),
         store: b.store,
         hub: c.hub,
@@ -203,7 +201,7 @@ fn build_state(cfg: ServeConfig, secret: &str, c: Common, b: Backend) -> Arc<App
         plane: b.plane,
         receipts: Default::default(),
         metrics: c.metrics,
-        media: b.media,
+        media,
         push: b.push,
         longpoll: Default::default(),
         draining: Default::default(),
@@ -212,7 +210,16 @@ fn build_state(cfg: ServeConfig, secret: &str, c: Common, b: Backend) -> Arc<App
         connections: Default::default(),
         ready: Default::default(),
         cfg,
-    })
+    }))
+}
+
+/// What the push worker takes of the state.
+fn push_worker_deps(state: &AppState) -> crate::push::worker::WorkerDeps {
+    crate::push::worker::WorkerDeps {
+        store: state.store.clone(),
+        metrics: state.metrics.clone(),
+        stop: state.stop.clone(),
+    }
 }
 
 /// The routes of a process without clients (delivery, presence): probes and metrics.
@@ -267,11 +274,6 @@ impl Server {
             .map_or(2, |n| n.get())
             .clamp(2, 16);
         let (push, push_rx) = crate::push::Push::open_embedded(&cfg)?;
-        let media = crate::media::MediaService::open_unless_disabled(
-            &cfg.media,
-            &cfg.data_dir,
-            secret.as_bytes(),
-        )?;
         let common = Common::new(&cfg, store.clone());
         let plane = LocalPlane::new(
             shards,
@@ -289,11 +291,16 @@ impl Server {
         let backend = Backend {
             store: store.clone(),
             plane,
-            media,
+            clients: true,
             push: Some(push.clone()),
         };
-        let state = build_state(cfg, &secret, common, backend);
-        crate::push::spawn_worker(&state, push, crate::push::worker::ChannelSource(push_rx))?;
+        let state = build_state(cfg, &secret, common, backend)?;
+        crate::push::spawn_worker(
+            &state.tasks,
+            push_worker_deps(&state),
+            push,
+            crate::push::worker::ChannelSource(push_rx),
+        )?;
         state.tasks.spawn(flush_receipts(state.clone()));
         state.tasks.spawn(longpoll::sweep(state.clone()));
         let mut server = Self::serve(listener, addr, state, true, tls)?;
@@ -426,26 +433,16 @@ impl Server {
         let backend = Backend {
             store: store.clone(),
             plane,
-            // Only processes with clients serve media: delivery and presence open no blob
-            // store and write nothing under the data directory.
-            media: if edge {
-                crate::media::MediaService::open_unless_disabled(
-                    &cfg.media,
-                    &cfg.data_dir,
-                    secret.as_bytes(),
-                )?
-            } else {
-                None
-            },
+            clients: edge,
             push: Some(push.clone()),
         };
-        let state = build_state(cfg, &secret, common, backend);
+        let state = build_state(cfg, &secret, common, backend)?;
         if edge {
             state.tasks.spawn(flush_receipts(state.clone()));
             state.tasks.spawn(longpoll::sweep(state.clone()));
         }
         if let Some(source) = push_source {
-            crate::push::spawn_worker(&state, push, source)?;
+            crate::push::spawn_worker(&state.tasks, push_worker_deps(&state), push, source)?;
         }
         Self::serve(listener, addr, state, edge, tls)
     }
@@ -482,8 +479,12 @@ impl Server {
                 state.stop.clone(),
             ));
         }
-        if clients && state.media.is_some() {
-            state.tasks.spawn(crate::media::gc::run(state.clone()));
+        if clients && let Some(media) = &state.media {
+            state.tasks.spawn(crate::media::gc::run(
+                media.clone(),
+                state.store.clone(),
+                state.stop.clone(),
+            ));
         }
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let accept = tokio::spawn(accept_loop(

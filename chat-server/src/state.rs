@@ -67,18 +67,6 @@ impl Drop for ConnSlot {
 }
 
 impl AppState {
-    /// The media service, or `unavailable` with what to do when media is off here.
-    pub fn media(&self) -> Result<&crate::media::MediaService> {
-        self.media.as_deref().ok_or_else(|| {
-            Error::Unavailable(
-                "media is turned off on this server (--media-disabled / CHAT_MEDIA_DISABLED; on \
-                 Kubernetes: the ChatCluster has no spec.media): configure a media store to \
-                 upload or fetch files"
-                    .into(),
-            )
-        })
-    }
-
     /// Reserve a connection slot, or `unavailable` at the cap or while draining.
     pub fn acquire_slot(self: &Arc<Self>) -> Result<ConnSlot> {
         if self.draining.is_cancelled() {
@@ -111,7 +99,16 @@ impl AppState {
         protocol::check_send(&f)?;
         self.directory.require(f.chat_id, sender).await?;
         let media = match &f.media_id {
-            Some(id) => Some(crate::media::attach(self, sender, f.chat_id, id).await?),
+            Some(id) => Some(
+                crate::media::attach(
+                    &*self.store,
+                    self.cfg.media.media_orphan_age,
+                    sender,
+                    f.chat_id,
+                    id,
+                )
+                .await?,
+            ),
             None => None,
         };
         let message = NewMessage {
@@ -304,5 +301,33 @@ impl AppState {
     /// broadcast to every edge, each tells its own connections).
     pub async fn announce_presence(&self, p: Presence) {
         self.plane.announce_presence(p).await;
+    }
+}
+
+// What the handlers below the app take of it (axum `State` extractors).
+
+impl axum::extract::FromRef<Arc<AppState>> for Auth {
+    fn from_ref(st: &Arc<AppState>) -> Self {
+        st.auth.clone()
+    }
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for crate::media::http::MediaState {
+    fn from_ref(st: &Arc<AppState>) -> Self {
+        crate::media::http::MediaState {
+            media: st.media.clone(),
+            auth: st.auth.clone(),
+            store: st.store.clone(),
+            directory: st.directory.clone(),
+        }
+    }
+}
+
+impl axum::extract::FromRef<Arc<AppState>> for crate::push::api::PushState {
+    fn from_ref(st: &Arc<AppState>) -> Self {
+        crate::push::api::PushState {
+            push: st.push.clone(),
+            directory: st.directory.clone(),
+        }
     }
 }

@@ -5,24 +5,37 @@
 use super::{MediaService, tus_http};
 use crate::error::{Error, Result};
 use crate::model::now_ms;
-use crate::state::AppState;
+use crate::store::Store;
 use futures::TryStreamExt;
 use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
-/// Collect every `--media-gc-interval` until the server stops.
-pub async fn run(st: Arc<AppState>) {
-    let every = Duration::from_secs(st.cfg.media.media_gc_interval);
+/// What one pass deleted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Collected {
+    /// Uploads never sent in a message.
+    pub media: usize,
+    /// tus uploads never finished (or finished and kept only for late HEADs).
+    pub uploads: usize,
+}
+
+/// Collect every `--media-gc-interval` until `stop` fires.
+pub async fn run(media: Arc<MediaService>, store: Arc<dyn Store>, stop: CancellationToken) {
+    let every = Duration::from_secs(media.cfg.media_gc_interval);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = st.stop.cancelled() => break,
+            _ = stop.cancelled() => break,
         }
-        match collect(&st).await {
-            Ok((0, 0)) => {}
-            Ok((media, uploads)) => {
+        match collect(&media, &*store, &stop).await {
+            Ok(Collected {
+                media: 0,
+                uploads: 0,
+            }) => {}
+            Ok(Collected { media, uploads }) => {
                 tracing::info!(media, uploads, "media orphan collection")
             }
             Err(e) => tracing::warn!(cause = %e, "media orphan collection failed; retrying later"),
@@ -30,29 +43,31 @@ pub async fn run(st: Arc<AppState>) {
     }
 }
 
-/// One pass: returns (media deleted, unfinished uploads deleted).
-pub async fn collect(st: &AppState) -> Result<(usize, usize)> {
-    let Some(blobs) = st.media.as_deref() else {
-        return Ok((0, 0));
-    };
-    let cutoff = now_ms() - st.cfg.media.media_orphan_age as i64 * 1000;
+/// One pass over what is older than `--media-orphan-age`; stops early (between batches)
+/// when `stop` fires.
+pub async fn collect(
+    blobs: &MediaService,
+    store: &dyn Store,
+    stop: &CancellationToken,
+) -> Result<Collected> {
+    let cutoff = now_ms() - blobs.cfg.media_orphan_age as i64 * 1000;
     let mut media = 0;
     loop {
-        let batch = st.store.unsent_media(cutoff, 100).await?;
+        let batch = store.unsent_media(cutoff, 100).await?;
         let n = batch.len();
         for m in batch {
             // Blobs first: metadata without blobs would be served as 404 anyway, but blobs
             // without metadata would never be found again.
             blobs.delete_blobs(&m.media_id).await?;
-            st.store.delete_media(&m).await?;
+            store.delete_media(&m).await?;
             media += 1;
         }
-        if n < 100 || st.stop.is_cancelled() {
+        if n < 100 || stop.is_cancelled() {
             break;
         }
     }
     let uploads = collect_uploads(blobs, cutoff).await?;
-    Ok((media, uploads))
+    Ok(Collected { media, uploads })
 }
 
 /// tus uploads whose newest object is older than `cutoff` (finished ones too: their info

@@ -4,14 +4,14 @@
 
 use super::range::{RangeAnswer, if_range_allows, none_match, parse_range};
 use super::{MediaRecord, MediaService, Spool, blobs, record, signing, sniff};
-use crate::api::Caller;
-use crate::auth;
+use crate::auth::{self, Auth, Caller};
 use crate::error::{Error, Result};
+use crate::members::Directory;
 use crate::model::UserId;
-use crate::state::AppState;
+use crate::store::Store;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
@@ -20,6 +20,32 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What the media handlers (here and in [`tus_http`](super::tus_http)) use of the server.
+#[derive(Clone)]
+pub struct MediaState {
+    /// `None` where media is off (`--media-disabled`): the handlers answer 503.
+    pub media: Option<Arc<MediaService>>,
+    pub auth: Auth,
+    /// Media metadata, and the chats each media was sent to.
+    pub store: Arc<dyn Store>,
+    /// Chat members, for who may read a media.
+    pub directory: Arc<Directory>,
+}
+
+impl MediaState {
+    /// The media service, or `unavailable` with what to do when media is off here.
+    pub fn service(&self) -> Result<&MediaService> {
+        self.media.as_deref().ok_or_else(|| {
+            Error::Unavailable(
+                "media is turned off on this server (--media-disabled / CHAT_MEDIA_DISABLED; on \
+                 Kubernetes: the ChatCluster has no spec.media): configure a media store to \
+                 upload or fetch files"
+                    .into(),
+            )
+        })
+    }
+}
 
 fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
@@ -69,12 +95,12 @@ pub(crate) async fn receive(
 
 /// `POST /v1/media`: the raw bytes, `Content-Type` declared. 201 with the media object.
 pub async fn upload(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response> {
-    let media = st.media()?;
+    let media = st.service()?;
     let declared = header_str(&headers, header::CONTENT_TYPE)
         .unwrap_or("application/octet-stream")
         .to_string();
@@ -90,7 +116,7 @@ pub async fn upload(
     }
     let mut spool = media.spool().await?;
     receive(media, &declared, body, &mut spool, limit).await?;
-    let record = media.ingest(&st, me, &declared, spool).await?;
+    let record = media.ingest(&*st.store, me, &declared, spool).await?;
     Ok((StatusCode::CREATED, Json(record.to_json())).into_response())
 }
 
@@ -124,7 +150,7 @@ fn now_secs() -> i64 {
 }
 
 /// The caller from `Authorization: Bearer` or `?token=`.
-fn caller(st: &AppState, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<UserId> {
+fn caller(st: &MediaState, headers: &HeaderMap, q: &HashMap<String, String>) -> Result<UserId> {
     let token = auth::bearer(
         header_str(headers, header::AUTHORIZATION),
         q.get("token").map(String::as_str),
@@ -137,7 +163,7 @@ fn caller(st: &AppState, headers: &HeaderMap, q: &HashMap<String, String>) -> Re
     st.auth.verify(&token)
 }
 
-async fn load(st: &AppState, id: &str) -> Result<MediaRecord> {
+async fn load(st: &MediaState, id: &str) -> Result<MediaRecord> {
     let missing = || Error::not_found(format!("media {id} does not exist"));
     if !record::valid_id(id) {
         return Err(missing());
@@ -145,8 +171,8 @@ async fn load(st: &AppState, id: &str) -> Result<MediaRecord> {
     st.store.media(id).await?.ok_or_else(missing)
 }
 
-async fn require_read(st: &AppState, me: UserId, m: &MediaRecord) -> Result<()> {
-    if super::can_read(st, me, m).await? {
+async fn require_read(st: &MediaState, me: UserId, m: &MediaRecord) -> Result<()> {
+    if super::can_read(&*st.store, &st.directory, me, m).await? {
         Ok(())
     } else {
         Err(Error::forbidden(
@@ -158,13 +184,13 @@ async fn require_read(st: &AppState, me: UserId, m: &MediaRecord) -> Result<()> 
 /// `GET /v1/media/{id}[?variant=thumbnail]`: with a token, or a signed URL
 /// (`expires` + `sig`).
 pub async fn get_media(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     method: axum::http::Method,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Response> {
-    st.media()?;
+    st.service()?;
     let variant = Variant::parse(&q)?;
     let signed_until = match (q.get("expires"), q.get("sig")) {
         (Some(exp), Some(sig)) => {
@@ -172,7 +198,7 @@ pub async fn get_media(
                 .parse()
                 .map_err(|_| Error::invalid("expires must be a Unix time in seconds"))?;
             if !st
-                .media()?
+                .service()?
                 .signer
                 .verify(&id, variant.as_str(), exp, sig, now_secs())
             {
@@ -265,7 +291,7 @@ pub async fn get_media(
         ..Default::default()
     };
     let got = st
-        .media()?
+        .service()?
         .blobs
         .get_opts(&key, opts)
         .await
@@ -284,12 +310,12 @@ pub async fn get_media(
 /// `GET /v1/media/{id}/url[?variant=thumbnail]`: a signed URL for a reader, valid until
 /// `expires_at` without a token (shareable with a CDN).
 pub async fn signed_url(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     Path(id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>> {
-    let media = st.media()?;
+    let media = st.service()?;
     let variant = Variant::parse(&q)?;
     let m = load(&st, &id).await?;
     require_read(&st, me, &m).await?;
@@ -318,7 +344,12 @@ pub async fn signed_url(
 
 /// The media routes. They sit outside the API's request timeout and body limit: uploads are
 /// limited per kind while streaming and abandoned after the idle timeout instead.
-pub fn routes() -> axum::Router<Arc<AppState>> {
+pub fn routes<S>() -> axum::Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    MediaState: FromRef<S>,
+    Auth: FromRef<S>,
+{
     use super::tus_http;
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post};

@@ -37,8 +37,9 @@ mod fixtures;
 pub use record::{MediaRecord, UNSENT_SHARDS, VariantInfo};
 
 use crate::error::{Error, Result};
+use crate::members::Directory;
 use crate::model::{ChatId, UserId, now_ms};
-use crate::state::AppState;
+use crate::store::Store;
 use config::MediaArgs;
 use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
@@ -156,10 +157,10 @@ impl MediaService {
         })
     }
 
-    /// Check, analyse and store a completely received upload; record its metadata.
+    /// Check, analyse and store a completely received upload; record its metadata in `store`.
     pub async fn ingest(
         &self,
-        st: &AppState,
+        store: &dyn Store,
         uploader: UserId,
         declared: &str,
         mut spool: Spool,
@@ -237,7 +238,7 @@ impl MediaService {
                     .await?;
             }
         }
-        st.store.put_media(record.clone()).await?;
+        store.put_media(record.clone()).await?;
         tracing::info!(
             media_id,
             uploader,
@@ -343,9 +344,10 @@ impl Drop for Spool {
 /// Resolve a `media_id` of a message being sent: it must exist, be the sender's own upload,
 /// and not be near its orphan deadline. Records the chat it goes to (before the message is
 /// stored, so readers can fetch it as soon as they see the message) and returns the `media`
-/// object the message carries.
+/// object the message carries. `orphan_age_s` is `--media-orphan-age`.
 pub async fn attach(
-    st: &AppState,
+    store: &dyn Store,
+    orphan_age_s: u64,
     sender: UserId,
     chat_id: ChatId,
     media_id: &str,
@@ -358,30 +360,35 @@ pub async fn attach(
     if !record::valid_id(media_id) {
         return Err(unknown());
     }
-    let m = st.store.media(media_id).await?.ok_or_else(unknown)?;
+    let m = store.media(media_id).await?.ok_or_else(unknown)?;
     if m.uploader != sender {
         return Err(Error::forbidden(
             "a media can only be sent by the user who uploaded it",
         ));
     }
-    let age_ms = st.cfg.media.media_orphan_age as i64 * 1000;
+    let age_ms = orphan_age_s as i64 * 1000;
     let deadline = m.created_at + age_ms - SEND_MARGIN_MS.min(age_ms / 10);
-    if st.store.media_chats(media_id).await?.is_empty() && now_ms() > deadline {
+    if store.media_chats(media_id).await?.is_empty() && now_ms() > deadline {
         return Err(Error::invalid(format!(
             "media_id \"{media_id}\" was uploaded too long ago and never sent; upload it again"
         )));
     }
-    st.store.link_media(&m, chat_id).await?;
+    store.link_media(&m, chat_id).await?;
     Ok(m.to_json())
 }
 
 /// Whether `user` may read the media: the uploader, or a member of a chat it was sent to.
-pub async fn can_read(st: &AppState, user: UserId, m: &MediaRecord) -> Result<bool> {
+pub async fn can_read(
+    store: &dyn Store,
+    directory: &Directory,
+    user: UserId,
+    m: &MediaRecord,
+) -> Result<bool> {
     if m.uploader == user {
         return Ok(true);
     }
-    for chat in st.store.media_chats(&m.media_id).await? {
-        if st.directory.members(chat).await?.contains(user) {
+    for chat in store.media_chats(&m.media_id).await? {
+        if directory.members(chat).await?.contains(user) {
             return Ok(true);
         }
     }

@@ -8,12 +8,12 @@
 //! from there. After the last byte, the parts are joined and go through the same checks as
 //! `POST /v1/media`.
 
+use super::http::MediaState;
 use super::tus::{self, TusError, UploadInfo};
 use super::{MediaService, blobs, sniff};
-use crate::api::Caller;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::{UserId, now_ms};
-use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -21,7 +21,6 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectStore, ObjectStoreExt};
-use std::sync::Arc;
 use std::time::Duration;
 
 fn h<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -59,8 +58,8 @@ fn with_tus(e: Error) -> Response {
 }
 
 /// `OPTIONS /v1/media/tus`
-pub async fn options(State(st): State<Arc<AppState>>) -> Response {
-    let media = match st.media() {
+pub async fn options(State(st): State<MediaState>) -> Response {
+    let media = match st.service() {
         Ok(m) => m,
         Err(e) => return with_tus(e),
     };
@@ -141,7 +140,7 @@ pub async fn remove(media: &MediaService, id: &str) -> Result<()> {
 
 /// `POST /v1/media/tus`: `Upload-Length`, `Upload-Metadata` (`filetype`). 201 + `Location`.
 pub async fn create(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     headers: HeaderMap,
 ) -> Response {
@@ -161,7 +160,7 @@ pub async fn create(
         Ok(m) => m,
         Err(e) => return refuse(e),
     };
-    let media = match st.media() {
+    let media = match st.service() {
         Ok(m) => m,
         Err(e) => return with_tus(e),
     };
@@ -209,7 +208,7 @@ fn offset_headers(offset: u64, info: &UploadInfo) -> HeaderMap {
 
 /// `HEAD /v1/media/tus/{id}`: `Upload-Offset` and `Upload-Length`.
 pub async fn head(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -218,10 +217,10 @@ pub async fn head(
         return refuse(e);
     }
     let r = async {
-        let info = owned(st.media()?, &id, me).await?;
+        let info = owned(st.service()?, &id, me).await?;
         let offset = match info.media_id {
             Some(_) => info.length,
-            None => tus::reached(parts(st.media()?, &id).await?),
+            None => tus::reached(parts(st.service()?, &id).await?),
         };
         Ok::<_, Error>(offset_headers(offset, &info))
     }
@@ -235,14 +234,14 @@ pub async fn head(
 /// `GET /v1/media/tus/{id}` (not part of tus): `{"offset","length","media"}`, `media` being
 /// the media object once the upload is complete.
 pub async fn status(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>> {
-    let info = owned(st.media()?, &id, me).await?;
+    let info = owned(st.service()?, &id, me).await?;
     let (offset, media) = match &info.media_id {
         Some(m) => (info.length, st.store.media(m).await?.map(|r| r.to_json())),
-        None => (tus::reached(parts(st.media()?, &id).await?), None),
+        None => (tus::reached(parts(st.service()?, &id).await?), None),
     };
     Ok(Json(
         serde_json::json!({"offset": offset, "length": info.length, "media": media}),
@@ -262,7 +261,7 @@ impl Drop for Busy<'_> {
 /// `application/offset+octet-stream`. 204 with the new `Upload-Offset`; after the last byte
 /// also `Tern-Media-Id`.
 pub async fn patch(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -278,13 +277,13 @@ pub async fn patch(
 }
 
 async fn patch_inner(
-    st: &AppState,
+    st: &MediaState,
     me: UserId,
     id: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<HeaderMap> {
-    let media = st.media()?;
+    let media = st.service()?;
     let ct = h(headers, "content-type").unwrap_or("");
     if ct.split(';').next().unwrap_or("").trim() != tus::OFFSET_CONTENT_TYPE {
         return Err(Error::UnsupportedMediaType(format!(
@@ -377,8 +376,8 @@ async fn patch_inner(
 }
 
 /// Join the parts into one spool file and run it through the upload checks.
-async fn finish(st: &AppState, id: &str, info: &UploadInfo) -> Result<super::MediaRecord> {
-    let media = st.media()?;
+async fn finish(st: &MediaState, id: &str, info: &UploadInfo) -> Result<super::MediaRecord> {
+    let media = st.service()?;
     let mut ps = parts(media, id).await?;
     ps.sort_unstable();
     let mut spool = media.spool().await?;
@@ -403,7 +402,10 @@ async fn finish(st: &AppState, id: &str, info: &UploadInfo) -> Result<super::Med
             spool.len, info.length
         )));
     }
-    match media.ingest(st, info.owner, &info.declared, spool).await {
+    match media
+        .ingest(&*st.store, info.owner, &info.declared, spool)
+        .await
+    {
         Ok(r) => Ok(r),
         Err(e) => {
             // Refused content (type, corrupt, too many pixels): the upload cannot succeed.
@@ -417,7 +419,7 @@ async fn finish(st: &AppState, id: &str, info: &UploadInfo) -> Result<super::Med
 
 /// `DELETE /v1/media/tus/{id}` (termination): 204; the parts are deleted.
 pub async fn terminate(
-    State(st): State<Arc<AppState>>,
+    State(st): State<MediaState>,
     Caller(me): Caller,
     Path(id): Path<String>,
     headers: HeaderMap,
@@ -426,8 +428,8 @@ pub async fn terminate(
         return refuse(e);
     }
     let r = async {
-        owned(st.media()?, &id, me).await?;
-        remove(st.media()?, &id).await
+        owned(st.service()?, &id, me).await?;
+        remove(st.service()?, &id).await
     }
     .await;
     match r {

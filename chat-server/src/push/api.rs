@@ -3,12 +3,12 @@
 //! `GET /v1/push/vapid` (the Web Push application server key).
 
 use super::{Push, device_of};
-use crate::api::Caller;
+use crate::auth::{Auth, Caller};
 use crate::error::{Error, Result};
-use crate::model::MAX_ID;
-use crate::state::AppState;
+use crate::members::Directory;
+use crate::model::{ChatId, MAX_ID, UserId};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{FromRef, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -40,8 +40,38 @@ pub struct WebSubscription {
     pub keys: WebKeys,
 }
 
+/// What the push handlers use of the server.
+#[derive(Clone)]
+pub struct PushState {
+    /// `None` where push is not served: the handlers answer 404.
+    pub push: Option<Arc<Push>>,
+    /// Chat members, for who may mute a chat.
+    pub directory: Arc<Directory>,
+}
+
+impl PushState {
+    /// The push feature, or `not_found` when it is off here.
+    fn service(&self) -> Result<&Push> {
+        self.push
+            .as_deref()
+            .ok_or_else(|| Error::not_found("push notifications are not enabled on this server"))
+    }
+
+    /// The chat of a `/v1/chats/{id}/…` path, if `me` is a member.
+    async fn member_chat(&self, id: &str, me: UserId) -> Result<ChatId> {
+        let chat = chat_id(id)?;
+        self.directory.require(chat, me).await?;
+        Ok(chat)
+    }
+}
+
 /// Routes merged into the API router (they share its timeout and body limit).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PushState: FromRef<S>,
+    Auth: FromRef<S>,
+{
     Router::new()
         .route("/v1/devices", post(register).get(list))
         .route("/v1/devices/{token}", axum::routing::delete(unregister))
@@ -50,12 +80,6 @@ pub fn routes() -> Router<Arc<AppState>> {
             get(get_mute).put(mute).delete(unmute),
         )
         .route("/v1/push/vapid", get(vapid))
-}
-
-fn push(st: &AppState) -> Result<&Arc<Push>> {
-    st.push
-        .as_ref()
-        .ok_or_else(|| Error::not_found("push notifications are not enabled on this server"))
 }
 
 fn chat_id(s: &str) -> Result<u64> {
@@ -68,11 +92,11 @@ fn chat_id(s: &str) -> Result<u64> {
 }
 
 pub async fn register(
-    State(st): State<Arc<AppState>>,
+    State(st): State<PushState>,
     Caller(me): Caller,
     body: Bytes,
 ) -> Result<Response> {
-    let push = push(&st)?;
+    let push = st.service()?;
     let req: RegisterDevice =
         serde_json::from_slice(&body).map_err(|e| Error::invalid(format!("bad JSON body: {e}")))?;
     let device = device_of(me, req)?;
@@ -91,8 +115,8 @@ pub async fn register(
 }
 
 /// `GET /v1/devices`: the caller's devices (extension).
-pub async fn list(State(st): State<Arc<AppState>>, Caller(me): Caller) -> Result<Response> {
-    let push = push(&st)?;
+pub async fn list(State(st): State<PushState>, Caller(me): Caller) -> Result<Response> {
+    let push = st.service()?;
     let devices: Vec<_> = push
         .store
         .devices(me)
@@ -104,11 +128,11 @@ pub async fn list(State(st): State<Arc<AppState>>, Caller(me): Caller) -> Result
 }
 
 pub async fn unregister(
-    State(st): State<Arc<AppState>>,
+    State(st): State<PushState>,
     Caller(me): Caller,
     Path(token): Path<String>,
 ) -> Result<StatusCode> {
-    let push = push(&st)?;
+    let push = st.service()?;
     if push.store.remove_device(me, &token).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
@@ -116,48 +140,42 @@ pub async fn unregister(
     }
 }
 
-async fn member_chat(st: &AppState, id: &str, me: u64) -> Result<u64> {
-    let chat = chat_id(id)?;
-    st.directory.require(chat, me).await?;
-    Ok(chat)
-}
-
 pub async fn mute(
-    State(st): State<Arc<AppState>>,
+    State(st): State<PushState>,
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let push = push(&st)?;
-    let chat = member_chat(&st, &id, me).await?;
+    let push = st.service()?;
+    let chat = st.member_chat(&id, me).await?;
     push.store.set_muted(me, chat, true).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn unmute(
-    State(st): State<Arc<AppState>>,
+    State(st): State<PushState>,
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<StatusCode> {
-    let push = push(&st)?;
-    let chat = member_chat(&st, &id, me).await?;
+    let push = st.service()?;
+    let chat = st.member_chat(&id, me).await?;
     push.store.set_muted(me, chat, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn get_mute(
-    State(st): State<Arc<AppState>>,
+    State(st): State<PushState>,
     Caller(me): Caller,
     Path(id): Path<String>,
 ) -> Result<Response> {
-    let push = push(&st)?;
-    let chat = member_chat(&st, &id, me).await?;
+    let push = st.service()?;
+    let chat = st.member_chat(&id, me).await?;
     let muted = push.store.is_muted(me, chat).await?;
     Ok(Json(json!({"chat_id": chat, "muted": muted})).into_response())
 }
 
 /// `GET /v1/push/vapid`: `{"public_key": "<base64url>"}` for `pushManager.subscribe`.
-pub async fn vapid(State(st): State<Arc<AppState>>) -> Result<Response> {
-    let push = push(&st)?;
+pub async fn vapid(State(st): State<PushState>) -> Result<Response> {
+    let push = st.service()?;
     let v = push
         .vapid
         .as_ref()

@@ -5,7 +5,7 @@
 //! partition's owner is the only process that works on that shard's rows in ScyllaDB.
 
 use super::PushEvent;
-use super::worker::Source;
+use super::worker::{ShardEvent, Source};
 use crate::model::UserId;
 use async_trait::async_trait;
 use futures::FutureExt;
@@ -174,13 +174,16 @@ impl KafkaSource {
 
 #[async_trait]
 impl Source for KafkaSource {
-    async fn next(&mut self) -> Option<Vec<(i32, PushEvent)>> {
+    async fn next(&mut self) -> Option<Vec<ShardEvent>> {
         let mut batch = Vec::new();
         let mut take = |m: &rdkafka::message::BorrowedMessage<'_>, batch: &mut Vec<_>| {
             let o = self.last.entry(m.partition()).or_insert(m.offset());
             *o = (*o).max(m.offset());
             match m.payload().map(serde_json::from_slice::<PushEvent>) {
-                Some(Ok(e)) => batch.push((m.partition(), e)),
+                Some(Ok(event)) => batch.push(ShardEvent {
+                    shard: m.partition(),
+                    event,
+                }),
                 _ => tracing::error!(
                     partition = m.partition(),
                     offset = m.offset(),
@@ -217,7 +220,7 @@ impl Source for KafkaSource {
         }
     }
 
-    async fn drain(&mut self) -> Vec<(i32, PushEvent)> {
+    async fn drain(&mut self) -> Vec<ShardEvent> {
         // Nothing to rescue: what was not stored is consumed again by the next owner.
         if let Err(e) = self
             .consumer

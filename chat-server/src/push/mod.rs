@@ -46,11 +46,11 @@ pub mod worker;
 
 use crate::error::{Error, Result};
 use crate::model::{ChatId, Message, Seq, UserId, now_ms};
-use crate::state::AppState;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
 
 /// Characters of message content kept for the notification preview.
 pub const PREVIEW_CHARS: usize = 200;
@@ -234,11 +234,13 @@ pub enum Intake {
     #[cfg(feature = "distributed")]
     /// Distributed delivery role: produced to `<cluster>.push`.
     Kafka(Arc<kafka::PushProducer>),
-    /// A process that does not deliver (distributed edge or presence).
-    None,
+    /// This process does not queue pushes: it does not deliver (a distributed edge or
+    /// presence process); events are dropped.
+    NotHere,
 }
 
-/// The push feature of a running process (`AppState::push`).
+/// The push feature of a running process: devices and mutes for the HTTP API, the intake
+/// for the delivery role, the queue for the worker.
 pub struct Push {
     pub cfg: config::PushArgs,
     pub store: Arc<dyn PushStore>,
@@ -278,7 +280,7 @@ impl Push {
             }
             #[cfg(feature = "distributed")]
             Intake::Kafka(p) => p.produce(events).await,
-            Intake::None => {}
+            Intake::NotHere => {}
         }
     }
 }
@@ -373,36 +375,23 @@ pub fn vapid_key(
         anyhow::bail!("no VAPID key: set --push-vapid-private-key");
     };
     let path = dir.join("vapid-private-key");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        return webpush::Vapid::from_private(s.trim(), subject)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    let key = crate::keyfile::read_or_create(&path, || webpush::Vapid::generate(subject).1)?;
+    if key.created {
+        tracing::info!(path = %path.display(), "push: generated a VAPID key for Web Push");
     }
-    std::fs::create_dir_all(dir)?;
-    let (vapid, private) = webpush::Vapid::generate(subject);
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts
-        .open(&path)
-        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
-    f.write_all(private.as_bytes())?;
-    f.sync_all()?;
-    tracing::info!(path = %path.display(), "push: generated a VAPID key for Web Push");
-    Ok(vapid)
+    webpush::Vapid::from_private(&key.secret, subject)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
-/// Start the worker on the state's task tracker (it stops on `state.stop`).
+/// Start the worker on `tasks` (it stops when `deps.stop` fires).
 pub fn spawn_worker(
-    state: &Arc<AppState>,
+    tasks: &TaskTracker,
+    deps: worker::WorkerDeps,
     push: Arc<Push>,
     source: impl worker::Source + 'static,
 ) -> anyhow::Result<()> {
     let sender = Arc::new(sender::Sender::new(&push.cfg, push.vapid.clone())?);
-    state
-        .tasks
-        .spawn(worker::run(state.clone(), push, sender, source));
+    tasks.spawn(worker::run(deps, push, sender, source));
     Ok(())
 }
 
@@ -439,7 +428,7 @@ pub async fn open_distributed(
             )?),
         )
     } else {
-        (Intake::None, None)
+        (Intake::NotHere, None)
     };
     let push = Push {
         cfg: args,

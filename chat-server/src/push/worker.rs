@@ -8,8 +8,9 @@ use super::metrics::{FailLabel, ProviderLabel, ReasonLabel};
 use super::payload::{self, Answer};
 use super::sender::Sender;
 use super::{Device, OutboxItem, Pending, Platform, Provider, Push, PushEvent};
+use crate::metrics::Metrics;
 use crate::model::now_ms;
-use crate::state::AppState;
+use crate::store::Store;
 use async_trait::async_trait;
 use parking_lot::Mutex;
 use std::collections::HashSet;
@@ -17,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// How often due rows and items are looked for.
 const TICK: Duration = Duration::from_millis(100);
@@ -25,15 +27,33 @@ const PER_TICK: usize = 256;
 /// Events written per store call.
 const INTAKE_BATCH: usize = 512;
 
+/// What the worker uses of the running server.
+pub struct WorkerDeps {
+    /// The message store: chats (title, kind) and unread counts for the badge.
+    pub store: Arc<dyn Store>,
+    /// `chat_push_*` live in `metrics.push`.
+    pub metrics: Arc<Metrics>,
+    /// Fires when the server stops: take what is queued, finish sends, return.
+    pub stop: CancellationToken,
+}
+
+/// An event and the shard whose worker queues it (embedded: 0; distributed: its Kafka
+/// partition).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardEvent {
+    pub shard: i32,
+    pub event: PushEvent,
+}
+
 /// Where events come from: the embedded channel or the distributed Kafka topic.
 #[async_trait]
 pub trait Source: Send {
-    /// The next batch of (shard, event). Cancel-safe (it is polled in a `select!`).
-    async fn next(&mut self) -> Option<Vec<(i32, PushEvent)>>;
+    /// The next batch. Cancel-safe (it is polled in a `select!`).
+    async fn next(&mut self) -> Option<Vec<ShardEvent>>;
     /// The batch last returned is durable in the store (Kafka: store its offsets).
     fn committed(&mut self);
     /// On shutdown: what is still queued and can be taken without waiting long.
-    async fn drain(&mut self) -> Vec<(i32, PushEvent)>;
+    async fn drain(&mut self) -> Vec<ShardEvent>;
     /// The shards this process works on now.
     fn shards(&self) -> Vec<i32>;
     /// How often to look for due work (a CQL store reads whole shard partitions).
@@ -47,26 +67,29 @@ pub struct ChannelSource(pub mpsc::Receiver<PushEvent>);
 
 #[async_trait]
 impl Source for ChannelSource {
-    async fn next(&mut self) -> Option<Vec<(i32, PushEvent)>> {
+    async fn next(&mut self) -> Option<Vec<ShardEvent>> {
         let first = self.0.recv().await?;
-        let mut batch = vec![(0, first)];
+        let mut batch = vec![ShardEvent {
+            shard: 0,
+            event: first,
+        }];
         while batch.len() < INTAKE_BATCH {
             match self.0.try_recv() {
-                Ok(e) => batch.push((0, e)),
+                Ok(event) => batch.push(ShardEvent { shard: 0, event }),
                 Err(_) => break,
             }
         }
         Some(batch)
     }
     fn committed(&mut self) {}
-    async fn drain(&mut self) -> Vec<(i32, PushEvent)> {
+    async fn drain(&mut self) -> Vec<ShardEvent> {
         // Delivery shards finish their last batches while we stop: take what they send
         // until the channel has been quiet for a moment.
         let mut out = Vec::new();
-        while let Ok(Some(e)) =
+        while let Ok(Some(event)) =
             tokio::time::timeout(Duration::from_millis(300), self.0.recv()).await
         {
-            out.push((0, e));
+            out.push(ShardEvent { shard: 0, event });
         }
         out
     }
@@ -75,13 +98,8 @@ impl Source for ChannelSource {
     }
 }
 
-/// Run until `state.stop`; then take what is still queued and wait (bounded) for sends.
-pub async fn run(
-    state: Arc<AppState>,
-    push: Arc<Push>,
-    sender: Arc<Sender>,
-    mut source: impl Source,
-) {
+/// Run until `deps.stop`; then take what is still queued and wait (bounded) for sends.
+pub async fn run(deps: WorkerDeps, push: Arc<Push>, sender: Arc<Sender>, mut source: impl Source) {
     let inflight: Arc<Mutex<HashSet<String>>> = Default::default();
     let mut sends: JoinSet<()> = JoinSet::new();
     let mut tick = tokio::time::interval(source.tick());
@@ -90,7 +108,7 @@ pub async fn run(
         tokio::select! {
             batch = source.next() => match batch {
                 Some(b) => {
-                    if intake(&state, &push, b).await {
+                    if intake(&deps, &push, b).await {
                         source.committed();
                     }
                 }
@@ -98,12 +116,12 @@ pub async fn run(
             },
             _ = tick.tick() => {
                 let shards = source.shards();
-                work(&state, &push, &sender, &shards, &inflight, &mut sends).await;
+                work(&deps, &push, &sender, &shards, &inflight, &mut sends).await;
             }
             Some(_) = sends.join_next(), if !sends.is_empty() => {}
-            _ = state.stop.cancelled() => {
+            _ = deps.stop.cancelled() => {
                 let rest = source.drain().await;
-                if !rest.is_empty() && intake(&state, &push, rest).await {
+                if !rest.is_empty() && intake(&deps, &push, rest).await {
                     source.committed();
                 }
                 break;
@@ -122,10 +140,10 @@ pub async fn run(
 
 /// Write a batch of events (grouped per shard). Retries while the store fails; false if it
 /// gave up because the server is stopping.
-async fn intake(state: &AppState, push: &Push, batch: Vec<(i32, PushEvent)>) -> bool {
+async fn intake(deps: &WorkerDeps, push: &Push, batch: Vec<ShardEvent>) -> bool {
     let mut by_shard: std::collections::BTreeMap<i32, Vec<PushEvent>> = Default::default();
-    for (s, e) in batch {
-        by_shard.entry(s).or_default().push(e);
+    for ShardEvent { shard, event } in batch {
+        by_shard.entry(shard).or_default().push(event);
     }
     let window = push.cfg.push_coalesce_ms as i64;
     for (shard, events) in by_shard {
@@ -134,13 +152,13 @@ async fn intake(state: &AppState, push: &Push, batch: Vec<(i32, PushEvent)>) -> 
         loop {
             match push.store.add_events(shard, events.clone(), window).await {
                 Ok(taken) => {
-                    state.metrics.push.queued.inc_by(taken as u64);
+                    deps.metrics.push.queued.inc_by(taken as u64);
                     break;
                 }
                 Err(e) => {
                     attempt += 1;
                     tracing::error!(cause = %e, shard, events = n, attempt, "push: cannot queue events; retrying");
-                    if state.stop.is_cancelled() && attempt > 3 {
+                    if deps.stop.is_cancelled() && attempt > 3 {
                         return false;
                     }
                     tokio::time::sleep(Duration::from_millis(200 * attempt.min(10))).await;
@@ -152,7 +170,7 @@ async fn intake(state: &AppState, push: &Push, batch: Vec<(i32, PushEvent)>) -> 
 }
 
 async fn work(
-    state: &Arc<AppState>,
+    deps: &WorkerDeps,
     push: &Arc<Push>,
     sender: &Arc<Sender>,
     shards: &[i32],
@@ -165,7 +183,7 @@ async fn work(
         match push.store.due_pending(shard, now, PER_TICK).await {
             Ok(due) => {
                 for p in due {
-                    if let Err(e) = schedule(state, push, &p).await {
+                    if let Err(e) = schedule(deps, push, &p).await {
                         tracing::warn!(cause = %e, user_id = p.user_id, chat_id = p.chat_id, "push: scheduling failed; retrying");
                     }
                 }
@@ -181,16 +199,14 @@ async fn work(
                     if !inflight.lock().insert(item.id.clone()) {
                         continue;
                     }
-                    let (st, p, s, inf) = (
-                        state.clone(),
-                        push.clone(),
-                        sender.clone(),
-                        inflight.clone(),
-                    );
+                    let metrics = deps.metrics.clone();
+                    let push = push.clone();
+                    let sender = sender.clone();
+                    let inflight = inflight.clone();
                     sends.spawn(async move {
                         let id = item.id.clone();
-                        attempt(&st, &p, &s, item).await;
-                        inf.lock().remove(&id);
+                        attempt(&metrics, &push, &sender, item).await;
+                        inflight.lock().remove(&id);
                     });
                 }
             }
@@ -201,14 +217,13 @@ async fn work(
         }
     }
     let age = oldest.map_or(0.0, |t| ((now - t).max(0) as f64) / 1000.0);
-    state.metrics.push.queue_age.set(age);
+    deps.metrics.push.queue_age.set(age);
 }
 
 /// Turn a closed window into outbox items (or nothing: muted, already read, no device).
-async fn schedule(state: &AppState, push: &Push, p: &Pending) -> crate::error::Result<()> {
+async fn schedule(deps: &WorkerDeps, push: &Push, p: &Pending) -> crate::error::Result<()> {
     let skip = |reason: &'static str| {
-        state
-            .metrics
+        deps.metrics
             .push
             .skipped
             .get_or_create(&ReasonLabel { reason })
@@ -218,11 +233,11 @@ async fn schedule(state: &AppState, push: &Push, p: &Pending) -> crate::error::R
         skip("muted");
         return push.store.schedule(p, vec![]).await;
     }
-    let Some(chat) = state.store.chat(p.chat_id).await? else {
+    let Some(chat) = deps.store.chat(p.chat_id).await? else {
         skip("no_chat");
         return push.store.schedule(p, vec![]).await;
     };
-    let chats = state.store.user_chats(p.user_id).await?;
+    let chats = deps.store.user_chats(p.user_id).await?;
     if chats
         .iter()
         .any(|c| c.chat.chat_id == p.chat_id && c.read_seq >= p.last_seq)
@@ -280,9 +295,9 @@ async fn schedule(state: &AppState, push: &Push, p: &Pending) -> crate::error::R
 }
 
 /// One attempt of one item, and what follows from the answer.
-async fn attempt(state: &AppState, push: &Push, sender: &Sender, mut item: OutboxItem) {
+async fn attempt(metrics: &Metrics, push: &Push, sender: &Sender, mut item: OutboxItem) {
     let provider = item.provider.as_str();
-    let m = &state.metrics.push;
+    let m = &metrics.push;
     let fail = |outcome: &'static str| {
         m.failed
             .get_or_create(&FailLabel { provider, outcome })
@@ -296,7 +311,7 @@ async fn attempt(state: &AppState, push: &Push, sender: &Sender, mut item: Outbo
             m.latency
                 .observe(((now_ms() - item.created_ms).max(0) as f64) / 1000.0);
             for token in unregistered {
-                remove(state, push, item.user_id, &token).await;
+                remove(metrics, push, item.user_id, &token).await;
             }
             push.store.outbox_done(&item).await
         }
@@ -304,7 +319,7 @@ async fn attempt(state: &AppState, push: &Push, sender: &Sender, mut item: Outbo
             fail("unregistered");
             let devices: Vec<Device> = serde_json::from_str(&item.target).unwrap_or_default();
             for d in devices {
-                remove(state, push, item.user_id, &d.token).await;
+                remove(metrics, push, item.user_id, &d.token).await;
             }
             push.store.outbox_done(&item).await
         }
@@ -345,10 +360,10 @@ async fn attempt(state: &AppState, push: &Push, sender: &Sender, mut item: Outbo
     }
 }
 
-async fn remove(state: &AppState, push: &Push, user: u64, token: &str) {
+async fn remove(metrics: &Metrics, push: &Push, user: u64, token: &str) {
     match push.store.remove_device(user, token).await {
         Ok(true) => {
-            state.metrics.push.devices_removed.inc();
+            metrics.push.devices_removed.inc();
             tracing::info!(
                 user_id = user,
                 "push: provider reported a device unregistered; removed"
