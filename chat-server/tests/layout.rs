@@ -25,7 +25,10 @@ fn modules(src: &Path) -> BTreeMap<String, PathBuf> {
                 .components()
                 .map(|c| c.as_os_str().to_string_lossy().into_owned())
                 .collect();
-            if matches!(parts.last().map(String::as_str), Some("mod" | "lib" | "main")) {
+            if matches!(
+                parts.last().map(String::as_str),
+                Some("mod" | "lib" | "main")
+            ) {
                 parts.pop();
             }
             out.insert(parts.join("::"), p);
@@ -198,12 +201,10 @@ fn no_import_circle_has_more_than_three_files() {
 #[test]
 fn app_state_is_named_only_by_the_assembly_transports_and_handlers() {
     const ALLOWED: &[&str] = &[
-        "state",        // where it is defined
-        "server",       // the assembly
-        "session",      // the transports
-        "ws",
-        "longpoll",
-        "api",          // HTTP handlers
+        "state",   // where it is defined
+        "server",  // the assembly
+        "session", // the transports
+        "ws", "longpoll", "api", // HTTP handlers
         "web",
     ];
     let named: Vec<String> = modules(&src())
@@ -226,7 +227,11 @@ fn the_reader_sees_a_known_circle() {
     std::fs::write(dir.join("a.rs"), "use crate::b::B;").unwrap();
     std::fs::write(dir.join("b.rs"), "use crate::p::q::{self, Q};").unwrap();
     std::fs::write(dir.join("p/mod.rs"), "pub mod q;").unwrap();
-    std::fs::write(dir.join("p/q.rs"), "use super::super::a; fn f() { crate::a::g() }").unwrap();
+    std::fs::write(
+        dir.join("p/q.rs"),
+        "use super::super::a; fn f() { crate::a::g() }",
+    )
+    .unwrap();
     let g = graph(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
     let c: Vec<Vec<String>> = cycles(&g).into_iter().filter(|c| c.len() > 1).collect();

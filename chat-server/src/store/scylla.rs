@@ -1497,7 +1497,11 @@ impl Store for ScyllaStore {
         self.media_get(media_id).await
     }
 
-    async fn link_media(&self, m: &crate::media::record::MediaRecord, chat_id: ChatId) -> Result<()> {
+    async fn link_media(
+        &self,
+        m: &crate::media::record::MediaRecord,
+        chat_id: ChatId,
+    ) -> Result<()> {
         self.media_link(m, chat_id).await
     }
 

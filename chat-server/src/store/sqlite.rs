@@ -872,7 +872,11 @@ impl Store for SqliteStore {
         self.read(move |c| media::get(c, &id)).await
     }
 
-    async fn link_media(&self, m: &crate::media::record::MediaRecord, chat_id: ChatId) -> Result<()> {
+    async fn link_media(
+        &self,
+        m: &crate::media::record::MediaRecord,
+        chat_id: ChatId,
+    ) -> Result<()> {
         self.media_write(media::link(m.media_id.clone(), chat_id))
             .await
     }
