@@ -147,22 +147,41 @@ struct Common {
     hub: Arc<Hub>,
     directory: Arc<Directory>,
     watchers: Arc<Watchers>,
+    /// `None` with `--media-disabled`, and in processes without clients.
+    media: Option<Arc<crate::media::MediaService>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
 
 impl Common {
-    fn new(cfg: &ServeConfig, store: Arc<dyn Store>) -> Self {
+    /// `clients`: whether this process has clients, and so serves media (delivery and presence
+    /// processes open no blob store and write nothing under the data directory).
+    fn new(
+        cfg: &ServeConfig,
+        store: Arc<dyn Store>,
+        secret: &str,
+        clients: bool,
+    ) -> anyhow::Result<Self> {
+        let media = if clients {
+            crate::media::MediaService::open_unless_disabled(
+                &cfg.media,
+                &cfg.data_dir,
+                secret.as_bytes(),
+            )?
+        } else {
+            None
+        };
         let hub = Arc::new(Hub::new(cfg.send_queue));
         let directory = Arc::new(Directory::new(store));
-        Common {
+        Ok(Common {
+            media,
             metrics: Arc::new(Metrics::new()),
             watchers: Arc::new(Watchers::new(hub.clone(), directory.clone())),
             hub,
             directory,
             tasks: TaskTracker::new(),
             stop: CancellationToken::new(),
-        }
+        })
     }
 }
 
@@ -170,29 +189,12 @@ impl Common {
 struct Backend {
     store: Arc<dyn Store>,
     plane: Arc<dyn Plane>,
-    /// Whether this process has clients, and so serves media: delivery and presence processes
-    /// open no blob store and write nothing under the data directory.
-    clients: bool,
     push: Option<Arc<crate::push::Push>>,
 }
 
-/// The one place an [`AppState`] is assembled (and the media service opened, unless off).
-fn build_state(
-    cfg: ServeConfig,
-    secret: &str,
-    c: Common,
-    b: Backend,
-) -> anyhow::Result<Arc<AppState>> {
-    let media = if b.clients {
-        crate::media::MediaService::open_unless_disabled(
-            &cfg.media,
-            &cfg.data_dir,
-            secret.as_bytes(),
-        )?
-    } else {
-        None
-    };
-    Ok(Arc::new(AppState {
+/// The one place an [`AppState`] is assembled.
+fn build_state(cfg: ServeConfig, secret: &str, c: Common, b: Backend) -> Arc<AppState> {
+    Arc::new(AppState {
         auth: Auth::new(secret.as_bytes()),
         store: b.store,
         hub: c.hub,
@@ -201,7 +203,7 @@ fn build_state(
         plane: b.plane,
         receipts: Default::default(),
         metrics: c.metrics,
-        media,
+        media: c.media,
         push: b.push,
         longpoll: Default::default(),
         draining: Default::default(),
@@ -210,7 +212,7 @@ fn build_state(
         connections: Default::default(),
         ready: Default::default(),
         cfg,
-    }))
+    })
 }
 
 /// What the push worker takes of the state.
@@ -274,7 +276,7 @@ impl Server {
             .map_or(2, |n| n.get())
             .clamp(2, 16);
         let (push, push_rx) = crate::push::Push::open_embedded(&cfg)?;
-        let common = Common::new(&cfg, store.clone());
+        let common = Common::new(&cfg, store.clone(), &secret, true)?;
         let plane = LocalPlane::new(
             shards,
             16 * 1024,
@@ -291,10 +293,9 @@ impl Server {
         let backend = Backend {
             store: store.clone(),
             plane,
-            clients: true,
             push: Some(push.clone()),
         };
-        let state = build_state(cfg, &secret, common, backend)?;
+        let state = build_state(cfg, &secret, common, backend);
         crate::push::spawn_worker(
             &state.tasks,
             push_worker_deps(&state),
@@ -350,7 +351,7 @@ impl Server {
             .await?,
         );
         let redis = Redis::connect(&c.redis_url, &c.cluster, wait).await?;
-        let common = Common::new(&cfg, store.clone());
+        let common = Common::new(&cfg, store.clone(), &secret, edge)?;
         let producer = if edge {
             Some(Arc::new(SendProducer::new(
                 &c.kafka_brokers,
@@ -433,10 +434,9 @@ impl Server {
         let backend = Backend {
             store: store.clone(),
             plane,
-            clients: edge,
             push: Some(push.clone()),
         };
-        let state = build_state(cfg, &secret, common, backend)?;
+        let state = build_state(cfg, &secret, common, backend);
         if edge {
             state.tasks.spawn(flush_receipts(state.clone()));
             state.tasks.spawn(longpoll::sweep(state.clone()));
