@@ -36,9 +36,9 @@ run() { # label bin_dir scenario args...
 for round in $(seq "$ROUNDS"); do
   for side in A B; do
     dir=$A; [[ $side == B ]] && dir=$B
-    run "$side" direct-5k direct --rate 5000 --duration 20s --warmup 5s
-    run "$side" sweep sweep --rates 5000,10000,15000,20000 --duration 10s --warmup 2s --p99-limit-ms 50 --keep-going
-    run "$side" group-1000 group --members 1000 --rate 200 --duration 15s --warmup 5s
+    run "$side" "$dir" direct-5k direct --rate 5000 --duration 20s --warmup 5s
+    run "$side" "$dir" sweep sweep --rates 5000,10000,15000,20000 --duration 10s --warmup 2s --p99-limit-ms 50 --keep-going
+    run "$side" "$dir" group-1000 group --members 1000 --rate 200 --duration 15s --warmup 5s
   done
 done
 echo "results in $OUT"
