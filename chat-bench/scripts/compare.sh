@@ -14,11 +14,17 @@ OUT=${3:-/tmp/tern-compare-$(date +%Y%m%d-%H%M%S)}
 ROUNDS=${4:-2}
 mkdir -p "$OUT"
 export CHAT_BENCH_URL=http://127.0.0.1:18080 CHAT_JWT_SECRET=benchsecret
+# The server and the load generator get a core each (taskset), so the bench cannot starve the
+# server and every run has the same split. SERVER_CPUS= BENCH_CPUS= (empty) turns pinning off.
+SERVER_CPUS=${SERVER_CPUS-1}
+BENCH_CPUS=${BENCH_CPUS-0}
+SERVER_PIN=(); [[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 BENCH="$B/chat-bench"
 PID=""
 start() { # bin_dir
   rm -rf "$OUT/data"
-  "$1/chat-server" --listen 127.0.0.1:18080 --data-dir "$OUT/data" --jwt-secret benchsecret \
+  "${SERVER_PIN[@]}" "$1/chat-server" --listen 127.0.0.1:18080 --data-dir "$OUT/data" --jwt-secret benchsecret \
     --log warn >"$OUT/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && return; sleep 0.1; done
@@ -30,7 +36,7 @@ run() { # label bin_dir scenario args...
   local label=$1 dir=$2 name=$3; shift 3
   start "$dir"
   echo "== $label $name: chat-bench $* (load $(cut -d' ' -f1 /proc/loadavg))" | tee -a "$OUT/summary.txt"
-  "$BENCH" "$@" 2>"$OUT/$label-$name.progress" | tee -a "$OUT/$label-$name.txt" | tee -a "$OUT/summary.txt"
+  "${BENCH_PIN[@]}" "$BENCH" "$@" 2>"$OUT/$label-$name.progress" | tee -a "$OUT/$label-$name.txt" | tee -a "$OUT/summary.txt"
   stop
 }
 for round in $(seq "$ROUNDS"); do

@@ -11,10 +11,16 @@ BIN=${BIN:-target/release}
 OUT=${1:-/tmp/tern-bench-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT"
 export CHAT_BENCH_URL=http://127.0.0.1:18080 CHAT_JWT_SECRET=benchsecret
+# The server and the load generator get a core each (taskset), so the bench cannot starve the
+# server and every run has the same split. SERVER_CPUS= BENCH_CPUS= (empty) turns pinning off.
+SERVER_CPUS=${SERVER_CPUS-1}
+BENCH_CPUS=${BENCH_CPUS-0}
+SERVER_PIN=(); [[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 PID=""
 start() {
   rm -rf "$OUT/data"
-  "$BIN/chat-server" --listen 127.0.0.1:18080 --data-dir "$OUT/data" --jwt-secret benchsecret \
+  "${SERVER_PIN[@]}" "$BIN/chat-server" --listen 127.0.0.1:18080 --data-dir "$OUT/data" --jwt-secret benchsecret \
     --log warn "$@" >"$OUT/server.log" 2>&1 &
   PID=$!
   for _ in $(seq 100); do curl -sf http://127.0.0.1:18080/healthz >/dev/null && return; sleep 0.1; done
@@ -25,7 +31,7 @@ trap stop EXIT
 run() { # name, args...
   local name=$1; shift
   echo "== $name: chat-bench $*" | tee -a "$OUT/summary.txt"
-  "$BIN/chat-bench" "$@" 2>"$OUT/$name.progress" | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
+  "${BENCH_PIN[@]}" "$BIN/chat-bench" "$@" 2>"$OUT/$name.progress" | tee "$OUT/$name.txt" | tee -a "$OUT/summary.txt"
 }
 
 start; run idle-19k connect -n 19000 --hold 10s --source-ips 127.0.0.2-127.0.0.20 --server-pid "$PID"; stop
