@@ -1031,11 +1031,16 @@ function discardPending(chatId, cid) {
 // ---- media -------------------------------------------------------------------------------
 
 async function probeMedia() {
-  // A server with the media API routes POST /v1/media, so GET answers 405 (or 401, 200…);
-  // without it the path is unknown: 404.
+  // GET /v1/media answers what the server accepts (200); 503: media is off; 404: an older
+  // server without media. The accept list filters the file picker.
   try {
     const res = await fetch('/v1/media', { headers: { Authorization: `Bearer ${S.token}` }, cache: 'no-store' });
-    setMediaSupported(res.status !== 404);
+    if (res.ok) {
+      S.mediaConfig = await res.json().catch(() => null);
+      const accept = S.mediaConfig?.accept;
+      if (Array.isArray(accept) && accept.length) $('file-input').accept = accept.join(',');
+    }
+    setMediaSupported(res.status !== 404 && res.status !== 503);
   } catch {
     /* unknown: keep the button; an upload will tell */
   }
@@ -1169,30 +1174,131 @@ function renderMedia(media, mediaUrl, pending) {
     img.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); open(); } });
     box.append(img);
   } else if (type.startsWith('video/')) {
-    const v = h('video', { controls: true, preload: 'metadata', playsinline: true, src, onloadedmetadata: keepPinned });
-    const poster = mediaSrc(m.thumbnail_url);
+    const info = mediaInfo(m);
+    const pick = pickRendition(info);
+    const v = h('video', { controls: true, preload: 'metadata', playsinline: true, src: mediaSrc(pick?.url) || src, onloadedmetadata: keepPinned });
+    const poster = mediaSrc(info.poster?.url || info.thumbnail_url);
     if (poster) v.poster = poster;
+    v.dataset.rendition = pick?.name || 'original';
     // A stable box before (or without) metadata: known size, else 16:9.
     v.style.width = `${Math.min(m.width || 360, 360)}px`;
     v.style.aspectRatio = m.width && m.height ? `${m.width} / ${m.height}` : '16 / 9';
     box.append(v);
+    if (info.processing && m.media_id && !pending) watchProcessing(m.media_id);
   } else if (type.startsWith('audio/')) {
-    const dur = h('span', { class: 'dur' }, m.duration_ms ? fmtDuration(m.duration_ms) : '');
+    // The player shows the length; the waveform (peaks from the server) shows progress.
     const a = h('audio', { controls: true, preload: 'metadata', src });
-    if (!m.duration_ms) {
-      a.addEventListener('loadedmetadata', () => {
-        if (Number.isFinite(a.duration)) dur.textContent = fmtDuration(a.duration * 1000);
-      });
-    }
-    box.append(h('div', { class: 'audio' }, a, dur));
+    const wave = Array.isArray(m.peaks) && m.peaks.length ? waveformEl(m.peaks, a) : null;
+    box.append(h('div', { class: 'audio' }, wave, a));
   } else {
     box.append(h('a', { class: 'file', href: src, target: '_blank', rel: 'noopener noreferrer', download: m.name || '' },
-      '⎙ ', m.name || 'File', m.size ? ` · ${fmtSize(m.size)}` : ''));
+      iconSvg('file'), ' ', m.name || 'File', m.size ? ` · ${fmtSize(m.size)}` : ''));
   }
   if (pending?.state === 'uploading') {
     box.append(h('div', { class: 'upload' }, 'Uploading… ', h('progress', { max: 1, value: pending.progress || 0 })));
   }
   return box;
+}
+
+/** The freshest known state of a media object (renditions made after the message was sent). */
+function mediaInfo(m) {
+  return (m.media_id && S.mediaInfo?.get(m.media_id)) || m;
+}
+
+/**
+ * The rendition to play: the smallest one at least as tall as the player needs on this
+ * screen (twice that on fast connections, for sharpness), capped to 360p on slow ones
+ * (navigator.connection.effectiveType 2g/3g, or Save-Data). null: the original.
+ */
+function pickRendition(m) {
+  const list = (Array.isArray(m.variants) ? m.variants : []).filter((v) => v && v.url && v.height);
+  if (!list.length) return null;
+  const c = navigator.connection;
+  const slow = !!(c && (c.saveData || /(^|-)(2g|3g)$/.test(c.effectiveType || '')));
+  const shortSide = (v) => Math.min(v.width || v.height, v.height);
+  const sorted = [...list].sort((x, y) => shortSide(x) - shortSide(y));
+  if (slow) return sorted[0];
+  const want = Math.min(360, window.innerWidth || 360) * (window.devicePixelRatio || 1) * (9 / 16);
+  const fast = !c || c.effectiveType === '4g';
+  const target = fast ? want * 1.5 : want;
+  const fit = sorted.find((v) => shortSide(v) >= target);
+  // Nothing big enough: the original (the largest) on fast links, else the largest rendition.
+  return fit || (fast ? null : sorted[sorted.length - 1]);
+}
+
+/** While a video is being processed, ask for its current state now and then, then re-render. */
+function watchProcessing(mediaId) {
+  S.mediaWatch ??= new Set();
+  S.mediaInfo ??= new Map();
+  if (S.mediaWatch.has(mediaId)) return;
+  S.mediaWatch.add(mediaId);
+  const started = now();
+  const tick = async () => {
+    try {
+      const info = await api('GET', `/v1/media/${encodeURIComponent(mediaId)}/info`);
+      S.mediaInfo.set(mediaId, info);
+      if (!info.processing || now() - started > 15 * 60000) {
+        S.mediaWatch.delete(mediaId);
+        render.messages();
+        return;
+      }
+    } catch {
+      if (now() - started > 15 * 60000) { S.mediaWatch.delete(mediaId); return; }
+    }
+    setTimeout(tick, 3000);
+  };
+  setTimeout(tick, 1500);
+}
+
+/** A voice note's waveform: bars from the server's peaks (0–255), played part highlighted. */
+function waveformEl(peaks, audio) {
+  const n = peaks.length;
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('class', 'wave');
+  svg.setAttribute('viewBox', `0 0 ${n * 3} 32`);
+  svg.setAttribute('preserveAspectRatio', 'none');
+  svg.setAttribute('role', 'img');
+  svg.setAttribute('aria-label', 'Waveform');
+  const bars = [];
+  peaks.forEach((p, i) => {
+    const hgt = Math.max(2, (Math.min(255, Math.max(0, Number(p) || 0)) / 255) * 30);
+    const r = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+    r.setAttribute('x', String(i * 3));
+    r.setAttribute('y', String((32 - hgt) / 2));
+    r.setAttribute('width', '2');
+    r.setAttribute('height', String(hgt));
+    svg.append(r);
+    bars.push(r);
+  });
+  const paint = () => {
+    const f = audio.duration > 0 && Number.isFinite(audio.duration) ? audio.currentTime / audio.duration : 0;
+    bars.forEach((r, i) => r.classList.toggle('played', i < f * n));
+  };
+  audio.addEventListener('timeupdate', paint);
+  audio.addEventListener('ended', paint);
+  svg.addEventListener('click', (e) => {
+    const box = svg.getBoundingClientRect();
+    if (audio.duration > 0 && Number.isFinite(audio.duration) && box.width) {
+      audio.currentTime = ((e.clientX - box.left) / box.width) * audio.duration;
+      audio.play().catch(() => {});
+    }
+  });
+  return svg;
+}
+
+/** Inline SVG icons (no emoji fonts needed). */
+function iconSvg(name) {
+  const paths = {
+    file: 'M6 2h8l5 5v15H6z M14 2v5h5',
+  };
+  const svg = document.createElementNS('http://www.w3.org/2000/svg', 'svg');
+  svg.setAttribute('class', 'i');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  const p = document.createElementNS('http://www.w3.org/2000/svg', 'path');
+  p.setAttribute('d', paths[name] || '');
+  svg.append(p);
+  return svg;
 }
 
 function openLightbox(src, alt) {
@@ -1207,6 +1313,30 @@ const voice = {
   rec: null,
   chunks: [],
   started: 0,
+  cancelled: false,
+  timer: null,
+  /** Stop recording and throw the recording away. */
+  cancel() {
+    if (!this.rec) return;
+    this.cancelled = true;
+    this.rec.stop();
+  },
+  showRecording(on) {
+    let bar = $('rec-bar');
+    clearInterval(this.timer);
+    if (!on) { bar?.remove(); return; }
+    if (!bar) {
+      bar = h('div', { id: 'rec-bar', class: 'rec-bar', role: 'status' },
+        h('span', { class: 'rec-dot', 'aria-hidden': 'true' }),
+        h('span', { class: 'rec-time' }, '0:00'),
+        h('button', { type: 'button', class: 'rec-cancel', onclick: () => this.cancel() }, 'Cancel'));
+      $('voice-btn').before(bar);
+    }
+    const t = bar.querySelector('.rec-time');
+    const paint = () => { t.textContent = fmtDuration(now() - this.started); };
+    paint();
+    this.timer = setInterval(paint, 250);
+  },
   async toggle() {
     if (this.rec) {
       this.rec.stop();
@@ -1224,6 +1354,7 @@ const voice = {
     const rec = new MediaRecorder(stream);
     this.rec = rec;
     this.chunks = [];
+    this.cancelled = false;
     this.started = now();
     rec.ondataavailable = (e) => { if (e.data.size) this.chunks.push(e.data); };
     rec.onstop = () => {
@@ -1231,8 +1362,9 @@ const voice = {
       this.rec = null;
       $('voice-btn').classList.remove('recording');
       $('voice-btn').title = 'Record a voice message';
+      this.showRecording(false);
       const duration = now() - this.started;
-      if (duration < 500 || !this.chunks.length) return;
+      if (this.cancelled || duration < 500 || !this.chunks.length) return;
       const type = (rec.mimeType || 'audio/webm').split(';')[0];
       const file = new File(this.chunks, `voice-${new Date().toISOString()}.${type.split('/')[1] || 'webm'}`, { type });
       attachFile(chatId, file, { duration_ms: duration });
@@ -1240,6 +1372,7 @@ const voice = {
     rec.start();
     $('voice-btn').classList.add('recording');
     $('voice-btn').title = 'Stop and send';
+    this.showRecording(true);
   },
 };
 
@@ -1725,7 +1858,9 @@ function statusOf(chat, m) {
 function ticksEl(status) {
   const text = { pending: '◷', sent: '✓', delivered: '✓✓', read: '✓✓', failed: '!' }[status] || '';
   const label = { pending: 'Sending', sent: 'Sent', delivered: 'Delivered', read: 'Read', failed: 'Not sent' }[status] || '';
-  return h('span', { class: 'ticks', dataset: { status }, title: label, 'aria-label': label }, text);
+  // Read also differs in shape (a filled badge) and carries a visible "Read" label.
+  return h('span', { class: 'ticks', dataset: { status }, title: label, 'aria-label': label }, text,
+    status === 'read' ? h('span', { class: 'ticks-label' }, 'Read') : null);
 }
 
 function appendLinkified(parent, text) {
@@ -1799,7 +1934,8 @@ function renderMessages(toBottom) {
     const showSender = chat?.type === 'group' && !mine && !cont;
     const p = it.pending;
     const status = p ? (p.state === 'failed' ? 'failed' : 'pending') : mine ? statusOf(chat, m) : null;
-    const sig = JSON.stringify([m.content, m.media?.media_id ?? m.media?.url ?? m.media_url ?? null, p?.state ?? null, p?.error ?? null, cont, showSender, m.seq]);
+    const fresh = m.media?.media_id ? S.mediaInfo?.get(m.media.media_id) : null;
+    const sig = JSON.stringify([m.content, m.media?.media_id ?? m.media?.url ?? m.media_url ?? null, p?.state ?? null, p?.error ?? null, cont, showSender, m.seq, fresh ? (fresh.variants?.length ?? 0) + (fresh.poster ? 1 : 0) : null]);
     wanted.push({ key: it.key, sig, tick: status, make: () => messageEl(chatId, m, { mine, cont, showSender, pending: p, status }) });
     prev = m;
   }
@@ -2327,8 +2463,31 @@ function wire() {
     }
   });
   window.addEventListener('focus', () => maybeMarkRead());
-  window.addEventListener('online', () => conn.reconnectNow());
-  window.addEventListener('offline', () => { if (!conn.ready) conn.setState('offline'); });
+  window.addEventListener('online', () => {
+    // Back online with the socket still up (the probe found it alive): say so again.
+    if (conn.ready && conn.state === 'offline') conn.setState(conn.mode === 'longpoll' ? 'longpoll' : 'connected');
+    conn.reconnectNow();
+  });
+  window.addEventListener('offline', () => {
+    // Shown at once; the socket is probed: if nothing answers a ping within 3 s it is closed
+    // and the usual reconnect (which waits for the network) takes over.
+    conn.setState('offline');
+    if (conn.ws && conn.ws.readyState === WebSocket.OPEN) {
+      const ws = conn.ws;
+      const sent = now();
+      conn.send({ type: 'ping' });
+      setTimeout(() => {
+        if (conn.ws !== ws) return;
+        if (conn.lastRx > sent) {
+          if (navigator.onLine !== false) conn.setState('connected');
+        } else {
+          conn.ws = null;
+          try { ws.close(4000, 'offline'); } catch { /* ignore */ }
+          conn.onWsGone(true);
+        }
+      }, 3000);
+    }
+  });
   window.addEventListener('pagehide', () => {
     // A clean close lets the server mark us offline at once.
     if (conn.ws) try { conn.ws.close(1000, 'page closed'); } catch { /* ignore */ }
