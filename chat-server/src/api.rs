@@ -3,7 +3,7 @@
 use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::model::{Chat, ChatId, ChatType, MAX_ID, UserId, message_status};
-use crate::protocol::{self, SendFrame};
+use crate::protocol::{self, ChatEvent, SendFrame};
 use crate::state::AppState;
 use crate::store::Page;
 use axum::Json;
@@ -60,11 +60,37 @@ fn check_user_ids(ids: &[u64]) -> Result<()> {
     Ok(())
 }
 
+/// The chat object of `GET /v1/chats/{id}`: with its members and their names.
 async fn chat_with_members(st: &AppState, chat: Chat) -> Result<Value> {
-    let members = st.store.members(chat.chat_id).await?;
+    let mut members = st.store.members(chat.chat_id).await?;
+    let ids: Vec<UserId> = members.iter().map(|m| m.user_id).collect();
+    let mut names = st.store.user_names(&ids).await?;
+    for m in &mut members {
+        m.name = names.remove(&m.user_id);
+    }
     let mut c = chat;
     c.members = Some(members);
     serde_json::to_value(c).map_err(Error::internal)
+}
+
+/// The user ids of a chat object's `members`.
+fn member_ids(chat: &Value) -> Vec<UserId> {
+    chat["members"]
+        .as_array()
+        .map(|ms| ms.iter().filter_map(|m| m["user_id"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Send a `chat` frame to every live connection (on every edge) of `to`.
+async fn announce_chat(
+    st: &AppState,
+    event: ChatEvent,
+    chat: &Value,
+    to: &[UserId],
+    user_ids: &[UserId],
+) {
+    let f = crate::hub::frame(protocol::chat_frame(event, chat, user_ids));
+    st.fan_out(to, &f).await;
 }
 
 pub async fn create_chat(
@@ -85,7 +111,9 @@ pub async fn create_chat(
                 return Err(Error::invalid("a direct chat needs another user"));
             }
             let (chat, created) = st.store.create_direct(me, other).await?;
+            let body = chat_with_members(&st, chat).await?;
             if created {
+                announce_chat(&st, ChatEvent::Created, &body, &[me, other], &[]).await;
                 st.partners_changed(&[me, other]).await;
                 // New partners learn each other's presence now, not at the next change.
                 for (to, about) in [(me, other), (other, me)] {
@@ -100,23 +128,19 @@ pub async fn create_chat(
             } else {
                 StatusCode::OK
             };
-            Ok((status, Json(chat_with_members(&st, chat).await?)).into_response())
+            Ok((status, Json(body)).into_response())
         }
         Some(ChatType::Group) => {
-            if let Some(t) = &req.title
-                && t.chars().count() > 200
-            {
-                return Err(Error::invalid("title is limited to 200 characters"));
+            if let Some(t) = &req.title {
+                protocol::check_title(t)?;
             }
             let chat = st
                 .store
                 .create_group(me, req.title, req.members, st.cfg.group_limit)
                 .await?;
-            Ok((
-                StatusCode::CREATED,
-                Json(chat_with_members(&st, chat).await?),
-            )
-                .into_response())
+            let body = chat_with_members(&st, chat).await?;
+            announce_chat(&st, ChatEvent::Created, &body, &member_ids(&body), &[]).await;
+            Ok((StatusCode::CREATED, Json(body)).into_response())
         }
         None => Err(Error::invalid("type must be \"direct\" or \"group\"")),
     }
@@ -199,11 +223,24 @@ pub async fn add_members(
     }
     check_user_ids(&req.user_ids)?;
     require_admin(&st, &chat, me).await?;
-    st.store
+    let added = st
+        .store
         .add_members(chat.chat_id, req.user_ids, st.cfg.group_limit)
         .await?;
     st.members_changed(chat.chat_id).await;
-    Ok(Json(chat_with_members(&st, chat).await?))
+    let body = chat_with_members(&st, chat).await?;
+    if !added.is_empty() {
+        // Old and new members alike: everyone in the chat now.
+        announce_chat(
+            &st,
+            ChatEvent::MemberAdded,
+            &body,
+            &member_ids(&body),
+            &added,
+        )
+        .await;
+    }
+    Ok(Json(body))
 }
 
 pub async fn remove_member(
@@ -226,8 +263,98 @@ pub async fn remove_member(
             chat.chat_id
         )));
     }
+    // The member caches are dropped (here and on every process) before the event: what the
+    // removed user gets after their `member_removed` no longer counts them as a member.
     st.members_changed(chat.chat_id).await;
+    let body = chat_with_members(&st, chat).await?;
+    let mut to = member_ids(&body);
+    to.push(user);
+    announce_chat(&st, ChatEvent::MemberRemoved, &body, &to, &[user]).await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct UpdateChat {
+    /// `null` clears the title; absent leaves it.
+    #[serde(default, deserialize_with = "present")]
+    title: Option<Option<String>>,
+}
+
+/// Tell an absent field (`None`) from an explicit `null` (`Some(None)`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// `PATCH /v1/chats/{id}` `{"title": "…" | null}`: group admins rename a group; every member's
+/// devices get a `chat` `updated` frame.
+pub async fn update_chat(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    let chat = member_chat(&st, parse_id(&id, "chat id")?, me).await?;
+    let req: UpdateChat = json_body(&body)?;
+    let Some(title) = req.title else {
+        return Err(Error::invalid(
+            "nothing to change: send {\"title\": \"…\"} (or null to clear it)",
+        ));
+    };
+    if chat.kind != ChatType::Group {
+        return Err(Error::invalid("a direct chat has no title"));
+    }
+    if let Some(t) = &title {
+        protocol::check_title(t)?;
+    }
+    require_admin(&st, &chat, me).await?;
+    let changed = chat.title != title;
+    if changed {
+        st.store.set_title(chat.chat_id, title.clone()).await?;
+    }
+    let mut chat = chat;
+    chat.title = title;
+    let body = chat_with_members(&st, chat).await?;
+    if changed {
+        announce_chat(&st, ChatEvent::Updated, &body, &member_ids(&body), &[]).await;
+    }
+    Ok(Json(body))
+}
+
+/// `GET /v1/me`: `{"user_id", "name"?}`.
+pub async fn get_me(State(st): State<Arc<AppState>>, Caller(me): Caller) -> Result<Json<Value>> {
+    let mut names = st.store.user_names(&[me]).await?;
+    let mut v = json!({"user_id": me});
+    if let Some(n) = names.remove(&me) {
+        v["name"] = json!(n);
+    }
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+struct UpdateMe {
+    name: String,
+}
+
+/// `PATCH /v1/me` `{"name": "…"}` (dev auth only: otherwise names come from the token's
+/// `name` claim, set by the app's own auth service).
+pub async fn update_me(
+    State(st): State<Arc<AppState>>,
+    Caller(me): Caller,
+    body: Bytes,
+) -> Result<Json<Value>> {
+    if !st.cfg.dev_auth {
+        return Err(Error::forbidden(
+            "names come from the token's name claim; PATCH /v1/me needs --dev-auth",
+        ));
+    }
+    let req: UpdateMe = json_body(&body)?;
+    protocol::check_name(&req.name)?;
+    st.store.set_user_name(me, &req.name).await?;
+    Ok(Json(json!({"user_id": me, "name": req.name})))
 }
 
 pub async fn list_messages(

@@ -15,6 +15,19 @@ struct Claims {
     exp: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     iat: Option<u64>,
+    /// The user's display name, set by the app's own auth service (optional). Any JSON value
+    /// is accepted here, so a bad `name` never makes a valid token invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<serde_json::Value>,
+}
+
+/// Who a valid token names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: UserId,
+    /// The token's `name` claim when it is a valid name ([`crate::protocol::check_name`]); an
+    /// invalid one is ignored (logged), not an authentication failure.
+    pub name: Option<String>,
 }
 
 /// Verifies and mints tokens with one shared secret. Cloning is cheap (the keys are shared),
@@ -47,6 +60,7 @@ impl Auth {
             sub: user_id.to_string(),
             exp: now + ttl_s,
             iat: Some(now),
+            name: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.0.encoding)
             .map_err(Error::internal)
@@ -54,6 +68,11 @@ impl Auth {
 
     /// The user id a valid token names.
     pub fn verify(&self, token: &str) -> Result<UserId> {
+        self.identify(token).map(|i| i.user_id)
+    }
+
+    /// The user a valid token names, with the token's `name` claim if it carries a valid one.
+    pub fn identify(&self, token: &str) -> Result<Identity> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.0.decoding, &self.0.validation)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;
@@ -65,12 +84,29 @@ impl Auth {
                 };
                 Error::Unauthenticated(why.into())
             })?;
-        match data.claims.sub.parse::<u64>() {
-            Ok(id) if id > 0 && id <= MAX_ID => Ok(id),
-            _ => Err(Error::Unauthenticated(
-                "the token's sub must be a positive user id as a decimal string".into(),
-            )),
-        }
+        let user_id = match data.claims.sub.parse::<u64>() {
+            Ok(id) if id > 0 && id <= MAX_ID => id,
+            _ => {
+                return Err(Error::Unauthenticated(
+                    "the token's sub must be a positive user id as a decimal string".into(),
+                ));
+            }
+        };
+        let name = match data.claims.name {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(n)) => match crate::protocol::check_name(&n) {
+                Ok(()) => Some(n),
+                Err(e) => {
+                    tracing::debug!(user_id, cause = %e, "ignoring the token's name claim");
+                    None
+                }
+            },
+            Some(_) => {
+                tracing::debug!(user_id, "ignoring a name claim that is not a string");
+                None
+            }
+        };
+        Ok(Identity { user_id, name })
     }
 }
 
@@ -141,6 +177,7 @@ mod tests {
                 sub: "42".into(),
                 exp: unix_now() - 3600,
                 iat: None,
+                name: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )
@@ -151,12 +188,36 @@ mod tests {
                 .to_string()
                 .contains("expired")
         );
+        let named = |name: serde_json::Value| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &Claims {
+                    sub: "7".into(),
+                    exp: unix_now() + 60,
+                    iat: None,
+                    name: Some(name),
+                },
+                &EncodingKey::from_secret(b"secret"),
+            )
+            .unwrap()
+        };
+        let id = auth.identify(&named("Ada".into())).unwrap();
+        assert_eq!((id.user_id, id.name.as_deref()), (7, Some("Ada")));
+        // A bad name claim is ignored; the token stays valid.
+        for bad in [
+            serde_json::json!(5),
+            "a\u{7}b".into(),
+            "x".repeat(65).into(),
+        ] {
+            assert_eq!(auth.identify(&named(bad)).unwrap().name, None);
+        }
         let bad_sub = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &Claims {
                 sub: "alice".into(),
                 exp: unix_now() + 60,
                 iat: None,
+                name: None,
             },
             &EncodingKey::from_secret(b"secret"),
         )

@@ -82,12 +82,16 @@ pub struct FramesQuery {
 }
 
 fn authenticate(st: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<UserId> {
+    identify(st, headers, token).map(|i| i.user_id)
+}
+
+fn identify(st: &AppState, headers: &HeaderMap, token: Option<&str>) -> Result<auth::Identity> {
     let h = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     let token =
         auth::bearer(h, token).ok_or_else(|| Error::Unauthenticated("missing token".into()))?;
-    st.auth.verify(&token)
+    st.auth.identify(&token)
 }
 
 fn events_json(cursor: Option<&str>, events: impl Iterator<Item = Frame>) -> Response {
@@ -121,7 +125,7 @@ pub async fn poll(
     Query(q): Query<PollQuery>,
     headers: HeaderMap,
 ) -> Response {
-    let user = match authenticate(&st, &headers, q.token.as_deref()) {
+    let who = match identify(&st, &headers, q.token.as_deref()) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -131,10 +135,10 @@ pub async fn poll(
     };
     let existing = session_id
         .and_then(|id| st.longpoll.get(id))
-        .filter(|s| s.user_id == user);
+        .filter(|s| s.user_id == who.user_id);
     let lp = match existing {
         Some(lp) => lp,
-        None => match open(&st, user).await {
+        None => match open(&st, who).await {
             Ok(lp) => lp,
             Err(e) => return e.into_response(),
         },
@@ -201,9 +205,10 @@ fn parse_cursor(c: &str) -> Option<(&str, u64)> {
     Some((id, n.parse().ok()?))
 }
 
-async fn open(st: &Arc<AppState>, user: UserId) -> Result<Arc<LpSession>> {
+async fn open(st: &Arc<AppState>, who: auth::Identity) -> Result<Arc<LpSession>> {
     let slot = st.acquire_slot()?;
-    let (session, rx) = Session::open(st.clone(), user, slot, "longpoll").await;
+    let user = who.user_id;
+    let (session, rx) = Session::open(st.clone(), who, slot, "longpoll").await;
     let lp = Arc::new(LpSession {
         user_id: user,
         session_id: session.session_id.clone(),

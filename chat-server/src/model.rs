@@ -99,6 +99,9 @@ pub struct Member {
     pub role: Role,
     #[serde(with = "ts")]
     pub joined_at: i64,
+    /// The member's display name, if they have one (filled from the users table by the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The chat object of the HTTP API.

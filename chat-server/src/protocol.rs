@@ -135,6 +135,48 @@ fn truncate(s: &str, max: usize) -> &str {
     }
 }
 
+/// Longest display name, in characters (Unicode scalar values).
+pub const MAX_NAME_CHARS: usize = 64;
+/// Longest group title, in characters.
+pub const MAX_TITLE_CHARS: usize = 200;
+
+/// Characters a name or title may not contain: control characters (C0, DEL, C1: newlines and
+/// tabs included) and the bidirectional overrides and isolates that let text pose as other text.
+fn forbidden_char(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Check free text shown to other users (`what` names the field in the error): at most `max`
+/// characters, not blank, no [`forbidden_char`]. It is stored as given: escaping for display
+/// is the client's job.
+fn check_display_text(what: &str, text: &str, max: usize) -> Result<()> {
+    if text.trim().is_empty() {
+        return Err(Error::invalid(format!("{what} must not be empty")));
+    }
+    if text.chars().count() > max {
+        return Err(Error::invalid(format!(
+            "{what} is limited to {max} characters"
+        )));
+    }
+    if let Some(c) = text.chars().find(|c| forbidden_char(*c)) {
+        return Err(Error::invalid(format!(
+            "{what} must not contain control characters (found U+{:04X})",
+            c as u32
+        )));
+    }
+    Ok(())
+}
+
+/// A user's display name (`PATCH /v1/me`, the token's `name` claim).
+pub fn check_name(name: &str) -> Result<()> {
+    check_display_text("name", name, MAX_NAME_CHARS)
+}
+
+/// A group title (`POST /v1/chats`, `PATCH /v1/chats/{id}`).
+pub fn check_title(title: &str) -> Result<()> {
+    check_display_text("title", title, MAX_TITLE_CHARS)
+}
+
 pub fn check_id(what: &str, id: u64) -> Result<u64> {
     if id == 0 || id > MAX_ID {
         return Err(Error::invalid(format!(
@@ -227,10 +269,49 @@ pub fn page_limit(limit: Option<u64>) -> usize {
 
 // ---- server frames ------------------------------------------------------------------------
 
-pub fn hello(user_id: UserId, session_id: &str, heartbeat_interval_s: u64) -> String {
-    json!({"type": "hello", "user_id": user_id, "session_id": session_id,
-           "heartbeat_interval": heartbeat_interval_s})
-    .to_string()
+pub fn hello(
+    user_id: UserId,
+    session_id: &str,
+    heartbeat_interval_s: u64,
+    name: Option<&str>,
+) -> String {
+    let mut v = json!({"type": "hello", "user_id": user_id, "session_id": session_id,
+           "heartbeat_interval": heartbeat_interval_s});
+    if let Some(name) = name {
+        v["name"] = json!(name);
+    }
+    v.to_string()
+}
+
+/// What a `chat` frame announces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatEvent {
+    Created,
+    MemberAdded,
+    MemberRemoved,
+    Updated,
+}
+
+impl ChatEvent {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChatEvent::Created => "created",
+            ChatEvent::MemberAdded => "member_added",
+            ChatEvent::MemberRemoved => "member_removed",
+            ChatEvent::Updated => "updated",
+        }
+    }
+}
+
+/// `{"type":"chat","event":…,"chat":{…},"user_ids":[…]}`: `chat` is the chat object of
+/// `GET /v1/chats/{id}` (with members); `user_ids` (the members added or removed) only for
+/// those events.
+pub fn chat_frame(event: ChatEvent, chat: &serde_json::Value, user_ids: &[UserId]) -> String {
+    let mut v = json!({"type": "chat", "event": event.as_str(), "chat": chat});
+    if matches!(event, ChatEvent::MemberAdded | ChatEvent::MemberRemoved) {
+        v["user_ids"] = json!(user_ids);
+    }
+    v.to_string()
 }
 
 pub fn message_frame(m: &Message) -> String {
@@ -389,6 +470,44 @@ mod tests {
             err(r#"{"type":"read","chat_id":1,"seq":-1}"#).code(),
             "invalid"
         );
+    }
+
+    #[test]
+    fn names_and_titles_are_checked() {
+        assert!(check_name("Ada Lovelace").is_ok());
+        assert!(
+            check_name("<img src=x onerror=alert(1)>").is_ok(),
+            "stored as given"
+        );
+        assert!(check_name(&"é".repeat(64)).is_ok(), "characters, not bytes");
+        let code = |r: Result<()>| r.unwrap_err().code();
+        assert_eq!(code(check_name(&"x".repeat(65))), "invalid");
+        assert_eq!(code(check_name("   ")), "invalid");
+        assert_eq!(code(check_name("a\nb")), "invalid");
+        assert_eq!(code(check_name("a\u{7f}")), "invalid");
+        assert_eq!(code(check_name("evil\u{202E}gnp.exe")), "invalid");
+        assert!(
+            check_name("a\tb")
+                .unwrap_err()
+                .to_string()
+                .contains("U+0009")
+        );
+        assert!(check_title(&"t".repeat(200)).is_ok());
+        assert_eq!(code(check_title(&"t".repeat(201))), "invalid");
+    }
+
+    #[test]
+    fn chat_frames_carry_user_ids_only_for_membership_events() {
+        let chat = json!({"chat_id": 5});
+        let v: serde_json::Value =
+            serde_json::from_str(&chat_frame(ChatEvent::MemberAdded, &chat, &[7, 8])).unwrap();
+        assert_eq!(v["type"], "chat");
+        assert_eq!(v["event"], "member_added");
+        assert_eq!(v["user_ids"], json!([7, 8]));
+        assert_eq!(v["chat"]["chat_id"], 5);
+        let v: serde_json::Value =
+            serde_json::from_str(&chat_frame(ChatEvent::Updated, &chat, &[])).unwrap();
+        assert!(v.get("user_ids").is_none());
     }
 
     #[test]

@@ -5,30 +5,82 @@
 //! advance past the stored marks are written in one store operation and announced to the other
 //! members as `receipt` frames. Marks never go backwards: merging takes the maximum, the store
 //! keeps the maximum, and a mark beyond the chat's last `seq` is clamped to it.
+//!
+//! The member's own other devices get the receipt too (so unread counts agree everywhere),
+//! but not the connection that sent the mark: each pending mark remembers which connection
+//! raised it last ([`Pending::delivered_by`], [`Pending::read_by`]).
 
 use crate::model::{ChatId, Marks, ReceiptKind, Seq, UserId};
 use std::collections::HashMap;
 
+/// One member's merged marks in one chat, and the connections (hub ids of this process) that
+/// raised each to its value: those already know and are skipped when it is announced. `None`:
+/// nobody to skip (e.g. marks put back after a failed flush).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub delivered: Seq,
+    pub read: Seq,
+    pub delivered_by: Option<u64>,
+    pub read_by: Option<u64>,
+}
+
+impl Pending {
+    /// The connection that sent the mark of `kind`, if known.
+    pub fn origin(&self, kind: ReceiptKind) -> Option<u64> {
+        match kind {
+            ReceiptKind::Delivered => self.delivered_by,
+            ReceiptKind::Read => self.read_by,
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct PendingMarks {
-    marks: HashMap<(ChatId, UserId), (Seq, Seq)>,
+    marks: HashMap<(ChatId, UserId), Pending>,
 }
 
 impl PendingMarks {
-    pub fn record(&mut self, chat_id: ChatId, user_id: UserId, kind: ReceiptKind, seq: Seq) {
-        let e = self.marks.entry((chat_id, user_id)).or_insert((0, 0));
-        e.0 = e.0.max(seq);
-        if kind == ReceiptKind::Read {
-            e.1 = e.1.max(seq);
+    /// Merge a mark sent by connection `origin` (`None`: not from a connection).
+    pub fn record(
+        &mut self,
+        chat_id: ChatId,
+        user_id: UserId,
+        kind: ReceiptKind,
+        seq: Seq,
+        origin: Option<u64>,
+    ) {
+        let e = self.marks.entry((chat_id, user_id)).or_default();
+        if seq > e.delivered {
+            e.delivered = seq;
+            e.delivered_by = origin;
+        }
+        if kind == ReceiptKind::Read && seq > e.read {
+            e.read = seq;
+            e.read_by = origin;
         }
     }
 
-    pub fn take(&mut self) -> HashMap<(ChatId, UserId), (Seq, Seq)> {
+    /// Put back marks taken for a flush that failed (keeping who sent them).
+    pub fn restore(&mut self, chat_id: ChatId, user_id: UserId, p: Pending) {
+        self.record(
+            chat_id,
+            user_id,
+            ReceiptKind::Delivered,
+            p.delivered,
+            p.delivered_by,
+        );
+        self.record(chat_id, user_id, ReceiptKind::Read, p.read, p.read_by);
+    }
+
+    pub fn take(&mut self) -> HashMap<(ChatId, UserId), Pending> {
         std::mem::take(&mut self.marks)
     }
 
+    /// The pending (delivered, read) marks of a member.
     pub fn get(&self, chat_id: ChatId, user_id: UserId) -> Option<(Seq, Seq)> {
-        self.marks.get(&(chat_id, user_id)).copied()
+        self.marks
+            .get(&(chat_id, user_id))
+            .map(|p| (p.delivered, p.read))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -79,13 +131,39 @@ mod tests {
     #[test]
     fn merging_keeps_the_maximum_and_read_implies_delivered() {
         let mut p = PendingMarks::default();
-        p.record(1, 7, ReceiptKind::Delivered, 5);
-        p.record(1, 7, ReceiptKind::Delivered, 3);
-        p.record(1, 7, ReceiptKind::Read, 4);
-        p.record(1, 7, ReceiptKind::Read, 2);
+        p.record(1, 7, ReceiptKind::Delivered, 5, None);
+        p.record(1, 7, ReceiptKind::Delivered, 3, None);
+        p.record(1, 7, ReceiptKind::Read, 4, None);
+        p.record(1, 7, ReceiptKind::Read, 2, None);
         assert_eq!(p.get(1, 7), Some((5, 4)));
-        p.record(1, 7, ReceiptKind::Read, 9);
+        p.record(1, 7, ReceiptKind::Read, 9, None);
         assert_eq!(p.get(1, 7), Some((9, 9)));
+    }
+
+    #[test]
+    fn each_mark_remembers_the_connection_that_raised_it() {
+        let mut p = PendingMarks::default();
+        p.record(1, 7, ReceiptKind::Delivered, 5, Some(10));
+        p.record(1, 7, ReceiptKind::Read, 3, Some(11));
+        // Not higher: the origin stays.
+        p.record(1, 7, ReceiptKind::Delivered, 4, Some(12));
+        let taken = p.take()[&(1, 7)];
+        assert_eq!(
+            taken,
+            Pending {
+                delivered: 5,
+                read: 3,
+                delivered_by: Some(10),
+                read_by: Some(11)
+            }
+        );
+        assert_eq!(taken.origin(ReceiptKind::Read), Some(11));
+        // A read past the delivered mark raises both, from that connection.
+        p.record(1, 7, ReceiptKind::Read, 8, Some(12));
+        p.restore(1, 7, taken);
+        let again = p.take()[&(1, 7)];
+        assert_eq!((again.delivered, again.read), (8, 8));
+        assert_eq!((again.delivered_by, again.read_by), (Some(12), Some(12)));
     }
 
     #[test]

@@ -86,7 +86,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     let timeout = Duration::from_secs(state.cfg.request_timeout);
     let api = Router::new()
         .route("/v1/chats", post(api::create_chat).get(api::list_chats))
-        .route("/v1/chats/{id}", get(api::get_chat))
+        .route("/v1/chats/{id}", get(api::get_chat).patch(api::update_chat))
+        .route("/v1/me", get(api::get_me).patch(api::update_me))
         .route("/v1/chats/{id}/members", post(api::add_members))
         .route(
             "/v1/chats/{id}/members/{user_id}",

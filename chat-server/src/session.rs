@@ -1,6 +1,7 @@
 //! One client session (a WebSocket connection or a long-poll session), independent of the
 //! transport: it registers with the hub and presence, answers client frames, and cleans up.
 
+use crate::auth::Identity;
 use crate::error::{Error, Result};
 use crate::hub::{ConnHandle, Frame, frame};
 use crate::model::{ChatId, ReceiptKind, UserId};
@@ -37,15 +38,18 @@ impl Session {
     /// presence of the user's direct-chat partners.
     pub async fn open(
         state: Arc<AppState>,
-        user_id: UserId,
+        who: Identity,
         slot: ConnSlot,
         transport: &'static str,
     ) -> (Session, mpsc::Receiver<Frame>) {
         let session_id = uuid::Uuid::now_v7().to_string();
+        let user_id = who.user_id;
+        let name = state.user_name(&who).await;
         let hello = frame(protocol::hello(
             user_id,
             &session_id,
             state.cfg.heartbeat_interval,
+            name.as_deref(),
         ));
         let (conn, rx, _) = state.hub.register(user_id, hello);
         state
@@ -140,12 +144,13 @@ impl Session {
             }
             ClientFrame::Delivered(m) => self.result(
                 m.chat_id,
-                st.mark(user, m.chat_id, ReceiptKind::Delivered, m.seq)
+                st.mark(user, m.chat_id, ReceiptKind::Delivered, m.seq, self.conn.id)
                     .await,
             ),
             ClientFrame::Read(m) => self.result(
                 m.chat_id,
-                st.mark(user, m.chat_id, ReceiptKind::Read, m.seq).await,
+                st.mark(user, m.chat_id, ReceiptKind::Read, m.seq, self.conn.id)
+                    .await,
             ),
             ClientFrame::Sync(s) => {
                 let limit = protocol::page_limit(s.limit);

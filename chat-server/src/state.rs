@@ -24,8 +24,8 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Pending (delivered, read) marks of one member.
-type PendingPair = (Seq, Seq);
+/// Pending marks of one member (with the connections that sent them).
+type PendingPair = receipts::Pending;
 
 pub struct AppState {
     pub cfg: ServeConfig,
@@ -200,17 +200,44 @@ impl AppState {
         self.plane.partners_changed(users).await;
     }
 
-    /// Record a delivered/read mark; it is written and announced at the next flush.
+    /// Record a delivered/read mark sent by connection `origin`; it is written and announced
+    /// at the next flush (to every member's connections but `origin`).
     pub async fn mark(
         &self,
         user: UserId,
         chat_id: ChatId,
         kind: ReceiptKind,
         seq: Seq,
+        origin: ConnId,
     ) -> Result<()> {
         self.directory.require(chat_id, user).await?;
-        self.receipts.lock().record(chat_id, user, kind, seq);
+        self.receipts
+            .lock()
+            .record(chat_id, user, kind, seq, Some(origin));
         Ok(())
+    }
+
+    /// The display name of a connecting user: the token's `name` claim (kept in the store
+    /// when it differs from the stored one), else the stored name. Store errors are logged:
+    /// a name never stops a connection.
+    pub async fn user_name(&self, who: &crate::auth::Identity) -> Option<String> {
+        let stored = match self.store.user_names(&[who.user_id]).await {
+            Ok(mut names) => names.remove(&who.user_id),
+            Err(e) => {
+                tracing::warn!(cause = %e, user_id = who.user_id, "cannot read the user's name");
+                None
+            }
+        };
+        match &who.name {
+            Some(n) if stored.as_deref() != Some(n.as_str()) => {
+                if let Err(e) = self.store.set_user_name(who.user_id, n).await {
+                    tracing::warn!(cause = %e, user_id = who.user_id, "cannot save the token's name");
+                }
+                Some(n.clone())
+            }
+            Some(n) => Some(n.clone()),
+            None => stored,
+        }
     }
 
     /// Stored marks merged with pending ones (so a reader sees its own recent marks).
@@ -226,7 +253,8 @@ impl AppState {
         Ok(marks)
     }
 
-    /// Write the pending marks that advance and announce them to the other members.
+    /// Write the pending marks that advance and announce them to every member's connections
+    /// (the marking user's own other devices included) but the connection that sent the mark.
     pub async fn flush_receipts(&self) {
         let pending = self.receipts.lock().take();
         if pending.is_empty() {
@@ -248,9 +276,8 @@ impl AppState {
                 Err(e) => {
                     tracing::error!(cause = %e, chat_id, "receipt flush: cannot read marks; retrying next flush");
                     let mut p = self.receipts.lock();
-                    for (user, (d, r)) in users {
-                        p.record(chat_id, user, ReceiptKind::Delivered, d);
-                        p.record(chat_id, user, ReceiptKind::Read, r);
+                    for (user, pending) in users {
+                        p.restore(chat_id, user, pending);
                     }
                     continue;
                 }
@@ -259,31 +286,34 @@ impl AppState {
                 let Some(current) = stored.iter().find(|m| m.user_id == user) else {
                     continue;
                 };
-                if let Some(adv) = receipts::advance(*current, p, chat.last_seq) {
+                if let Some(adv) = receipts::advance(*current, (p.delivered, p.read), chat.last_seq)
+                {
                     writes.push((chat_id, adv.marks));
-                    announcements.push((chat_id, user, adv.announce));
+                    announcements.push((chat_id, user, adv.announce, p));
                 }
             }
         }
         let n = writes.len();
-        if let Err(e) = self.store.save_marks(writes.clone()).await {
+        if let Err(e) = self.store.save_marks(writes).await {
             tracing::error!(cause = %e, "receipt flush failed; marks kept for the next flush");
             let mut p = self.receipts.lock();
-            for (chat, m) in writes {
-                p.record(chat, m.user_id, ReceiptKind::Delivered, m.delivered_seq);
-                p.record(chat, m.user_id, ReceiptKind::Read, m.read_seq);
+            for (chat, user, _, pending) in announcements {
+                p.restore(chat, user, pending);
             }
             return;
         }
         self.metrics.receipts_flushed.inc_by(n as u64);
-        for (chat_id, user, announce) in announcements {
+        for (chat_id, user, announce, pending) in announcements {
             let Ok(members) = self.directory.members(chat_id).await else {
                 continue;
             };
-            let others = members.others(user);
+            // Every member, the marking user included (their other devices); connection ids
+            // are unique in this process, so skipping the origin skips only that device.
             for (kind, seq) in announce {
                 let f = frame(protocol::receipt_frame(chat_id, user, kind, seq));
-                self.fan_out(&others, &f).await;
+                self.plane
+                    .fan_out_except(&members.users, &f, pending.origin(kind))
+                    .await;
             }
         }
     }

@@ -46,7 +46,7 @@ pub async fn handler(
         return Error::Unauthenticated("missing token: connect to /ws?token=<jwt>".into())
             .into_response();
     };
-    let user = match st.auth.verify(&token) {
+    let who = match st.auth.identify(&token) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
@@ -63,7 +63,7 @@ pub async fn handler(
         .max_frame_size(max)
         .on_failed_upgrade(|e| tracing::debug!(cause = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
-            let (session, rx) = Session::open(tracked.clone(), user, slot, "websocket").await;
+            let (session, rx) = Session::open(tracked.clone(), who, slot, "websocket").await;
             tracked.tasks.track_future(run(session, rx, socket)).await
         })
 }

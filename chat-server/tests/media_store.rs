@@ -135,7 +135,7 @@ mod cql {
             .unwrap();
         let v = scylla_schema::read_version(s, name).await.unwrap().unwrap();
         assert_eq!(v.version, scylla_schema::SCHEMA_VERSION);
-        assert_eq!(v.version, 2);
+        assert_eq!(v.version, 3);
         let store = ks.store().await;
         store.put_media(record(&id(1), 1, 1)).await.unwrap();
         assert!(store.media(&id(1)).await.unwrap().is_some());

@@ -5,11 +5,14 @@ mod support;
 
 mod protocol {
     mod bad_input;
+    mod chat_events;
     mod chats;
+    mod devices;
     mod durability;
     mod limits;
     mod longpoll;
     mod messaging;
+    mod names;
     mod presence;
     mod receipts;
 }

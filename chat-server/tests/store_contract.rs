@@ -633,6 +633,50 @@ mod cases {
         assert_eq!(order(1).await, vec![(direct, 2, 0, 2), (quiet, 0, 0, 0)]);
         assert!(order(42).await.is_empty());
     }
+
+    pub async fn user_names_keep_the_latest_and_survive_a_restart(b: &mut dyn Backend) {
+        let s = b.store();
+        assert!(s.user_names(&[1, 2]).await.unwrap().is_empty());
+        assert!(s.user_names(&[]).await.unwrap().is_empty());
+        s.set_user_name(1, "Ada").await.unwrap();
+        s.set_user_name(2, "<img src=x onerror=alert(1)>")
+            .await
+            .unwrap();
+        s.set_user_name(1, "Ada Lovelace").await.unwrap();
+        // Stored as given (no escaping), the latest wins, users without a name are absent.
+        let names = s.user_names(&[1, 2, 3]).await.unwrap();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert_eq!(names[&1], "Ada Lovelace");
+        assert_eq!(names[&2], "<img src=x onerror=alert(1)>");
+        // Many ids at once (a large group's members): more than one read's worth.
+        let many: Vec<UserId> = (1..=250).collect();
+        for u in [150, 250] {
+            s.set_user_name(u, &format!("user {u} ✓")).await.unwrap();
+        }
+        let names = s.user_names(&many).await.unwrap();
+        assert_eq!(names.len(), 4);
+        assert_eq!(names[&250], "user 250 ✓");
+        b.reopen().await;
+        let names = b.store().user_names(&[1, 2, 150]).await.unwrap();
+        assert_eq!(names[&1], "Ada Lovelace");
+        assert_eq!(names.len(), 3);
+    }
+
+    pub async fn titles_change_without_touching_activity(b: &mut dyn Backend) {
+        let s = b.store();
+        let g = group(s, 1, &[2]).await;
+        let before = s.chat(g).await.unwrap().unwrap();
+        s.set_title(g, Some("Renamed".into())).await.unwrap();
+        let after = s.chat(g).await.unwrap().unwrap();
+        assert_eq!(after.title.as_deref(), Some("Renamed"));
+        assert_eq!(after.last_seq, before.last_seq);
+        assert_eq!(after.created_at, before.created_at);
+        let listed = s.user_chats(2).await.unwrap();
+        assert_eq!(listed[0].chat.title.as_deref(), Some("Renamed"));
+        s.set_title(g, None).await.unwrap();
+        b.reopen().await;
+        assert_eq!(b.store().chat(g).await.unwrap().unwrap().title, None);
+    }
 }
 
 /// Each case runs once per backend: `sqlite_store::<case>` and `cql_store::<case>`.
@@ -673,6 +717,8 @@ contract!(
     marks_never_go_backwards,
     direct_partners_are_the_other_side_of_direct_chats,
     user_chats_are_ordered_by_activity_with_unread,
+    user_names_keep_the_latest_and_survive_a_restart,
+    titles_change_without_touching_activity,
 );
 
 // ---- CQL-only behaviour ------------------------------------------------------------------

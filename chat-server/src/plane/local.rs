@@ -11,7 +11,7 @@ use super::pipeline::{self, Stored};
 use super::{Plane, PlaneEvents, Submission};
 use crate::cache::RecentCache;
 use crate::error::{Error, Result};
-use crate::hub::{Frame, Hub, frame};
+use crate::hub::{ConnId, Frame, Hub, frame};
 use crate::members::Directory;
 use crate::metrics::Metrics;
 use crate::model::{ChatId, Presence, Seq, UserId};
@@ -154,8 +154,8 @@ impl Plane for LocalPlane {
             .map_err(|_| Error::Unavailable("the server is shutting down; resend elsewhere".into()))
     }
 
-    async fn fan_out(&self, users: &[UserId], frame: &Frame) {
-        self.deps.hub.deliver(users, frame, None);
+    async fn fan_out_except(&self, users: &[UserId], frame: &Frame, except: Option<ConnId>) {
+        self.deps.hub.deliver(users, frame, except);
     }
 
     async fn announce_presence(&self, p: Presence) {

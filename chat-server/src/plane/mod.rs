@@ -80,7 +80,12 @@ pub trait Plane: Send + Sync + 'static {
     /// once the message is durable (or failed). `Err` means it was not taken at all.
     async fn submit(&self, s: Submission) -> Result<()>;
     /// Queue `frame` on every connection of `users`, wherever they are connected.
-    async fn fan_out(&self, users: &[UserId], frame: &Frame);
+    async fn fan_out(&self, users: &[UserId], frame: &Frame) {
+        self.fan_out_except(users, frame, None).await;
+    }
+    /// Like [`Plane::fan_out`], but not on `except`, a connection of this process (the one
+    /// that caused the frame, e.g. the device whose own `read` mark is announced).
+    async fn fan_out_except(&self, users: &[UserId], frame: &Frame, except: Option<ConnId>);
     /// Announce a presence change to watchers and partners on every node.
     async fn announce_presence(&self, p: Presence);
     /// Live connections per user across the cluster.

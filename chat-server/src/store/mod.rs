@@ -8,6 +8,8 @@
 //!   Callers that need per-chat ordering of side effects call it from one task per chat shard.
 //! - Marks only grow: [`Store::save_marks`] keeps the maximum of stored and given values.
 //! - Membership changes are atomic: an add that would exceed the limit adds nobody.
+//! - A user's name is the last one written ([`Store::set_user_name`]); users without one are
+//!   absent from [`Store::user_names`].
 
 #[cfg(feature = "distributed")]
 pub mod scylla;
@@ -19,6 +21,7 @@ use crate::error::Result;
 use crate::media::record::MediaRecord;
 use crate::model::{Chat, ChatId, Marks, Member, NewMessage, Seq, SharedMessage, UserId};
 use async_trait::async_trait;
+use std::collections::HashMap;
 
 /// Result of appending one message.
 #[derive(Debug, Clone)]
@@ -97,6 +100,14 @@ pub trait Store: Send + Sync + 'static {
     async fn save_marks(&self, updates: Vec<(ChatId, Marks)>) -> Result<()>;
     /// Everyone who shares a direct chat with `user_id`.
     async fn direct_partners(&self, user_id: UserId) -> Result<Vec<UserId>>;
+    /// Set (or clear, with `None`) a chat's title. Does not touch its activity time.
+    async fn set_title(&self, chat_id: ChatId, title: Option<String>) -> Result<()>;
+
+    // ---- users ----
+    /// Keep `name` as the user's display name (the latest write wins). Validated by the caller.
+    async fn set_user_name(&self, user_id: UserId, name: &str) -> Result<()>;
+    /// The display names of those of `user_ids` that have one.
+    async fn user_names(&self, user_ids: &[UserId]) -> Result<HashMap<UserId, String>>;
 
     // ---- media (see the media module) ----
     /// Record an uploaded media object (durably, before the upload is answered). It counts as

@@ -24,6 +24,7 @@
 //! Every statement is prepared once, in [`ScyllaStore::connect`].
 
 mod media;
+mod users;
 
 use super::scylla_schema::{self, SCHEMA_VERSION};
 use super::{Appended, MessagePage, Page, Store, UserChat};
@@ -126,6 +127,7 @@ pub struct ScyllaStore {
     bucket_size: u64,
     seqs: SeqCache,
     media: media::MediaStatements,
+    users: users::UserStatements,
 }
 
 impl ScyllaStore {
@@ -160,6 +162,7 @@ impl ScyllaStore {
         }
         let st = Statements::prepare(&session, keyspace, &options).await?;
         let media = media::MediaStatements::prepare(&session, keyspace, &options).await?;
+        let users = users::UserStatements::prepare(&session, keyspace, &options).await?;
         Ok(ScyllaStore {
             session,
             st,
@@ -167,6 +170,7 @@ impl ScyllaStore {
             bucket_size: info.bucket_size.max(1),
             seqs: SeqCache::new(options.seq_cache_chats),
             media,
+            users,
         })
     }
 
@@ -1165,6 +1169,7 @@ impl Store for ScyllaStore {
                 user_id: m.user_id,
                 role: m.role,
                 joined_at: m.joined_at,
+                name: None,
             })
             .collect())
     }
@@ -1487,6 +1492,18 @@ impl Store for ScyllaStore {
             .into_iter()
             .filter_map(|r| r.peer.map(|p| p as u64))
             .collect())
+    }
+
+    async fn set_title(&self, chat_id: ChatId, title: Option<String>) -> Result<()> {
+        self.chat_title_set(chat_id, title).await
+    }
+
+    async fn set_user_name(&self, user_id: UserId, name: &str) -> Result<()> {
+        self.user_name_put(user_id, name).await
+    }
+
+    async fn user_names(&self, user_ids: &[UserId]) -> Result<HashMap<UserId, String>> {
+        self.user_names_get(user_ids).await
     }
 
     async fn put_media(&self, m: crate::media::record::MediaRecord) -> Result<()> {

@@ -16,8 +16,9 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The schema version this binary writes and understands.
-/// 1: chats, members, messages, receipts, idempotency. 2: adds the media tables.
-pub const SCHEMA_VERSION: i32 = 2;
+/// 1: chats, members, messages, receipts, idempotency. 2: adds the media tables. 3: adds
+/// `users` (display names).
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Messages per partition of `messages` by default: partition key `(chat_id, seq / 10_000)`.
 pub const DEFAULT_BUCKET_SIZE: u64 = 10_000;
@@ -228,6 +229,12 @@ pub fn table_statements(keyspace: &str) -> Vec<String> {
             media_id   text,
             PRIMARY KEY (shard, created_at, media_id))
           WITH gc_grace_seconds = 10800",
+        // Version 3 — users: the latest display name per user (a plain overwrite; the last
+        // write wins), read by `IN` on the ids of a chat's members.
+        "CREATE TABLE IF NOT EXISTS {ks}.users (
+            user_id    bigint PRIMARY KEY,
+            name       text,
+            updated_at timestamp)",
     ]
     .iter()
     .map(|s| {
@@ -415,7 +422,23 @@ mod tests {
     #[test]
     fn every_table_is_created_if_missing_in_the_keyspace() {
         let stmts = table_statements("ks1");
-        assert_eq!(stmts.len(), 11);
+        for table in [
+            "schema_version",
+            "chats",
+            "direct_chats",
+            "members",
+            "user_chats",
+            "receipt_marks",
+            "messages",
+            "idempotency",
+            "media",
+            "media_chats",
+            "media_unsent",
+            "users",
+        ] {
+            let head = format!("CREATE TABLE IF NOT EXISTS ks1.{table} (");
+            assert!(stmts.iter().any(|s| s.starts_with(&head)), "{table}");
+        }
         for s in &stmts {
             assert!(s.starts_with("CREATE TABLE IF NOT EXISTS ks1."), "{s}");
             assert!(!s.contains("{ks}") && !s.contains("{ttl}"), "{s}");

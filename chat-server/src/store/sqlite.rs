@@ -7,6 +7,7 @@
 //! Reads use a small pool of read-only connections on the blocking thread pool.
 
 mod media;
+mod users;
 
 use super::{Appended, MessagePage, Page, Store, UserChat};
 use crate::error::{Error, Result};
@@ -140,6 +141,7 @@ impl SqliteStore {
         let conn = open(&path, false)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(media::SCHEMA)?;
+        conn.execute_batch(users::SCHEMA)?;
         let version: Option<i64> = conn
             .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
             .optional()?;
@@ -709,6 +711,7 @@ impl Store for SqliteStore {
                     user_id: r.get::<_, i64>(0)? as u64,
                     role: Role::parse(&r.get::<_, String>(1)?),
                     joined_at: r.get(2)?,
+                    name: None,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -861,6 +864,23 @@ impl Store for SqliteStore {
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
+    }
+
+    async fn set_title(&self, chat_id: ChatId, title: Option<String>) -> Result<()> {
+        self.media_write(users::set_title(chat_id, title)).await
+    }
+
+    async fn set_user_name(&self, user_id: UserId, name: &str) -> Result<()> {
+        self.media_write(users::set_name(user_id, name.to_string()))
+            .await
+    }
+
+    async fn user_names(&self, user_ids: &[UserId]) -> Result<HashMap<UserId, String>> {
+        if user_ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let ids = user_ids.to_vec();
+        self.read(move |c| users::names(c, &ids)).await
     }
 
     async fn put_media(&self, m: crate::media::record::MediaRecord) -> Result<()> {

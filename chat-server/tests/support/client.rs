@@ -408,3 +408,117 @@ impl Ws {
         }
     }
 }
+
+/// An HS256 token for `user` carrying a `name` claim (any JSON value: tests send bad ones too).
+pub fn token_named(user: u64, name: Value) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": user.to_string(), "exp": now + 3600, "name": name}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+/// A long-poll client (`GET /v1/poll` + `POST /v1/frames`) of one user on one edge: a device
+/// on the fallback transport. Frames it polled but was not waiting for are kept.
+pub struct LongPoll {
+    base: String,
+    token: String,
+    cursor: Option<String>,
+    http: reqwest::Client,
+    pub backlog: std::collections::VecDeque<Value>,
+}
+
+impl LongPoll {
+    /// Open a session at `base` (`http://host:port`) and read up to its `hello`.
+    pub async fn open(base: &str, token: &str) -> (LongPoll, Value) {
+        let mut lp = LongPoll {
+            base: base.to_string(),
+            token: token.to_string(),
+            cursor: None,
+            http: reqwest::Client::new(),
+            backlog: Default::default(),
+        };
+        let hello = lp.expect("hello", Duration::from_secs(5)).await;
+        (lp, hello)
+    }
+
+    async fn poll(&mut self, timeout_s: u64) {
+        let mut url = format!(
+            "{}/v1/poll?timeout={timeout_s}&token={}",
+            self.base, self.token
+        );
+        if let Some(c) = &self.cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let v: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        self.cursor = Some(v["cursor"].as_str().unwrap().to_string());
+        self.backlog
+            .extend(v["events"].as_array().unwrap().iter().cloned());
+    }
+
+    /// The next polled frame of type `ty` within `timeout` (panics otherwise).
+    pub async fn expect(&mut self, ty: &str, timeout: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.backlog.iter().position(|v| v["type"] == ty) {
+                return self.backlog.remove(i).unwrap();
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no {ty} polled within {timeout:?}; got {:?}",
+                self.backlog
+            );
+            self.poll(left.as_secs().clamp(1, 5)).await;
+        }
+    }
+
+    /// Poll for `d` and assert no frame matching `bad` arrives.
+    pub async fn expect_none(&mut self, d: Duration, bad: impl Fn(&Value) -> bool) {
+        let deadline = tokio::time::Instant::now() + d;
+        while tokio::time::Instant::now() < deadline {
+            self.poll(1).await;
+        }
+        assert!(
+            !self.backlog.iter().any(&bad),
+            "unexpected frame in {:?}",
+            self.backlog
+        );
+    }
+
+    /// Send one client frame (`POST /v1/frames`); returns its direct replies.
+    pub async fn frame(&self, body: Value) -> Vec<Value> {
+        let session = self
+            .cursor
+            .as_ref()
+            .unwrap()
+            .rsplit_once('.')
+            .unwrap()
+            .0
+            .to_string();
+        let r = self
+            .http
+            .post(format!("{}/v1/frames?session={session}", self.base))
+            .bearer_auth(&self.token)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let v: Value = r.json().await.unwrap();
+        v["events"].as_array().unwrap().clone()
+    }
+}

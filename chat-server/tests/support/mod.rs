@@ -20,7 +20,7 @@ pub mod services;
 
 // The names most tests use, at `support::`; not every test file uses every one.
 #[allow(unused_imports)]
-pub use client::{Api, Ws, token, token_with};
+pub use client::{Api, LongPoll, Ws, token, token_named, token_with};
 #[allow(unused_imports)]
 pub use server::{TestServer, distributed, require_distributed};
 

@@ -263,6 +263,12 @@ impl TestServer {
             .collect()
     }
 
+    /// The last edge: another process than [`TestServer::edge`]`(0)` on a cluster, the same
+    /// one in embedded mode. Tests of "across edges" use it for their second client.
+    pub fn last_edge(&self) -> usize {
+        self.edges().len() - 1
+    }
+
     /// The edge the next client goes to: alternating over the edges unless pinned.
     fn pick(&self, counter: &std::sync::atomic::AtomicUsize) -> SocketAddr {
         let edges = self.edges();

@@ -20,7 +20,7 @@ use self::presence::RedisPresence;
 use self::producer::SendProducer;
 use self::redis::Redis;
 use crate::error::Result;
-use crate::hub::{Frame, Hub};
+use crate::hub::{ConnId, Frame, Hub};
 use crate::members::Directory;
 use crate::metrics::Metrics;
 use crate::model::{ChatId, Presence, Seq, UserId};
@@ -132,7 +132,7 @@ impl Plane for ClusterPlane {
         }
     }
 
-    async fn fan_out(&self, users: &[UserId], f: &Frame) {
+    async fn fan_out_except(&self, users: &[UserId], f: &Frame, except: Option<ConnId>) {
         let redis = &self.deps.redis;
         let routes = match redis.lookup(users).await {
             Ok(r) => r,
@@ -144,9 +144,10 @@ impl Plane for ClusterPlane {
         let per_node = plan_by_node(users, routes.iter().map(|r| r.nodes.as_slice()))
             .into_iter()
             .map(|(node, users)| {
+                // `except` is a connection of this process: only this edge's batch skips it.
                 let item = EdgeItem::Deliver {
                     users,
-                    except: None,
+                    except: except.filter(|_| node == self.deps.node),
                     frame: f.as_str().to_string(),
                 };
                 (node.to_string(), vec![item])
