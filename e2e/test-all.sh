@@ -52,6 +52,7 @@ WEBPID=$!
 trap 'kill $WEBPID 2>/dev/null || true' EXIT
 for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/healthz >/dev/null && break; sleep 0.2; done
 (cd chat-server/web/test && TERN_URL=http://127.0.0.1:18081 TERN_LOCAL_WEB=0 node smoke.mjs) || { cat "$WEBDATA/server.out"; exit 1; }
+(cd chat-server/web/test && TERN_URL=http://127.0.0.1:18081 TERN_LOCAL_WEB=0 node events.mjs) || { cat "$WEBDATA/server.out"; exit 1; }
 kill $WEBPID; wait $WEBPID 2>/dev/null || true
 trap - EXIT
 (cd chat-server/web/test && TERN_SERVER_BIN="$BIN" TERN_LOCAL_WEB=0 node resilience.mjs)

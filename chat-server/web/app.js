@@ -143,6 +143,7 @@ const S = {
   typing: new Map(), // chat_id -> Map(user_id -> expires_at)
   mediaSupported: null, // null unknown, true, false
   filter: '',
+  names: new Map(), // user_id -> display name (from hello and member objects); shown via textContent only
 };
 
 /** A chat as the client tracks it. */
@@ -155,7 +156,7 @@ function chatRecord(c) {
     last_seq: c.last_seq ?? 0,
     read_seq: c.read_seq ?? 0,
     unread: c.unread ?? 0,
-    members: c.members ?? null, // [{user_id, role, joined_at}]
+    members: learnNames(c.members) ?? null, // [{user_id, role, joined_at, name?}]
     marks: new Map(), // user_id -> {user_id, delivered_seq, read_seq}
     marksLoaded: false,
     liveUnread: new Set(), // seqs of others' messages counted as unread here (not yet in a list answer)
@@ -196,14 +197,30 @@ function partnerOf(chat) {
   return null;
 }
 
+/** A user's display name: the name they set (hello, member objects), else "User N". */
+function displayName(id) {
+  return S.names.get(id) || `User ${id}`;
+}
+
 function userName(id) {
-  return id === S.me ? 'You' : `User ${id}`;
+  return id === S.me ? 'You' : displayName(id);
+}
+
+/** Remember the names carried by member objects (a member without `name` has none). */
+function learnNames(members) {
+  if (!Array.isArray(members)) return members;
+  for (const m of members) {
+    if (!Number.isSafeInteger(m?.user_id)) continue;
+    if (typeof m.name === 'string' && m.name) S.names.set(m.user_id, m.name);
+    else S.names.delete(m.user_id);
+  }
+  return members;
 }
 
 function chatTitle(chat) {
   if (chat.type === 'group') return chat.title || `Group ${chat.chat_id}`;
   const p = partnerOf(chat);
-  return p ? `User ${p}` : chat.title || `Direct chat ${chat.chat_id}`;
+  return p ? displayName(p) : chat.title || `Direct chat ${chat.chat_id}`;
 }
 
 function hueOf(n) {
@@ -614,6 +631,7 @@ function handleFrame(f) {
     case 'ack': onAck(f); break;
     case 'sync': onSync(f); break;
     case 'receipt': onReceipt(f); break;
+    case 'chat': onChatEvent(f); break;
     case 'presence': onPresence(f); break;
     case 'typing': onTyping(f); break;
     case 'error': onErrorFrame(f); break;
@@ -626,6 +644,7 @@ function handleFrame(f) {
 function onHello(f) {
   const first = conn.hellos === 0;
   if (Number.isSafeInteger(f.user_id)) S.me = f.user_id;
+  if (typeof f.name === 'string' && f.name) S.names.set(S.me, f.name);
   conn.onHello(f);
   renderMe();
   // Presence subscriptions live per connection: renew them.
@@ -812,14 +831,70 @@ function onReceipt(f) {
   }
   chat.marks.set(f.user_id, m);
   if (f.user_id === S.me && f.status === 'read') {
-    // Our other device read this chat.
+    // Our other device read this chat (the server sends our own marks to our other devices).
     if (seq > chat.read_seq) {
       chat.read_seq = seq;
+      for (const s of [...chat.liveUnread]) if (s <= seq) chat.liveUnread.delete(s);
       chat.unread = countUnread(chat);
     }
   }
   if (f.chat_id === S.openChatId) render.messages();
   render.list();
+}
+
+/** `chat` frames: a chat we are in was created, renamed, or its members changed. */
+function onChatEvent(f) {
+  const c = f.chat;
+  if (!c || !Number.isSafeInteger(c.chat_id)) return;
+  learnNames(c.members);
+  const ids = Array.isArray(f.user_ids) ? f.user_ids : [];
+  let chat = S.chats.get(c.chat_id);
+  if (f.event === 'member_removed' && ids.includes(S.me)) {
+    // We left or were removed: the chat leaves the list (kept read-only if it is open).
+    if (!chat) return;
+    if (c.chat_id === S.openChatId) {
+      chat.gone = true;
+      chat.members = c.members ?? chat.members;
+      renderComposerState();
+    } else {
+      S.chats.delete(c.chat_id);
+      S.logs.delete(c.chat_id);
+    }
+    render.list();
+    return;
+  }
+  if (!chat || chat.placeholder) {
+    const old = chat;
+    chat = chatRecord(c);
+    if (old) {
+      chat.lastMsg = old.lastMsg;
+      chat.marks = old.marks;
+      chat.liveUnread = old.liveUnread;
+      chat.last_seq = Math.max(chat.last_seq, old.last_seq);
+      chat.unread = old.liveUnread.size;
+    }
+    S.chats.set(c.chat_id, chat);
+    if (f.event !== 'created') toast(`You were added to “${chatTitle(chat)}”.`);
+  } else {
+    chat.type = c.type || chat.type;
+    chat.title = c.title ?? null;
+    if (Array.isArray(c.members)) chat.members = c.members;
+    chat.last_seq = Math.max(chat.last_seq, c.last_seq ?? 0);
+  }
+  if (chat.gone) {
+    chat.gone = false;
+    if (c.chat_id === S.openChatId) renderComposerState();
+  }
+  if (chat.type === 'direct') {
+    const p = partnerOf(chat);
+    if (p) subscribePresence([p]);
+  }
+  fillChatDetails();
+  render.list();
+  if (c.chat_id === S.openChatId) {
+    render.header();
+    if ($('info-dialog').open) renderInfo();
+  }
 }
 
 function onPresence(f) {
@@ -1430,7 +1505,7 @@ function mergeChats(list) {
       if (c.unread != null) {
         chat.unread = c.chat_id === S.openChatId && isReading(c.chat_id) ? 0 : c.unread + chat.liveUnread.size;
       }
-      if (c.members) chat.members = c.members;
+      if (c.members) chat.members = learnNames(c.members);
     }
     chat.serverOrder = list.indexOf(c);
   }
@@ -1487,7 +1562,7 @@ async function loadChatDetails(chatId) {
   const c = await api('GET', `/v1/chats/${chatId}`);
   const chat = S.chats.get(chatId);
   if (!chat || !c) return chat;
-  chat.members = c.members || chat.members;
+  chat.members = learnNames(c.members) || chat.members;
   if (c.title !== undefined) chat.title = c.title;
   const partner = partnerOf(chat);
   if (partner) subscribePresence([partner]);
@@ -1715,7 +1790,7 @@ const render = {
 };
 
 function renderMe() {
-  $('me-name').textContent = S.me ? `User ${S.me}` : 'Signed in';
+  $('me-name').textContent = S.me ? displayName(S.me) : 'Signed in';
   const av = $('me-avatar');
   av.textContent = S.me ? String(S.me).slice(0, 3) : '?';
   av.style.setProperty('--h', hueOf(S.me || 0));
@@ -2138,7 +2213,7 @@ function renderInfoMembers() {
     return h('li', { class: 'member', dataset: { userId: String(m.user_id) } },
       userAvatar(m.user_id),
       h('span', { class: 'member-main' },
-        h('span', null, m.user_id === S.me ? `User ${m.user_id} (you)` : `User ${m.user_id}`),
+        h('span', { class: 'member-name' }, m.user_id === S.me ? `${displayName(m.user_id)} (you)` : displayName(m.user_id)),
         h('small', null, m.user_id === S.me ? 'online' : p ? lastSeenText(p) : '')),
       m.role === 'admin' ? h('span', { class: 'role' }, 'admin') : null,
       isAdmin && m.user_id !== S.me
@@ -2148,7 +2223,7 @@ function renderInfoMembers() {
 }
 
 async function removeMember(chatId, userId) {
-  if (!confirm(`Remove User ${userId} from this group?`)) return;
+  if (!confirm(`Remove ${displayName(userId)} from this group?`)) return;
   try {
     await api('DELETE', `/v1/chats/${chatId}/members/${userId}`);
     await loadChatDetails(chatId);
@@ -2167,7 +2242,7 @@ async function addMembers(ev) {
   try {
     const c = await api('POST', `/v1/chats/${chatId}/members`, { user_ids: ids });
     const chat = S.chats.get(chatId);
-    if (chat && c?.members) chat.members = c.members;
+    if (chat && c?.members) chat.members = learnNames(c.members);
     $('add-member-input').value = '';
     $('info-error').hidden = true;
     subscribePresence(ids);
@@ -2226,6 +2301,7 @@ function resetState() {
   S.presence.clear();
   S.subscribed.clear();
   S.typing.clear();
+  S.names.clear();
   S.openChatId = null;
   marks.pending.delivered.clear();
   marks.pending.read.clear();

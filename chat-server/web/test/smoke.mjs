@@ -307,9 +307,21 @@ async function main() {
 
   await step('an error frame (removed from a group) marks the bubble failed with Retry', async () => {
     // User 1 (over HTTP) makes a group with user 2, posts in it, then removes user 2, whose
-    // client still shows the chat: its next send is refused with an error frame.
+    // client still shows the chat: its next send is refused with an error frame. (A `chat`
+    // member_removed frame would tell the client at once and disable the composer: here user
+    // 2's WebSocket drops it, as if the frame were missed, to reach the error-frame path.)
     const { token } = await http('POST', '/v1/dev/token', { user_id: 1 });
     const g = await http('POST', '/v1/chats', { type: 'group', title: `Soon gone ${stamp}`, members: [2] }, token);
+    await b.page.routeWebSocket(/\/ws/, (ws) => {
+      const server = ws.connectToServer();
+      server.onMessage((m) => {
+        if (typeof m === 'string' && m.includes('"type":"chat"') && m.includes(`"chat_id":${g.chat_id}`)) return;
+        ws.send(m);
+      });
+    });
+    const hellos = await b.page.evaluate(() => window.tern.conn.hellos);
+    await b.page.evaluate(() => window.tern.conn.ws?.close());
+    await b.page.waitForFunction((n) => window.tern.conn.hellos > n, hellos);
     await http('POST', `/v1/chats/${g.chat_id}/messages`, { content: `you will be removed ${stamp}` }, token);
     const item = b.page.locator('.chat-item').filter({ hasText: `Soon gone ${stamp}` });
     await item.waitFor();
@@ -329,6 +341,7 @@ async function main() {
     await shot(b, '10-user2-failed');
     await b.page.locator('.msg.failed .discard').click();
     await b.page.locator('.msg.failed').waitFor({ state: 'detached' });
+    await b.page.unrouteAll();
   });
 
   await step('media: attach follows server support; image, video and voice messages render', async () => {
