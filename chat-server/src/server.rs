@@ -366,6 +366,7 @@ impl Server {
             None
         };
         let assigned = delivers.then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let owned = Arc::new(sequencer::Ownership::default());
         let consumer = match &assigned {
             Some(assigned) => Some(sequencer::consumer(
                 &c.kafka_brokers,
@@ -373,6 +374,7 @@ impl Server {
                 &c.topic(),
                 store.clone(),
                 assigned.clone(),
+                owned.clone(),
             )?),
             None => None,
         };
@@ -415,6 +417,7 @@ impl Server {
         if let Some(consumer) = consumer {
             let seq = Sequencer {
                 consumer,
+                owned,
                 topic: c.topic(),
                 store: store.clone(),
                 redis: redis.clone(),

@@ -5,6 +5,16 @@
 //! the message they answer), queue push events for members with no route, and only then
 //! store the offsets (committed by librdkafka every second and on revoke). A crash anywhere
 //! before the offset commit means a replay, never a loss.
+//!
+//! **One worker per partition.** A dispatcher reads the log and hands each record to the
+//! worker of its partition; workers run their batches concurrently (one partition's CQL write
+//! overlaps another's publish), each in order, so a chat — which lives in one partition — is
+//! still sequenced by one task at a time. **Hand-over on rebalance:** the store assumes one
+//! appender per chat. When partitions are revoked, [`RebalanceContext`] marks them revoked
+//! (workers drop what they still hold for them: the next owner replays it from the committed
+//! offset) and waits, in the rebalance callback, until their batches in flight are finished and
+//! their offsets stored, so librdkafka's commit on revoke includes them and the next owner
+//! never appends to a chat this process is still appending to.
 
 use super::redis::Redis;
 use super::{edge_batches, plan_by_node};
@@ -18,7 +28,6 @@ use crate::protocol;
 use crate::push::Push;
 use crate::store::Appended;
 use crate::store::scylla::ScyllaStore;
-use futures::FutureExt;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -33,25 +42,130 @@ use tokio_util::sync::CancellationToken;
 /// Records taken from Kafka per batch (one store call, one publish per edge).
 const BATCH: usize = 512;
 
-/// Forgets cached sequence numbers whenever partitions move: the chats of a partition this
-/// process gets may have been appended to by the previous owner.
+/// Which partitions this process owns (with the assignment's epoch) and how many batches of
+/// each are in flight; shared by the rebalance callback and the workers.
+#[derive(Default)]
+pub struct Ownership {
+    state: std::sync::Mutex<OwnedPartitions>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct OwnedPartitions {
+    /// Partition → epoch of its current assignment.
+    assigned: HashMap<i32, u64>,
+    /// Partition → batches being processed.
+    in_flight: HashMap<i32, usize>,
+    next_epoch: u64,
+}
+
+/// How long a revoke waits for batches in flight (then gives the partition up anyway: the
+/// store write of a batch is bounded by its retries, well below this).
+const HAND_OVER_WAIT: Duration = Duration::from_secs(30);
+
+impl Ownership {
+    fn assign(&self, partitions: &[i32]) {
+        let mut s = self.state.lock().expect("not poisoned");
+        for p in partitions {
+            s.next_epoch += 1;
+            let e = s.next_epoch;
+            s.assigned.insert(*p, e);
+        }
+    }
+
+    /// Mark `partitions` revoked and wait until none of their batches is in flight.
+    fn revoke(&self, partitions: &[i32]) {
+        let mut s = self.state.lock().expect("not poisoned");
+        for p in partitions {
+            s.assigned.remove(p);
+        }
+        let deadline = std::time::Instant::now() + HAND_OVER_WAIT;
+        while partitions
+            .iter()
+            .any(|p| s.in_flight.get(p).is_some_and(|n| *n > 0))
+        {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                tracing::error!(
+                    ?partitions,
+                    "delivery: batches still in flight after {HAND_OVER_WAIT:?}; giving the \
+                     partitions up anyway"
+                );
+                break;
+            }
+            s = self.changed.wait_timeout(s, left).expect("not poisoned").0;
+        }
+    }
+
+    /// The current epoch of `partition`, if this process owns it.
+    fn epoch(&self, partition: i32) -> Option<u64> {
+        self.state
+            .lock()
+            .expect("not poisoned")
+            .assigned
+            .get(&partition)
+            .copied()
+    }
+
+    /// Start a batch of `partition` taken under `epoch`; false if the partition was revoked
+    /// (or revoked and assigned again) since.
+    fn begin(&self, partition: i32, epoch: u64) -> bool {
+        let mut s = self.state.lock().expect("not poisoned");
+        if s.assigned.get(&partition) != Some(&epoch) {
+            return false;
+        }
+        *s.in_flight.entry(partition).or_default() += 1;
+        true
+    }
+
+    fn end(&self, partition: i32) {
+        let mut s = self.state.lock().expect("not poisoned");
+        if let Some(n) = s.in_flight.get_mut(&partition) {
+            *n = n.saturating_sub(1);
+        }
+        drop(s);
+        self.changed.notify_all();
+    }
+}
+
+/// Tracks ownership on rebalance and forgets cached sequence numbers whenever partitions
+/// move: the chats of a partition this process gets may have been appended to by the previous
+/// owner.
 pub struct RebalanceContext {
     store: Arc<ScyllaStore>,
     assigned: Arc<AtomicBool>,
+    owned: Arc<Ownership>,
+}
+
+fn partitions_of(tpl: &rdkafka::TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
 }
 
 impl ClientContext for RebalanceContext {}
 
 impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = r {
+            let partitions = partitions_of(tpl);
+            let t = std::time::Instant::now();
+            self.owned.revoke(&partitions);
+            tracing::info!(
+                ?partitions,
+                waited_ms = t.elapsed().as_millis() as u64,
+                "delivery: partitions revoked after their batches in flight finished"
+            );
+        }
+    }
+
     fn post_rebalance(&self, _c: &BaseConsumer<Self>, r: &Rebalance<'_>) {
         match r {
             Rebalance::Assign(tpl) => {
-                tracing::info!(partitions = tpl.count(), "delivery: partitions assigned");
+                let partitions = partitions_of(tpl);
+                tracing::info!(?partitions, "delivery: partitions assigned");
+                self.owned.assign(&partitions);
                 self.assigned.store(true, Ordering::Release);
             }
-            Rebalance::Revoke(tpl) => {
-                tracing::info!(partitions = tpl.count(), "delivery: partitions revoked")
-            }
+            Rebalance::Revoke(_) => {}
             Rebalance::Error(e) => tracing::warn!(cause = %e, "delivery: rebalance error"),
         }
         self.store.forget_sequences();
@@ -63,6 +177,8 @@ pub type LogConsumer = StreamConsumer<RebalanceContext>;
 /// The sequencer of one delivery process.
 pub struct Sequencer {
     pub consumer: LogConsumer,
+    /// The same [`Ownership`] the consumer's [`RebalanceContext`] updates.
+    pub owned: Arc<Ownership>,
     pub topic: String,
     pub store: Arc<ScyllaStore>,
     pub redis: Redis,
@@ -71,18 +187,24 @@ pub struct Sequencer {
     pub push: Option<Arc<Push>>,
 }
 
-/// Join `group` on `topic`; `assigned` turns true at the first partition assignment.
+/// Join `group` on `topic`; `assigned` turns true at the first partition assignment; `owned`
+/// follows every assignment and revocation.
 pub fn consumer(
     brokers: &str,
     group: &str,
     topic: &str,
     store: Arc<ScyllaStore>,
     assigned: Arc<AtomicBool>,
+    owned: Arc<Ownership>,
 ) -> anyhow::Result<LogConsumer> {
     let c: LogConsumer = super::kafka::consumer_config(brokers, group, 10)
         .set("socket.nagle.disable", "true")
         .set("isolation.level", "read_committed")
-        .create_with_context(RebalanceContext { store, assigned })
+        .create_with_context(RebalanceContext {
+            store,
+            assigned,
+            owned,
+        })
         .map_err(|e| anyhow::anyhow!("Kafka consumer for {brokers}: {e}"))?;
     c.subscribe(&[topic])
         .map_err(|e| anyhow::anyhow!("subscribing to {topic}: {e}"))?;
@@ -92,61 +214,105 @@ pub fn consumer(
 /// One record taken from the log.
 struct Consumed {
     partition: i32,
+    /// The epoch of the partition's assignment when the record was read.
+    epoch: u64,
     offset: i64,
     /// `None` when it could not be decoded (skipped, logged).
     record: Option<SendRecord>,
 }
 
+/// Records queued per partition worker (back-pressure on the dispatcher beyond that).
+const WORKER_QUEUE: usize = 4 * BATCH;
+
 impl Sequencer {
-    /// The consume → append → fan-out → ack → store-offset loop, until `stop`.
+    /// Dispatch records to one worker per partition until `stop`; then let the workers finish
+    /// what they hold and commit the offsets.
     pub async fn run(self, stop: CancellationToken) {
-        let mut dirty: HashSet<ChatId> = HashSet::new();
-        let mut retry = tokio::time::interval(DIRTY_RETRY);
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let me = Arc::new(self);
+        let mut workers: HashMap<i32, tokio::sync::mpsc::Sender<Consumed>> = HashMap::new();
+        let mut running = tokio::task::JoinSet::new();
         loop {
-            let first = tokio::select! {
-                m = self.consumer.recv() => m,
-                _ = retry.tick(), if !dirty.is_empty() => {
-                    drop_dirty(&self.redis, &mut dirty).await;
-                    continue;
-                }
+            let m = tokio::select! {
+                m = me.consumer.recv() => m,
                 _ = stop.cancelled() => break,
             };
-            let mut batch = Vec::with_capacity(BATCH);
-            match first {
-                Ok(m) => batch.push(consumed(&m)),
+            let record = match m {
+                Ok(m) => match me.owned.epoch(m.partition()) {
+                    Some(epoch) => consumed(&m, epoch),
+                    // Read just before its partition was revoked: the next owner replays it.
+                    None => continue,
+                },
                 Err(e) => {
                     tracing::warn!(cause = %e, "delivery: Kafka consume error");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
+            };
+            let partition = record.partition;
+            let tx = workers.entry(partition).or_insert_with(|| {
+                let (tx, rx) = tokio::sync::mpsc::channel(WORKER_QUEUE);
+                running.spawn(me.clone().work(partition, rx));
+                tx
+            });
+            tokio::select! {
+                r = tx.send(record) => if r.is_err() {
+                    tracing::error!(partition, "delivery: a partition worker stopped");
+                },
+                _ = stop.cancelled() => break,
             }
-            while batch.len() < BATCH {
-                match self.consumer.recv().now_or_never() {
-                    Some(Ok(m)) => batch.push(consumed(&m)),
-                    _ => break,
+        }
+        drop(workers);
+        while running.join_next().await.is_some() {}
+        if let Err(e) = me.consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::warn!(cause = %e, "delivery: final offset commit");
+        }
+        tracing::info!("delivery: stopped consuming");
+    }
+
+    /// One partition's worker: batches of what is queued, in order, until the dispatcher
+    /// drops its queue.
+    async fn work(self: Arc<Self>, partition: i32, mut rx: tokio::sync::mpsc::Receiver<Consumed>) {
+        let mut dirty: HashSet<ChatId> = HashSet::new();
+        let mut retry = tokio::time::interval(DIRTY_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch: Vec<Consumed> = Vec::with_capacity(BATCH);
+        loop {
+            let first = tokio::select! {
+                r = rx.recv() => r,
+                _ = retry.tick(), if !dirty.is_empty() => {
+                    drop_dirty(&self.redis, &mut dirty).await;
+                    continue;
                 }
+            };
+            let Some(first) = first else { break };
+            batch.push(first);
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            // A batch never mixes epochs: records of an older assignment are dropped (the
+            // partition was revoked since; whoever owns it now replays them).
+            let epoch = batch.last().map_or(0, |r| r.epoch);
+            batch.retain(|r| r.epoch == epoch);
+            if !self.owned.begin(partition, epoch) {
+                batch.clear();
+                continue;
             }
             if !dirty.is_empty() {
                 drop_dirty(&self.redis, &mut dirty).await;
             }
             self.process(&batch, &mut dirty).await;
-            let mut last: HashMap<i32, i64> = HashMap::new();
-            for t in &batch {
-                let o = last.entry(t.partition).or_insert(t.offset);
-                *o = (*o).max(t.offset);
+            if let Some(last) = batch.iter().map(|r| r.offset).max()
+                && let Err(e) = self.consumer.store_offset(&self.topic, partition, last)
+            {
+                // Revoked meanwhile (only after the wait gave up): the new owner replays.
+                tracing::debug!(cause = %e, partition, "delivery: offset not stored");
             }
-            for (p, o) in last {
-                if let Err(e) = self.consumer.store_offset(&self.topic, p, o) {
-                    // Revoked meanwhile: the new owner replays, which is harmless.
-                    tracing::debug!(cause = %e, partition = p, "delivery: offset not stored");
-                }
-            }
+            self.owned.end(partition);
+            batch.clear();
         }
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            tracing::warn!(cause = %e, "delivery: final offset commit");
-        }
-        tracing::info!("delivery: stopped consuming");
     }
 
     async fn process(&self, batch: &[Consumed], dirty: &mut HashSet<ChatId>) {
@@ -270,7 +436,7 @@ impl Sequencer {
     }
 }
 
-fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
+fn consumed(m: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) -> Consumed {
     let record = match m
         .payload()
         .map(|p| wire::decode::<SendRecord>("Kafka record", p))
@@ -284,6 +450,7 @@ fn consumed(m: &rdkafka::message::BorrowedMessage<'_>) -> Consumed {
     };
     Consumed {
         partition: m.partition(),
+        epoch,
         offset: m.offset(),
         record,
     }
@@ -376,5 +543,41 @@ async fn update_cache(redis: &Redis, fan: &[FanOut], dirty: &mut HashSet<ChatId>
             tracing::warn!(cause = %e, "Redis: recent cache not updated; those chats read from the store");
             dirty.extend(chats);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_revoke_waits_for_batches_in_flight_and_old_epochs_are_refused() {
+        let owned = Arc::new(Ownership::default());
+        owned.assign(&[0, 1]);
+        let e0 = owned.epoch(0).unwrap();
+        assert!(owned.begin(0, e0));
+        // Revoking partition 0 blocks until its batch ends (on another thread).
+        let o = owned.clone();
+        let ender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            o.end(0);
+        });
+        let t = std::time::Instant::now();
+        owned.revoke(&[0]);
+        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
+        ender.join().unwrap();
+        // Records read under the old assignment are refused, now and after a new assignment.
+        assert_eq!(owned.epoch(0), None);
+        assert!(!owned.begin(0, e0));
+        owned.assign(&[0]);
+        let e0b = owned.epoch(0).unwrap();
+        assert_ne!(e0, e0b);
+        assert!(!owned.begin(0, e0));
+        assert!(owned.begin(0, e0b));
+        owned.end(0);
+        // Partition 1 was never touched and a revoke with nothing in flight returns at once.
+        let t = std::time::Instant::now();
+        owned.revoke(&[1]);
+        assert!(t.elapsed() < Duration::from_millis(50));
     }
 }
