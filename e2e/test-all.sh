@@ -31,6 +31,11 @@ step "real services (e2e/env: Redis, Kafka, Cassandra, MinIO; cached builds/down
 # run against the real CQL server.
 e2e/env/up.sh redis kafka cassandra minio
 
+step "tools from Debian's packages: ffmpeg (media tests: posters, renditions, waveforms), chromium (web client)"
+if ! command -v chromium >/dev/null 2>&1 || ! command -v ffmpeg >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium ffmpeg >/dev/null
+fi
+
 step "cargo test --workspace (unit tests, protocol suite against the embedded binary, store suites)"
 cargo test --workspace 2>&1 | tee "$TERN_CACHE/ci-test.log"
 
@@ -41,9 +46,6 @@ step "operator on a bare kube-apiserver (etcd + kube-apiserver built from Go mod
 TERN_CHAT_SERVER_BIN="$CARGO_TARGET_DIR/debug/chat-server" e2e/operator/ci.sh
 
 step "web client in a real browser (Chromium + playwright-core)"
-if ! command -v chromium >/dev/null 2>&1; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
-fi
 (cd chat-server/web/test && npm ci --no-audit --no-fund --loglevel=error)
 BIN="$CARGO_TARGET_DIR/debug/chat-server"
 WEBDATA=$(mktemp -d)
@@ -56,6 +58,7 @@ for _ in $(seq 50); do curl -sf http://127.0.0.1:18081/healthz >/dev/null && bre
 kill $WEBPID; wait $WEBPID 2>/dev/null || true
 trap - EXIT
 (cd chat-server/web/test && TERN_SERVER_BIN="$BIN" TERN_LOCAL_WEB=0 node resilience.mjs)
+(cd chat-server/web/test && TERN_SERVER_BIN="$BIN" node media.mjs)
 
 step "real Kubernetes node: the ChatCluster end to end (e2e/kube/run.sh)"
 # The host's data-plane services are not used by the node (it runs its own Kafka, Cassandra

@@ -38,6 +38,7 @@ if [[ "$what" == all ]]; then
   cargo test -p chat-server --test protocol -- --test-threads 2
   echo "==> media on S3 (MinIO), embedded and on a cluster"
   TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media
+  TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media_transcode
   TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media -- --test-threads 2
 fi
 echo "==> push through Kafka and ScyllaDB (coalesced push; kill -9 with pushes pending)"

@@ -489,6 +489,11 @@ impl Server {
                 state.store.clone(),
                 state.stop.clone(),
             ));
+            state.tasks.spawn(crate::media::transcode::run(
+                media.clone(),
+                state.store.clone(),
+                state.stop.clone(),
+            ));
         }
         let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
         let accept = tokio::spawn(accept_loop(

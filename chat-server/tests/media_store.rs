@@ -9,7 +9,7 @@
 
 mod support;
 
-use chat_server::media::{MediaRecord, VariantInfo};
+use chat_server::media::{MediaRecord, Poster, Rendition, RenditionState, Renditions, VariantInfo};
 use chat_server::store::Store;
 use chat_server::store::sqlite::SqliteStore;
 
@@ -28,8 +28,79 @@ fn record(id: &str, uploader: u64, created_at: i64) -> MediaRecord {
             size: 99,
             etag: "11ee".into(),
         }),
+        peaks: None,
         created_at,
+        renditions: None,
     }
+}
+
+fn video(id: &str, created_at: i64) -> MediaRecord {
+    MediaRecord {
+        content_type: "video/mp4".into(),
+        thumbnail: None,
+        duration_ms: Some(2000),
+        ..record(id, 7, created_at)
+    }
+}
+
+/// Renditions are kept apart from the upload's row, replaced as a whole, returned by
+/// `media`, and forgotten with the media; peaks are part of the upload's row.
+async fn renditions_contract(s: &dyn Store) {
+    let v = video(&id(20), 1_000);
+    s.put_media(v.clone()).await.unwrap();
+    assert_eq!(s.media(&id(20)).await.unwrap().unwrap().renditions, None);
+    let mut r = Renditions::pending(1_000);
+    s.set_media_renditions(&id(20), &r).await.unwrap();
+    assert_eq!(
+        s.media(&id(20)).await.unwrap().unwrap().renditions.as_ref(),
+        Some(&r)
+    );
+    r.poster = Some(Poster {
+        content_type: "image/jpeg".into(),
+        width: 1280,
+        height: 720,
+        size: 5000,
+        etag: "aa".into(),
+    });
+    r.variants.push(Rendition {
+        name: "360p".into(),
+        content_type: "video/mp4".into(),
+        width: 640,
+        height: 360,
+        bitrate: 700_000,
+        size: 175_000,
+        etag: "bb".into(),
+    });
+    r.state = RenditionState::Ready;
+    s.set_media_renditions(&id(20), &r).await.unwrap();
+    let got = s.media(&id(20)).await.unwrap().unwrap();
+    assert_eq!(got.renditions.as_ref(), Some(&r));
+    assert_eq!(
+        MediaRecord {
+            renditions: None,
+            ..got
+        },
+        v,
+        "the upload's row is unchanged"
+    );
+    // Sending takes the current renditions along (the message carries the object as sent).
+    s.link_media(&v, 300).await.unwrap();
+    assert_eq!(s.media(&id(20)).await.unwrap().unwrap().renditions, Some(r));
+    s.delete_media(&v).await.unwrap();
+    assert_eq!(s.media(&id(20)).await.unwrap(), None);
+    // A re-used id (never happens: ids are UUIDv7) would start without renditions.
+    s.put_media(v.clone()).await.unwrap();
+    assert_eq!(s.media(&id(20)).await.unwrap().unwrap().renditions, None);
+    s.delete_media(&v).await.unwrap();
+
+    let voice = MediaRecord {
+        content_type: "audio/ogg".into(),
+        peaks: Some((0..64).map(|i| i * 4).collect()),
+        ..record(&id(21), 7, 1_000)
+    };
+    s.put_media(voice.clone()).await.unwrap();
+    assert_eq!(s.media(&id(21)).await.unwrap(), Some(voice.clone()));
+    s.delete_media(&voice).await.unwrap();
 }
 
 fn id(n: u32) -> String {
@@ -90,6 +161,7 @@ async fn sqlite_keeps_the_media_contract() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path(), 16).unwrap();
     media_contract(&store).await;
+    renditions_contract(&store).await;
     // Durable: visible after a reopen.
     store.put_media(record(&id(5), 1, 5)).await.unwrap();
     store.close().await;
@@ -110,6 +182,7 @@ mod cql {
         let ks = TestKeyspace::create(DEFAULT_BUCKET_SIZE).await;
         let store = ks.store().await;
         media_contract(&store).await;
+        renditions_contract(&store).await;
         drop(store);
         ks.drop_keyspace().await;
     }

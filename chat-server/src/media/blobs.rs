@@ -4,6 +4,8 @@
 //! ```text
 //! objects/<media_id>/main        what is served
 //! objects/<media_id>/thumbnail   image thumbnail
+//! objects/<media_id>/poster      video poster (JPEG)
+//! objects/<media_id>/<name>      video rendition (`360p`, `720p`: H.264/AAC MP4)
 //! uploads/<upload_id>/info       a tus upload in progress (JSON)
 //! uploads/<upload_id>/<offset>   its received parts, offset zero-padded to 20 digits
 //! ```
@@ -61,6 +63,16 @@ pub fn main_key(media_id: &str) -> Path {
 
 pub fn thumbnail_key(media_id: &str) -> Path {
     Path::from(format!("objects/{media_id}/thumbnail"))
+}
+
+/// A named variant: `poster` or a rendition (the name is checked by the caller).
+pub fn variant_key(media_id: &str, name: &str) -> Path {
+    Path::from(format!("objects/{media_id}/{name}"))
+}
+
+/// Everything stored for one media.
+pub fn media_prefix(media_id: &str) -> Path {
+    Path::from(format!("objects/{media_id}"))
 }
 
 pub fn upload_prefix(upload_id: &str) -> Path {

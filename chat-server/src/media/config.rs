@@ -88,9 +88,53 @@ pub struct MediaArgs {
     /// An upload that sends no byte for this many seconds is aborted (resume it with tus).
     #[arg(long, env = "CHAT_MEDIA_IDLE_TIMEOUT", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     pub media_idle_timeout: u64,
+
+    /// The ffmpeg binary for video posters, lower renditions and voice-note waveforms (a path,
+    /// or a name looked up in PATH). Optional: when it cannot be run, uploads work as before
+    /// and videos list no renditions (`"variants": []`), voice notes no peaks.
+    #[arg(long, env = "CHAT_MEDIA_FFMPEG", default_value = "ffmpeg")]
+    pub media_ffmpeg: String,
+
+    /// Most transcoding jobs (posters and renditions of one video each) running at once on this
+    /// process; more wait in a queue. Each job may use two cores. 0: no transcoding.
+    #[arg(long, env = "CHAT_MEDIA_TRANSCODE_JOBS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub media_transcode_jobs: u32,
+
+    /// Wall-clock budget of one ffmpeg run (a poster or one rendition), in seconds; its CPU
+    /// time is limited to twice this. ffmpeg is killed when either runs out, and the job fails
+    /// (the original stays playable). ffmpeg runs at `nice` 10.
+    #[arg(long, env = "CHAT_MEDIA_TRANSCODE_TIMEOUT", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+    pub media_transcode_timeout: u64,
+
+    /// Videos longer than this many seconds get a poster but no renditions.
+    #[arg(long, env = "CHAT_MEDIA_TRANSCODE_MAX_DURATION", default_value_t = 600)]
+    pub media_transcode_max_duration: u64,
+
+    /// Videos with more pixels per frame than this are not decoded at all (no poster, no
+    /// renditions).
+    #[arg(long, env = "CHAT_MEDIA_TRANSCODE_MAX_PIXELS", default_value_t = 3840 * 2160)]
+    pub media_transcode_max_pixels: u64,
+
+    /// Videos at or below this average bitrate (bits per second, over the whole file) get a
+    /// poster but no lower renditions: they are light enough already.
+    #[arg(
+        long,
+        env = "CHAT_MEDIA_TRANSCODE_MIN_BITRATE",
+        default_value_t = 1_000_000
+    )]
+    pub media_transcode_min_bitrate: u64,
 }
 
 impl MediaArgs {
+    /// The transcoder's limits.
+    pub fn transcode_limits(&self) -> super::ladder::Limits {
+        super::ladder::Limits {
+            min_bitrate: self.media_transcode_min_bitrate,
+            max_duration_ms: self.media_transcode_max_duration.saturating_mul(1000),
+            max_pixels: self.media_transcode_max_pixels,
+        }
+    }
+
     /// The largest of the per-kind limits (tus uploads and undeclared types start with it).
     pub fn max_any(&self) -> u64 {
         self.media_max_image_bytes

@@ -1,6 +1,8 @@
-//! HTTP handlers of the media API: `POST /v1/media` (streaming upload), `GET /v1/media/{id}`
-//! (bytes, ranges, ETag, cache headers; token or signed URL) and `GET /v1/media/{id}/url`
-//! (a signed URL).
+//! HTTP handlers of the media API: `POST /v1/media` (streaming upload), `GET /v1/media`
+//! (what this server accepts), `GET /v1/media/{id}` (bytes of the original or a variant,
+//! ranges, ETag, cache headers; token or signed URL), `GET /v1/media/{id}/info` (the media
+//! object as it is now: renditions made since the upload) and `GET /v1/media/{id}/url` (a
+//! signed URL).
 
 use super::range::{RangeAnswer, if_range_allows, none_match, parse_range};
 use super::{MediaRecord, MediaService, Spool, blobs, record, signing, sniff};
@@ -120,28 +122,47 @@ pub async fn upload(
     Ok((StatusCode::CREATED, Json(record.to_json())).into_response())
 }
 
-/// Which served object a request names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Variant {
-    Main,
-    Thumbnail,
-}
+/// Which served object a request names: `main` (the default), `thumbnail`, `poster` or a
+/// rendition name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Variant(String);
 
 impl Variant {
     fn parse(q: &HashMap<String, String>) -> Result<Self> {
         match q.get("variant").map(String::as_str) {
-            None | Some("") | Some("main") => Ok(Variant::Main),
-            Some("thumbnail") => Ok(Variant::Thumbnail),
+            None | Some("") | Some("main") => Ok(Variant("main".into())),
+            Some(v) if record::valid_variant_name(v) => Ok(Variant(v.into())),
             Some(other) => Err(Error::invalid(format!(
-                "variant {other:?}: use \"thumbnail\" or leave it out"
+                "variant {other:?}: use \"thumbnail\", \"poster\", a rendition name from \
+                 `variants`, or leave it out"
             ))),
         }
     }
-    fn as_str(self) -> &'static str {
-        match self {
-            Variant::Main => "main",
-            Variant::Thumbnail => "thumbnail",
+    fn is_main(&self) -> bool {
+        self.0 == "main"
+    }
+    fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The variant's blob and what is served, or 404.
+    fn of(&self, m: &MediaRecord) -> Result<(object_store::path::Path, String, u64, String)> {
+        if self.is_main() {
+            return Ok((
+                blobs::main_key(&m.media_id),
+                m.content_type.clone(),
+                m.size,
+                m.etag.clone(),
+            ));
         }
+        let (ct, size, etag) = m.variant(&self.0).ok_or_else(|| {
+            Error::not_found(format!("media {} has no {} (yet)", m.media_id, self.0))
+        })?;
+        let key = if self.0 == "thumbnail" {
+            blobs::thumbnail_key(&m.media_id)
+        } else {
+            blobs::variant_key(&m.media_id, &self.0)
+        };
+        Ok((key, ct, size, etag))
     }
 }
 
@@ -219,26 +240,7 @@ pub async fn get_media(
     if let Some(me) = me {
         require_read(&st, me, &m).await?;
     }
-    let (key, content_type, size, etag) = match variant {
-        Variant::Main => (
-            blobs::main_key(&id),
-            m.content_type.clone(),
-            m.size,
-            m.etag.clone(),
-        ),
-        Variant::Thumbnail => {
-            let t = m
-                .thumbnail
-                .as_ref()
-                .ok_or_else(|| Error::not_found(format!("media {id} has no thumbnail")))?;
-            (
-                blobs::thumbnail_key(&id),
-                t.content_type.clone(),
-                t.size,
-                t.etag.clone(),
-            )
-        }
-    };
+    let (key, content_type, size, etag) = variant.of(&m)?;
     let etag = format!("\"{etag}\"");
     let cache = match signed_until {
         // Shared caches (a CDN) may keep it until the URL expires.
@@ -319,9 +321,7 @@ pub async fn signed_url(
     let variant = Variant::parse(&q)?;
     let m = load(&st, &id).await?;
     require_read(&st, me, &m).await?;
-    if variant == Variant::Thumbnail && m.thumbnail.is_none() {
-        return Err(Error::not_found(format!("media {id} has no thumbnail")));
-    }
+    variant.of(&m)?;
     let ttl = media.cfg.media_url_ttl as i64;
     let expires = signing::expiry(now_secs(), ttl, (ttl / 10).max(1));
     let sig = media.signer.sign(&id, variant.as_str(), expires);
@@ -332,14 +332,55 @@ pub async fn signed_url(
         .unwrap_or("")
         .trim_end_matches('/');
     let mut url = format!("{base}/v1/media/{id}?");
-    if variant == Variant::Thumbnail {
-        url.push_str("variant=thumbnail&");
+    if !variant.is_main() {
+        url.push_str(&format!("variant={}&", variant.as_str()));
     }
     url.push_str(&format!("expires={expires}&sig={sig}"));
     Ok(Json(json!({
         "url": url,
         "expires_at": crate::model::format_ts(expires * 1000),
     })))
+}
+
+/// `GET /v1/media/{id}/info`: the media object as it is now (for a reader). A video's
+/// `variants` and `poster` appear here as the worker makes them; `processing: true` while it
+/// works.
+pub async fn info(
+    State(st): State<MediaState>,
+    Caller(me): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>> {
+    st.service()?;
+    let m = load(&st, &id).await?;
+    require_read(&st, me, &m).await?;
+    let mut v = m.to_json();
+    v["uploader"] = json!(m.uploader);
+    Ok(Json(v))
+}
+
+/// `GET /v1/media`: what this server accepts (for file pickers) and does with media.
+pub async fn config(State(st): State<MediaState>, Caller(_me): Caller) -> Result<Response> {
+    let media = st.service()?;
+    let t = media.transcoder.as_ref();
+    let body = json!({
+        "accept": sniff::ACCEPTED_TYPES,
+        "max_bytes": {
+            "image": media.cfg.media_max_image_bytes,
+            "audio": media.cfg.media_max_audio_bytes,
+            "video": media.cfg.media_max_video_bytes,
+        },
+        "video_renditions": t.is_some_and(|t| t.makes_renditions() && t.ffmpeg.h264),
+        "video_posters": t.is_some_and(|t| t.makes_renditions()),
+        "voice_peaks": t.is_some(),
+    });
+    Ok((
+        [(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, max-age=300"),
+        )],
+        Json(body),
+    )
+        .into_response())
 }
 
 /// The media routes. They sit outside the API's request timeout and body limit: uploads are
@@ -354,8 +395,9 @@ where
     use axum::extract::DefaultBodyLimit;
     use axum::routing::{get, post};
     axum::Router::new()
-        .route("/v1/media", post(upload))
+        .route("/v1/media", post(upload).get(config))
         .route("/v1/media/{id}", get(get_media))
+        .route("/v1/media/{id}/info", get(info))
         .route("/v1/media/{id}/url", get(signed_url))
         .route(
             "/v1/media/tus",

@@ -11,6 +11,9 @@
 //! - [`http`]: the handlers — streaming upload with per-kind limits, `GET` with ranges,
 //!   ETags and cache headers, signed URLs; [`tus_http`]: resumable uploads.
 //! - [`gc`]: the orphan collector (uploads never sent).
+//! - [`ladder`] (pure: which renditions, ffmpeg command lines, waveform peaks) and
+//!   [`transcode`] (runs ffmpeg under limits: video posters and renditions in a background
+//!   worker, voice-note waveforms at upload). ffmpeg is optional.
 //!
 //! An upload is spooled to a local file while it is counted, hashed and sniffed (nothing is
 //! held in memory but images, which are decoded anyway), checked and analysed from that file,
@@ -23,10 +26,12 @@ pub mod container;
 pub mod gc;
 pub mod http;
 pub mod image;
+pub mod ladder;
 pub mod range;
 pub mod record;
 pub mod signing;
 pub mod sniff;
+pub mod transcode;
 pub mod tus;
 pub mod tus_http;
 
@@ -34,7 +39,9 @@ pub mod tus_http;
 #[path = "../../tests/support/media.rs"]
 mod fixtures;
 
-pub use record::{MediaRecord, UNSENT_SHARDS, VariantInfo};
+pub use record::{
+    MediaRecord, Poster, Rendition, RenditionState, Renditions, UNSENT_SHARDS, VariantInfo,
+};
 
 use crate::error::{Error, Result};
 use crate::members::Directory;
@@ -62,6 +69,8 @@ pub struct MediaService {
     cpu: tokio::sync::Semaphore,
     /// tus uploads with a PATCH in progress on this process.
     pub(crate) busy_uploads: parking_lot::Mutex<std::collections::HashSet<String>>,
+    /// ffmpeg and the video job queue; `None` when ffmpeg cannot run here.
+    pub transcoder: Option<transcode::Transcoder>,
 }
 
 impl std::fmt::Debug for MediaService {
@@ -119,6 +128,7 @@ impl MediaService {
             spool_dir,
             cpu: tokio::sync::Semaphore::new(2),
             busy_uploads: Default::default(),
+            transcoder: transcode::Transcoder::open(&cfg.media_ffmpeg, cfg.media_transcode_jobs),
         })
     }
 
@@ -186,7 +196,9 @@ impl MediaService {
             height: None,
             duration_ms: None,
             thumbnail: None,
+            peaks: None,
             created_at: now_ms(),
+            renditions: None,
         };
         match kind {
             Kind::Image => {
@@ -233,12 +245,35 @@ impl MediaService {
                 if kind == Kind::Video {
                     record.width = info.width;
                     record.height = info.height;
+                } else if self.transcoder.is_some() {
+                    let _permit = self.cpu.acquire().await.map_err(Error::internal)?;
+                    record.peaks = transcode::peaks(self, &spool.path, &media_id).await;
                 }
                 self.put_file(&blobs::main_key(&media_id), &spool.path)
                     .await?;
             }
         }
         store.put_media(record.clone()).await?;
+        if kind == Kind::Video
+            && let Some(t) = self.transcoder.as_ref().filter(|t| t.makes_renditions())
+        {
+            let pending = Renditions::pending(now_ms());
+            store.set_media_renditions(&media_id, &pending).await?;
+            if t.enqueue(&media_id) {
+                record.renditions = Some(pending);
+            } else {
+                tracing::warn!(
+                    media_id,
+                    "transcode queue full: this video gets no renditions"
+                );
+                let failed = Renditions {
+                    state: RenditionState::Failed,
+                    ..pending
+                };
+                store.set_media_renditions(&media_id, &failed).await?;
+                record.renditions = Some(failed);
+            }
+        }
         tracing::info!(
             media_id,
             uploader,
@@ -249,7 +284,7 @@ impl MediaService {
         Ok(record)
     }
 
-    async fn put(&self, key: &object_store::path::Path, bytes: Vec<u8>) -> Result<()> {
+    pub(crate) async fn put(&self, key: &object_store::path::Path, bytes: Vec<u8>) -> Result<()> {
         use object_store::ObjectStoreExt;
         self.blobs
             .put(key, bytes.into())
@@ -275,10 +310,51 @@ impl MediaService {
         }
     }
 
-    /// Delete a media's blobs (missing ones are fine).
-    pub async fn delete_blobs(&self, media_id: &str) -> Result<()> {
+    /// A fresh path in the spool directory (nothing created).
+    pub(crate) fn temp_path(&self, ext: &str) -> PathBuf {
+        self.spool_dir
+            .join(format!("{}.{ext}", uuid::Uuid::now_v7().simple()))
+    }
+
+    /// Copy a blob into a local file.
+    pub(crate) async fn download(&self, key: &object_store::path::Path, to: &Path) -> Result<()> {
+        use futures::StreamExt;
         use object_store::ObjectStoreExt;
-        for key in [blobs::main_key(media_id), blobs::thumbnail_key(media_id)] {
+        let got = self
+            .blobs
+            .get(key)
+            .await
+            .map_err(|e| Error::internal(format!("media blob store: {e}")))?;
+        let mut file = tokio::fs::File::create(to)
+            .await
+            .map_err(|e| Error::internal(format!("media spool {}: {e}", to.display())))?;
+        let mut stream = got.into_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| Error::internal(format!("media blob store: {e}")))?;
+            file.write_all(&chunk).await.map_err(Error::internal)?;
+        }
+        file.flush().await.map_err(Error::internal)
+    }
+
+    /// Delete a media's blobs — the original, thumbnail, poster and renditions (missing ones
+    /// are fine).
+    pub async fn delete_blobs(&self, media_id: &str) -> Result<()> {
+        use futures::TryStreamExt;
+        use object_store::ObjectStoreExt;
+        let prefix = blobs::media_prefix(media_id);
+        let mut keys: Vec<object_store::path::Path> = self
+            .blobs
+            .list(Some(&prefix))
+            .map_ok(|m| m.location)
+            .try_collect()
+            .await
+            .map_err(|e| Error::internal(format!("media blob store: {e}")))?;
+        for k in [blobs::main_key(media_id), blobs::thumbnail_key(media_id)] {
+            if !keys.contains(&k) {
+                keys.push(k);
+            }
+        }
+        for key in keys {
             match self.blobs.delete(&key).await {
                 Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
                 Err(e) => return Err(Error::internal(format!("media blob store: {e}"))),

@@ -48,6 +48,22 @@ pub const ALLOWED: &str = "image/jpeg, image/png, image/webp, image/gif, video/m
                            audio/ogg (Opus), audio/mp4 (M4A/AAC), audio/aac, audio/mpeg (MP3), \
                            audio/webm";
 
+/// The canonical declared types accepted (`GET /v1/media` publishes them for file pickers;
+/// aliases such as `image/jpg` or `audio/x-m4a` are accepted too).
+pub const ACCEPTED_TYPES: [&str; 11] = [
+    "image/jpeg",
+    "image/png",
+    "image/gif",
+    "image/webp",
+    "video/mp4",
+    "video/webm",
+    "audio/mp4",
+    "audio/aac",
+    "audio/webm",
+    "audio/ogg",
+    "audio/mpeg",
+];
+
 /// Recognise the container from the first bytes of a file (at least [`SNIFF_BYTES`] unless
 /// the file is shorter). `None`: not on the allow-list, or not enough bytes.
 pub fn sniff(head: &[u8]) -> Option<Container> {
@@ -141,21 +157,7 @@ pub fn declared_kind(declared: &str) -> Option<Kind> {
 /// Whether a declared type may be uploaded at all (checked before reading the body).
 pub fn check_declared(declared: &str) -> Result<(), Error> {
     let d = normalize_declared(declared);
-    let ok = matches!(
-        d.as_str(),
-        "application/octet-stream"
-            | "image/jpeg"
-            | "image/png"
-            | "image/gif"
-            | "image/webp"
-            | "video/mp4"
-            | "video/webm"
-            | "audio/mp4"
-            | "audio/aac"
-            | "audio/webm"
-            | "audio/ogg"
-            | "audio/mpeg"
-    );
+    let ok = d == "application/octet-stream" || ACCEPTED_TYPES.contains(&d.as_str());
     if ok {
         Ok(())
     } else {

@@ -121,8 +121,17 @@ pub trait Store: Send + Sync + 'static {
     async fn media_chats(&self, media_id: &str) -> Result<Vec<ChatId>>;
     /// Up to `limit` media never sent to any chat and created before `before_ms`.
     async fn unsent_media(&self, before_ms: i64, limit: usize) -> Result<Vec<MediaRecord>>;
-    /// Forget a media object entirely (its blobs are deleted by the caller first).
+    /// Forget a media object entirely (its blobs are deleted by the caller first), renditions
+    /// included.
     async fn delete_media(&self, media: &MediaRecord) -> Result<()>;
+    /// Replace what the transcoder made of a video (kept apart from the upload's own row,
+    /// which never changes). [`Store::media`] returns it in `MediaRecord::renditions` for
+    /// `video/*` media.
+    async fn set_media_renditions(
+        &self,
+        media_id: &str,
+        renditions: &crate::media::record::Renditions,
+    ) -> Result<()>;
 }
 
 #[cfg(test)]

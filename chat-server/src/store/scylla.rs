@@ -1537,6 +1537,14 @@ impl Store for ScyllaStore {
     async fn delete_media(&self, m: &crate::media::record::MediaRecord) -> Result<()> {
         self.media_delete(m).await
     }
+
+    async fn set_media_renditions(
+        &self,
+        media_id: &str,
+        r: &crate::media::record::Renditions,
+    ) -> Result<()> {
+        self.media_renditions_put(media_id, r).await
+    }
 }
 
 // ---- statements ----------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use std::str::FromStr;
 
 /// The schema version this binary writes and understands.
 /// 1: chats, members, messages, receipts, idempotency. 2: adds the media tables. 3: adds
-/// `users` (display names).
+/// `users` (display names) and `media_renditions` (video posters and renditions).
 pub const SCHEMA_VERSION: i32 = 3;
 
 /// Messages per partition of `messages` by default: partition key `(chat_id, seq / 10_000)`.
@@ -235,6 +235,11 @@ pub fn table_statements(keyspace: &str) -> Vec<String> {
             user_id    bigint PRIMARY KEY,
             name       text,
             updated_at timestamp)",
+        // Version 3 — what the transcoder made of a video (`info`: JSON of `Renditions`),
+        // apart from the upload's row, which never changes.
+        "CREATE TABLE IF NOT EXISTS {ks}.media_renditions (
+            media_id text PRIMARY KEY,
+            info     text)",
     ]
     .iter()
     .map(|s| {

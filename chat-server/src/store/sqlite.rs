@@ -917,4 +917,13 @@ impl Store for SqliteStore {
     async fn delete_media(&self, m: &crate::media::record::MediaRecord) -> Result<()> {
         self.media_write(media::delete(m.media_id.clone())).await
     }
+
+    async fn set_media_renditions(
+        &self,
+        media_id: &str,
+        r: &crate::media::record::Renditions,
+    ) -> Result<()> {
+        self.media_write(media::set_renditions(media_id.to_string(), r)?)
+            .await
+    }
 }

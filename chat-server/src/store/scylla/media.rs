@@ -1,10 +1,11 @@
 //! Media metadata in the distributed store (schema version 2): `media` (one row per upload),
 //! `media_chats` (the chats it was sent to: the access rule) and `media_unsent` (uploads not
-//! yet sent, in [`UNSENT_SHARDS`] partitions ordered by time, for the orphan collector).
+//! yet sent, in [`UNSENT_SHARDS`] partitions ordered by time, for the orphan collector);
+//! version 3 adds `media_renditions` (what the transcoder made of a video).
 
 use super::{ScyllaOptions, ScyllaStore, exec_error, id, rows_of};
 use crate::error::{Error, Result};
-use crate::media::record::{MediaRecord, UNSENT_SHARDS};
+use crate::media::record::{MediaRecord, Renditions, UNSENT_SHARDS};
 use crate::model::ChatId;
 use scylla::client::session::Session;
 use scylla::serialize::row::SerializeRow;
@@ -21,6 +22,9 @@ pub(super) struct MediaStatements {
     unsent_list: PreparedStatement,
     delete: PreparedStatement,
     chats_delete: PreparedStatement,
+    renditions_put: PreparedStatement,
+    renditions_get: PreparedStatement,
+    renditions_delete: PreparedStatement,
 }
 
 impl MediaStatements {
@@ -60,6 +64,12 @@ impl MediaStatements {
             .await?,
             delete: prep("DELETE FROM {ks}.media WHERE media_id = ?").await?,
             chats_delete: prep("DELETE FROM {ks}.media_chats WHERE media_id = ?").await?,
+            renditions_put: prep("INSERT INTO {ks}.media_renditions (media_id, info) VALUES (?, ?)")
+                .await?,
+            renditions_get: prep("SELECT info FROM {ks}.media_renditions WHERE media_id = ?")
+                .await?,
+            renditions_delete: prep("DELETE FROM {ks}.media_renditions WHERE media_id = ?")
+                .await?,
         })
     }
 }
@@ -110,12 +120,45 @@ impl ScyllaStore {
         let row = rows_of::<(Option<String>,)>("reading a media", r)?
             .into_iter()
             .next();
-        match row {
+        let mut m: MediaRecord = match row {
             Some((Some(info),)) => serde_json::from_str(&info)
-                .map(Some)
-                .map_err(|e| Error::internal(format!("bad media row: {e}"))),
-            _ => Ok(None),
+                .map_err(|e| Error::internal(format!("bad media row: {e}")))?,
+            _ => return Ok(None),
+        };
+        // Only videos have renditions: other media cost no second read.
+        if m.content_type.starts_with("video/") {
+            let r = self
+                .exec(
+                    "reading a media's renditions",
+                    &self.media.renditions_get,
+                    (media_id,),
+                )
+                .await?;
+            if let Some((Some(info),)) =
+                rows_of::<(Option<String>,)>("reading a media's renditions", r)?
+                    .into_iter()
+                    .next()
+            {
+                m.renditions = Some(
+                    serde_json::from_str(&info)
+                        .map_err(|e| Error::internal(format!("bad media_renditions row: {e}")))?,
+                );
+            }
         }
+        Ok(Some(m))
+    }
+
+    /// Upsert; a job finishing after its media was collected leaves a row nobody reads
+    /// (collection runs on uploads a day old, jobs last minutes).
+    pub(super) async fn media_renditions_put(&self, media_id: &str, r: &Renditions) -> Result<()> {
+        let info = serde_json::to_string(r).map_err(Error::internal)?;
+        self.exec(
+            "recording a media's renditions",
+            &self.media.renditions_put,
+            (media_id, info),
+        )
+        .await?;
+        Ok(())
     }
 
     pub(super) async fn media_link(&self, m: &MediaRecord, chat_id: ChatId) -> Result<()> {
@@ -196,6 +239,10 @@ impl ScyllaStore {
             vec![
                 (st.delete.clone(), Box::new((m.media_id.clone(),))),
                 (st.chats_delete.clone(), Box::new((m.media_id.clone(),))),
+                (
+                    st.renditions_delete.clone(),
+                    Box::new((m.media_id.clone(),)),
+                ),
                 (
                     st.unsent_delete.clone(),
                     Box::new((

@@ -1,9 +1,10 @@
 //! Media metadata in the embedded store: `media` (one row per upload, `sent` = 0 until it is
-//! first sent) and `media_chats` (which chats it was sent to: the access rule).
+//! first sent), `media_chats` (which chats it was sent to: the access rule) and
+//! `media_renditions` (what the transcoder made of a video, JSON of `Renditions`).
 
 use super::SqliteStore;
 use crate::error::{Error, Result};
-use crate::media::record::MediaRecord;
+use crate::media::record::{MediaRecord, Renditions};
 use crate::model::ChatId;
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -21,6 +22,10 @@ CREATE TABLE IF NOT EXISTS media_chats (
     media_id TEXT    NOT NULL,
     chat_id  INTEGER NOT NULL,
     PRIMARY KEY (media_id, chat_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS media_renditions (
+    media_id TEXT PRIMARY KEY,
+    info     TEXT NOT NULL
 ) WITHOUT ROWID;
 ";
 
@@ -60,8 +65,23 @@ pub(super) fn delete(media_id: String) -> Write {
             .execute([&media_id])?;
         c.prepare_cached("DELETE FROM media WHERE media_id = ?1")?
             .execute([&media_id])?;
+        c.prepare_cached("DELETE FROM media_renditions WHERE media_id = ?1")?
+            .execute([&media_id])?;
         Ok(())
     })
+}
+
+/// Only while the media exists (a job finishing after the collector took it writes nothing).
+pub(super) fn set_renditions(media_id: String, r: &Renditions) -> Result<Write> {
+    let info = serde_json::to_string(r).map_err(Error::internal)?;
+    Ok(Box::new(move |c| {
+        c.prepare_cached(
+            "INSERT OR REPLACE INTO media_renditions (media_id, info) \
+             SELECT media_id, ?2 FROM media WHERE media_id = ?1",
+        )?
+        .execute(params![media_id, info])?;
+        Ok(())
+    }))
 }
 
 fn parse(info: String) -> Result<MediaRecord> {
@@ -69,11 +89,22 @@ fn parse(info: String) -> Result<MediaRecord> {
 }
 
 pub(super) fn get(c: &Connection, media_id: &str) -> Result<Option<MediaRecord>> {
-    let info: Option<String> = c
-        .prepare_cached("SELECT info FROM media WHERE media_id = ?1")?
-        .query_row([media_id], |r| r.get(0))
+    let row: Option<(String, Option<String>)> = c
+        .prepare_cached(
+            "SELECT m.info, r.info FROM media m LEFT JOIN media_renditions r \
+             ON r.media_id = m.media_id WHERE m.media_id = ?1",
+        )?
+        .query_row([media_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    info.map(parse).transpose()
+    let Some((info, renditions)) = row else {
+        return Ok(None);
+    };
+    let mut m = parse(info)?;
+    m.renditions = renditions
+        .map(|r| serde_json::from_str(&r))
+        .transpose()
+        .map_err(|e| Error::internal(format!("bad media_renditions row: {e}")))?;
+    Ok(Some(m))
 }
 
 pub(super) fn chats(c: &Connection, media_id: &str) -> Result<Vec<ChatId>> {
