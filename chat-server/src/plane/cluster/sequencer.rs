@@ -564,7 +564,11 @@ mod tests {
         });
         let t = std::time::Instant::now();
         owned.revoke(&[0]);
-        assert!(t.elapsed() >= Duration::from_millis(100), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() >= Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
         ender.join().unwrap();
         // Records read under the old assignment are refused, now and after a new assignment.
         assert_eq!(owned.epoch(0), None);
