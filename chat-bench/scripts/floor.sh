@@ -18,6 +18,10 @@ KAFKA_HOME=$(ls -d "${TERN_CACHE:-$HOME/.cache/tern}"/pkg/kafka-*/ | head -1)
 CP="$KAFKA_HOME/lib/*"
 TOPIC=tern-floor-$$
 N=$(( RATE * SECONDS_ ))
+# The e2e Kafka does not create topics on first use (as in production): create one, drop it after.
+java -Xmx256m -cp "$CP" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKERS" \
+  --create --topic "$TOPIC" --partitions 1 --replication-factor 1 >/dev/null 2>&1
+trap 'java -Xmx256m -cp "$CP" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BROKERS" --delete --topic "$TOPIC" >/dev/null 2>&1 || true' EXIT
 echo "== Kafka ProducerPerformance: $N records of 200 B at $RATE/s, acks=all, linger.ms=1 ($BROKERS)"
 java -Xmx256m -cp "$CP" org.apache.kafka.tools.ProducerPerformance --topic "$TOPIC" \
   --num-records "$N" --record-size 200 --throughput "$RATE" \
