@@ -249,7 +249,7 @@ pub fn peaks(pcm: &[u8]) -> Vec<u8> {
         .chunks_exact(2)
         .map(|c| i16::from_le_bytes([c[0], c[1]]).unsigned_abs())
         .collect();
-    let mut out = vec![0u16; PEAKS];
+    let mut out = [0u16; PEAKS];
     if samples.is_empty() {
         return vec![0; PEAKS];
     }
