@@ -9,6 +9,7 @@ use std::sync::Arc;
 const INDEX: &str = include_str!("../web/index.html");
 const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
+const SW_JS: &str = include_str!("../web/sw.js");
 
 pub fn routes() -> Router<Arc<crate::state::AppState>> {
     Router::new()
@@ -24,6 +25,21 @@ pub fn routes() -> Router<Arc<crate::state::AppState>> {
                 (
                     [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
                     APP_JS,
+                )
+                    .into_response()
+            }),
+        )
+        // The service worker that shows Web Push notifications; at the root so its scope is
+        // the whole app.
+        .route(
+            "/sw.js",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-cache"),
+                    ],
+                    SW_JS,
                 )
                     .into_response()
             }),

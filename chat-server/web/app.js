@@ -2324,6 +2324,75 @@ function signOut(message) {
   showSignIn(had ? message : undefined);
 }
 
+// ---- Web Push opt-in ----------------------------------------------------------------------
+// A bell in the header, shown when the browser can do Web Push and the server has it on
+// (GET /v1/push/vapid answers). Nothing is asked until the user clicks it: then the browser's
+// permission prompt, a push subscription with the server's key, and POST /v1/devices. Clicking
+// again turns it off (DELETE /v1/devices/{endpoint}, unsubscribe).
+
+function b64urlBytes(s) {
+  const b = atob(s.replace(/-/g, '+').replace(/_/g, '/') + '='.repeat((4 - (s.length % 4)) % 4));
+  return Uint8Array.from(b, (c) => c.charCodeAt(0));
+}
+
+const webPush = {
+  reg: null,
+  key: null,
+  supported() {
+    return window.isSecureContext && 'serviceWorker' in navigator && 'PushManager' in window && 'Notification' in window;
+  },
+  render(on) {
+    const btn = $('push-btn');
+    btn.setAttribute('aria-pressed', on ? 'true' : 'false');
+    const label = on ? 'Notifications are on for this device (click to turn off)' : 'Turn on notifications for this device';
+    btn.title = label;
+    btn.setAttribute('aria-label', label);
+  },
+  async setup() {
+    const btn = $('push-btn');
+    btn.hidden = true;
+    if (!this.supported()) return;
+    try {
+      this.key = (await api('GET', '/v1/push/vapid')).public_key;
+    } catch {
+      return; // Web Push is off on this server (404), or push is not served here
+    }
+    btn.hidden = false;
+    this.reg = await navigator.serviceWorker.getRegistration('/');
+    const sub = this.reg ? await this.reg.pushManager.getSubscription() : null;
+    this.render(!!sub && Notification.permission === 'granted');
+  },
+  async toggle() {
+    const btn = $('push-btn');
+    btn.disabled = true;
+    try {
+      const current = this.reg ? await this.reg.pushManager.getSubscription() : null;
+      if (current) {
+        await api('DELETE', `/v1/devices/${encodeURIComponent(current.endpoint)}`).catch(() => {});
+        await current.unsubscribe().catch(() => {});
+        this.render(false);
+        toast('Notifications are off for this device.');
+        return;
+      }
+      const permission = await Notification.requestPermission();
+      if (permission !== 'granted') {
+        toast('Notifications are blocked for this site. Allow them in the browser\'s site settings, then click the bell again.', { error: true });
+        return;
+      }
+      this.reg = await navigator.serviceWorker.register('/sw.js');
+      await navigator.serviceWorker.ready;
+      const sub = await this.reg.pushManager.subscribe({ userVisibleOnly: true, applicationServerKey: b64urlBytes(this.key) });
+      await api('POST', '/v1/devices', { platform: 'web', token: JSON.stringify(sub) });
+      this.render(true);
+      toast('Notifications are on: messages that arrive while Tern is closed will show up here.');
+    } catch (e) {
+      toast(`Could not turn notifications on: ${e.message}`, { error: true });
+    } finally {
+      btn.disabled = false;
+    }
+  },
+};
+
 function boot() {
   resetState();
   $('signin').hidden = true;
@@ -2333,6 +2402,7 @@ function boot() {
   renderMe();
   conn.start();
   probeMedia();
+  webPush.setup().catch(() => {});
   loadChats().then(() => {
     const m = location.hash.match(/^#\/c\/(\d+)$/);
     if (m && S.chats.has(Number(m[1]))) openChat(Number(m[1]));
@@ -2418,6 +2488,7 @@ function wire() {
     }
   });
   $('signout-btn').addEventListener('click', () => signOut());
+  $('push-btn').addEventListener('click', () => webPush.toggle());
   $('new-chat-btn').addEventListener('click', () => openNewChatDialog());
   $('new-chat-form').addEventListener('submit', submitNewChat);
   for (const t of document.querySelectorAll('#new-chat-dialog .tab')) {

@@ -301,7 +301,7 @@ mod tests {
         let p = plan(Some(1080), Some(1920), 8_000_000, Some(8000), &L);
         assert_eq!(names(&p), ["360p", "720p"]);
         // Small or low-bitrate videos: a poster only.
-        let p = plan(Some(640), Some(360), 1_200_000, Some(8000), &L);
+        let p = plan(Some(640), Some(360), 1_100_000, Some(8000), &L);
         assert!(p.rungs.is_empty() && p.poster && p.skipped.is_some());
         let p = plan(Some(1920), Some(1080), 100_000, Some(8000), &L);
         assert!(p.rungs.is_empty() && p.poster);

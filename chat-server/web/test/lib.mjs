@@ -198,6 +198,7 @@ export function harness({ base, localWeb, shots } = {}) {
       '/index.html': ['index.html', 'text/html; charset=utf-8'],
       '/app.js': ['app.js', 'text/javascript; charset=utf-8'],
       '/app.css': ['app.css', 'text/css; charset=utf-8'],
+      '/sw.js': ['sw.js', 'text/javascript; charset=utf-8'],
     };
     proxyServer = nodeHttp.createServer((req, res) => {
       const path = req.url.split('?')[0];

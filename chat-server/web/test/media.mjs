@@ -11,6 +11,7 @@
 // TERN_SHOTS, CHROMIUM, HEADFUL (as smoke.mjs).
 
 import { spawn, execFileSync } from 'node:child_process';
+import { createECDH, randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -156,6 +157,47 @@ async function main() {
     await shot(a, 'media-offline');
     await a.ctx.setOffline(false);
     await a.page.locator('#conn-state[data-state=connected]').waitFor({ timeout: 15000 });
+  });
+
+  await step('Web Push opt-in: the bell subscribes with the server key and registers the device; again turns it off', async () => {
+    // The browser's push service (FCM for Chromium) is outside this machine: PushManager is
+    // replaced by a stand-in that returns a subscription with a real P-256 key, so everything
+    // of ours runs for real — the service worker served by the server, the permission, the
+    // server's VAPID key, POST /v1/devices with the subscription, DELETE on turning it off.
+    const ecdh = createECDH('prime256v1');
+    ecdh.generateKeys();
+    const keys = { p256dh: ecdh.getPublicKey().toString('base64url'), auth: randomBytes(16).toString('base64url') };
+    await a.ctx.grantPermissions(['notifications'], { origin: H.appUrl });
+    await a.ctx.addInitScript((k) => {
+      let current = null;
+      window.__pushKey = null;
+      PushManager.prototype.subscribe = async function subscribe(opts) {
+        window.__pushKey = opts && opts.applicationServerKey ? opts.applicationServerKey.byteLength : null;
+        const endpoint = `https://push.example.test/send/${Math.random().toString(36).slice(2)}`;
+        current = { endpoint, expirationTime: null, keys: k, toJSON() { return { endpoint, expirationTime: null, keys: k }; }, async unsubscribe() { current = null; return true; } };
+        return current;
+      };
+      PushManager.prototype.getSubscription = async function getSubscription() { return current; };
+    }, keys);
+    await a.page.reload();
+    await a.page.locator('#conn-state[data-state=connected]').waitFor();
+    const bell = a.page.locator('#push-btn');
+    await bell.waitFor({ state: 'visible' });
+    if ((await bell.getAttribute('aria-pressed')) !== 'false') throw new Error('the bell starts on');
+    await bell.click();
+    await a.page.locator('#push-btn[aria-pressed=true]').waitFor();
+    if ((await a.page.evaluate(() => window.__pushKey)) !== 65) throw new Error('subscribe was not given the 65-byte server key');
+    const sw = await a.page.evaluate(async () => (await navigator.serviceWorker.ready).active?.scriptURL);
+    if (!/\/sw\.js$/.test(sw || '')) throw new Error(`service worker: ${sw}`);
+    const token = await a.page.evaluate(() => localStorage.getItem('tern.token'));
+    let devices = (await http('GET', '/v1/devices', undefined, token)).devices;
+    const web = devices.filter((d) => d.platform === 'web');
+    if (web.length !== 1 || !web[0].token.startsWith('https://push.example.test/send/')) throw new Error(`devices: ${JSON.stringify(devices)}`);
+    await shot(a, 'media-push-on');
+    await bell.click();
+    await a.page.locator('#push-btn[aria-pressed=false]').waitFor();
+    devices = (await http('GET', '/v1/devices', undefined, token)).devices;
+    if (devices.some((d) => d.platform === 'web')) throw new Error(`still registered: ${JSON.stringify(devices)}`);
   });
 
   await step('no page errors', async () => {
