@@ -346,8 +346,20 @@ async fn every_allowed_type_uploads_with_its_metadata() {
             assert!(v.get("thumbnail_url").is_none());
         }
     }
-    // The web client probes GET /v1/media: anything but 404 means "uploads supported".
-    assert_eq!(s.status("/v1/media").await, 405);
+    // GET /v1/media tells a signed-in client what this server accepts (the web client's file
+    // picker follows it); without a token it is refused like every API call.
+    assert_eq!(s.status("/v1/media").await, 401);
+    let (st, cfg) = a.get("/v1/media").await;
+    assert_eq!(st, 200, "{cfg}");
+    let accept: Vec<&str> = cfg["accept"]
+        .as_array()
+        .expect("accept list")
+        .iter()
+        .filter_map(|t| t.as_str())
+        .collect();
+    for t in ["image/jpeg", "image/png", "audio/mpeg", "video/mp4"] {
+        assert!(accept.contains(&t), "{t} not in {accept:?}");
+    }
 }
 
 #[tokio::test]
