@@ -40,6 +40,8 @@ if [[ "$what" == all ]]; then
   TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media
   TERN_TEST_BACKEND= TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media_transcode
   TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media -- --test-threads 2
+  echo "==> video renditions and voice waveforms (ffmpeg) on a cluster with S3"
+  TERN_TEST_MEDIA=s3 cargo test -p chat-server --test media_transcode -- --test-threads 2
 fi
 echo "==> push through Kafka and ScyllaDB (coalesced push; kill -9 with pushes pending)"
 cargo test -p chat-server --test push -- --ignored --test-threads 1
