@@ -37,14 +37,25 @@ KUBE_SECURE_PORT=16443
 MINIO_PORT=19000
 MINIO_CONSOLE_PORT=19001
 
+# Multi-node services for the failure tests (issue #15; not in the default set). Node N = 1..3.
+REDIS_HA_PORT_BASE=16379          # Redis node N: 127.0.0.1:$((REDIS_HA_PORT_BASE + N)) = 16380..16382
+REDIS_HA_SENTINEL_PORT_BASE=26379 # Sentinel N:   127.0.0.1:26380..26382
+REDIS_HA_MASTER=tern              # the master name the Sentinels monitor
+KAFKA_HA_PORT_BASE=19100          # broker N:     127.0.0.1:19101..19103 (PLAINTEXT)
+KAFKA_HA_CONTROLLER_PORT_BASE=19110 # controller N: 127.0.0.1:19111..19113
+CASSANDRA_HA_CQL_PORT=19142       # CQL node N:   127.0.0.$((N + 1)):19142 (127.0.0.2..127.0.0.4)
+CASSANDRA_HA_STORAGE_PORT=17100   # on each node address (ssl storage port 17101, unused)
+CASSANDRA_HA_JMX_PORT_BASE=17200  # local-only JMX of node N: 127.0.0.1:17201..17203
+
 MINIO_ROOT_USER_DEFAULT="tern-admin"
 MINIO_ROOT_PASSWORD_DEFAULT="tern-admin-secret"
 TERN_S3_BUCKET_DEFAULT="tern-media"
 
 ALL_SERVICES="redis kafka cassandra etcd kube minio"
 # Services up.sh/down.sh/status.sh know but do not run by default (a real Kubernetes node:
-# root only, changes routes/iptables/sysctls; `e2e/env/up.sh node`).
-EXTRA_SERVICES="node"
+# root only, changes routes/iptables/sysctls; `e2e/env/up.sh node`; the three-node services of
+# the failure tests: `e2e/env/up.sh redis-ha kafka-ha cassandra-ha`).
+EXTRA_SERVICES="node redis-ha kafka-ha cassandra-ha"
 
 # Address ranges of the Kubernetes node (services/node.sh); they exist only inside this machine.
 KUBE_SERVICE_CIDR="10.0.0.0/24"   # ClusterIPs (kube-apiserver --service-cluster-ip-range)
@@ -257,6 +268,54 @@ rss_of() {
 	}
 	ps -o rss= --ppid "$pid" -p "$pid" 2>/dev/null | awk '{ s += $1 } END { printf "%d MiB", s / 1024 }'
 }
+
+# ---------------------------------------------------------------------------------------
+# multi-node services (redis-ha, kafka-ha, cassandra-ha): one pid file per process
+
+# addr_free_or_die HOST:PORT...: die if something (not ours) accepts connections there.
+addr_free_or_die() {
+	local a
+	for a in "$@"; do
+		if port_open "${a##*:}" "${a%:*}"; then
+			die "$a is already in use by another process. $(port_owner "${a##*:}")"
+		fi
+	done
+}
+
+# kill9_pidfile PIDFILE: SIGKILL the process (a simulated crash); returns once it is gone
+# (at most ~5 s; usually at once). The pid file stays (pid_of no longer accepts it).
+kill9_pidfile() {
+	local pid i
+	pid="$(pid_of "$1")" || {
+		log "not running ($1)"
+		return 0
+	}
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		proc_alive "$pid" || break
+		sleep 0.1
+	done
+	log "killed -9 pid $pid"
+}
+
+# rss_sum PIDFILE...: summed RSS (MiB) of the live processes named by the pid files.
+rss_sum() {
+	local f pid pids=()
+	for f in "$@"; do
+		pid="$(pid_of "$f")" && pids+=("$pid")
+	done
+	((${#pids[@]})) || {
+		echo "0 MiB"
+		return 0
+	}
+	ps -o rss= -p "$(
+		IFS=,
+		echo "${pids[*]}"
+	)" 2>/dev/null | awk '{ s += $1 } END { printf "%d MiB", s / 1024 }'
+}
+
+# check_node N: die unless N is 1, 2 or 3.
+check_node() { [[ "${1:-}" =~ ^[123]$ ]] || die "node must be 1, 2 or 3 (got '${1:-}')"; }
 
 # ---------------------------------------------------------------------------------------
 # install helpers
