@@ -103,7 +103,11 @@ pub struct ClusterArgs {
     #[arg(long, env = "CHAT_KAFKA_TOPIC")]
     pub kafka_topic: Option<String>,
 
-    /// Redis URL (presence, connection routing, fan-out channels, recent-message cache).
+    /// Redis URL (presence, connection routing, fan-out channels, recent-message cache):
+    /// `redis://[user:pass@]host:port[/db]` for one server, or
+    /// `redis+sentinel://[user:pass@]s1:26379,s2:26379,s3:26379/<master>[/db]` for the primary
+    /// that Redis Sentinels name, followed across failovers (credentials and db are the data
+    /// servers'; the Sentinels are asked without authentication).
     #[arg(long, env = "CHAT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 }
@@ -153,12 +157,19 @@ pub struct SetupArgs {
     /// the work; a partition is the unit of ordering). Only ever increased.
     #[arg(long, env = "CHAT_KAFKA_PARTITIONS", default_value_t = 32)]
     pub partitions: i32,
-    /// Replication factor of the message topic (3 in production).
-    #[arg(long, env = "CHAT_KAFKA_REPLICATION", default_value_t = 1)]
-    pub kafka_replication: i32,
-    /// Keyspace replication: `simple:N` or `dc1:N,dc2:M` (NetworkTopologyStrategy).
-    #[arg(long, env = "CHAT_SCYLLA_REPLICATION", default_value = "simple:1")]
-    pub scylla_replication: String,
+    /// Replication factor of new topics. Default: chosen from the brokers setup sees — 3
+    /// (with `min.insync.replicas` 2) from 3 brokers on, else every broker.
+    #[arg(long, env = "CHAT_KAFKA_REPLICATION")]
+    pub kafka_replication: Option<i32>,
+    /// Keyspace replication: `simple:N` or `dc1:N,dc2:M` (NetworkTopologyStrategy; serve with
+    /// `--scylla-consistency local_quorum` then). Default: chosen from the nodes setup sees —
+    /// 3 per data centre (or every node of a smaller one).
+    #[arg(long, env = "CHAT_SCYLLA_REPLICATION")]
+    pub scylla_replication: Option<String>,
+    /// Accept a replication factor below what survives the loss of one node (e.g. RF 1 on a
+    /// 3-node cluster), for the topics and the keyspace. Refused without it.
+    #[arg(long, env = "CHAT_ALLOW_UNSAFE_REPLICATION", default_value_t = false)]
+    pub allow_unsafe_replication: bool,
     /// How long to keep retrying while the services come up (seconds).
     #[arg(long, env = "CHAT_SETUP_TIMEOUT", default_value_t = 300)]
     pub timeout: u64,

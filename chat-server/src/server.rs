@@ -579,23 +579,29 @@ fn default_node_id() -> String {
 }
 
 /// `chat-server setup`: create or upgrade the keyspace and the message topic. Idempotent.
+///
+/// Replication is chosen from the cluster setup sees (3 replicas from 3 nodes/brokers on, with
+/// `min.insync.replicas` 2 on the topics), or taken from the flags; a choice that does not
+/// survive the loss of one node is refused without `--allow-unsafe-replication`, and so is an
+/// existing keyspace or topic with such a replication (it is never changed here: that takes
+/// `ALTER KEYSPACE` plus a repair, or a Kafka partition reassignment).
 #[cfg(feature = "distributed")]
 pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
+    use crate::plane::cluster::kafka;
     use crate::store::scylla::{ScyllaOptions, connect_session};
     use crate::store::scylla_schema::{self, Replication};
     let c = &args.cluster;
     let wait = Duration::from_secs(args.timeout);
-    let replication: Replication = args
+    let unsafe_ok = args.allow_unsafe_replication;
+    let asked: Option<Replication> = args
         .scylla_replication
-        .parse()
+        .as_deref()
+        .map(str::parse)
+        .transpose()
         .map_err(|e| anyhow::anyhow!("--scylla-replication: {e}"))?;
     anyhow::ensure!(args.partitions >= 1, "--partitions must be at least 1");
-    anyhow::ensure!(
-        args.kafka_replication >= 1,
-        "--kafka-replication must be at least 1"
-    );
     tracing::info!(nodes = %c.scylla_nodes.join(","), keyspace = %c.keyspace(), "CQL: connecting");
-    crate::plane::cluster::kafka::configure_security(c.kafka_security());
+    kafka::configure_security(c.kafka_security());
     let options = ScyllaOptions {
         credentials: c.scylla_credentials(),
         ..ScyllaOptions::default()
@@ -604,18 +610,61 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         connect_session(&c.scylla_nodes, &options)
     })
     .await?;
+    let dcs = scylla_schema::cluster_dcs(&session);
+    let replication = scylla_schema::choose_replication(asked.as_ref(), &dcs, unsafe_ok)
+        .map_err(|e| anyhow::anyhow!("--scylla-replication: {e}"))?;
+    if let Some(existing) = scylla_schema::keyspace_replication(&session, &c.keyspace())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        scylla_schema::check_replication(&existing, &dcs, unsafe_ok).map_err(|e| {
+            anyhow::anyhow!(
+                "keyspace {} exists with {e}. Change it with ALTER KEYSPACE {} WITH \
+                 replication = {} and run a full repair (nodetool repair -full {}) on every \
+                 node",
+                c.keyspace(),
+                c.keyspace(),
+                replication.to_cql(),
+                c.keyspace()
+            )
+        })?;
+        if existing != replication {
+            tracing::warn!(keyspace = %c.keyspace(), %existing, wanted = %replication,
+                "the keyspace exists with another replication; it is kept");
+        }
+    }
+    let multi_dc = dcs.len() > 1;
+    tracing::info!(?dcs, %replication, serve_with = if multi_dc { "local_quorum" } else { "quorum" },
+        "CQL replication");
     scylla_schema::setup(&session, &c.keyspace(), &replication)
         .await
         .map_err(|e| anyhow::anyhow!("creating the schema in {}: {e}", c.keyspace()))?;
     tracing::info!(keyspace = %c.keyspace(), "CQL schema is current");
     let topic = c.topic();
+    let push_topic = crate::push::kafka::topic(&c.cluster);
+    let names = [topic.as_str(), push_topic.as_str()];
+    let (brokers, existing) = crate::retry::until(wait, Duration::from_secs(2), "Kafka", || {
+        kafka::describe(&c.kafka_brokers, &names)
+    })
+    .await?;
+    let kafka_replication = kafka::choose_replication(args.kafka_replication, brokers, unsafe_ok)
+        .map_err(|e| anyhow::anyhow!("--kafka-replication: {e}"))?;
+    for (name, rf) in &existing {
+        kafka::choose_replication(Some(*rf as i32), brokers, unsafe_ok).map_err(|e| {
+            anyhow::anyhow!(
+                "topic {name} exists with {e}; raise it with a partition reassignment \
+                 (kafka-reassign-partitions.sh) before running Tern on this cluster"
+            )
+        })?;
+    }
+    tracing::info!(
+        brokers,
+        replication = kafka_replication,
+        min_insync = kafka::min_insync(kafka_replication),
+        "Kafka replication"
+    );
     crate::retry::until(wait, Duration::from_secs(2), "Kafka", || {
-        crate::plane::cluster::kafka::ensure_topic(
-            &c.kafka_brokers,
-            &topic,
-            args.partitions,
-            args.kafka_replication,
-        )
+        kafka::ensure_topic(&c.kafka_brokers, &topic, args.partitions, kafka_replication)
     })
     .await?;
     crate::push::setup(
@@ -624,7 +673,7 @@ pub async fn setup(args: &crate::config::SetupArgs) -> anyhow::Result<()> {
         &c.kafka_brokers,
         &c.cluster,
         args.partitions,
-        args.kafka_replication,
+        kafka_replication,
     )
     .await?;
     Ok(())

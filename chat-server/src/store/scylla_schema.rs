@@ -103,6 +103,124 @@ impl fmt::Display for Replication {
     }
 }
 
+/// The replication factor that survives one node: 3, or every node of a smaller cluster.
+pub fn safe_factor(nodes: usize) -> u32 {
+    nodes.clamp(1, 3) as u32
+}
+
+/// The replication `setup` uses: `asked` if given and sensible for `dcs` (nodes per data
+/// centre, as the driver sees the cluster), else the safe default — `simple:min(3, nodes)` in
+/// one data centre, `dc:min(3, nodes in dc)` for each of several (NetworkTopologyStrategy;
+/// serve with `--scylla-consistency local_quorum` then).
+///
+/// Refused: more replicas than nodes in a data centre (QUORUM could never be reached), and,
+/// unless `allow_unsafe`, fewer than [`safe_factor`] (RF 1 on a 3-node cluster loses acked
+/// messages with one disk; RF 2 stops QUORUM writes when one node is down).
+pub fn choose_replication(
+    asked: Option<&Replication>,
+    dcs: &std::collections::BTreeMap<String, usize>,
+    allow_unsafe: bool,
+) -> Result<Replication> {
+    let total: usize = dcs.values().sum();
+    let chosen = match asked {
+        Some(r) => r.clone(),
+        None if dcs.len() > 1 => Replication::NetworkTopology(
+            dcs.iter()
+                .map(|(dc, n)| (dc.clone(), safe_factor(*n)))
+                .collect(),
+        ),
+        None => Replication::Simple {
+            factor: safe_factor(total),
+        },
+    };
+    check_replication(&chosen, dcs, allow_unsafe)?;
+    Ok(chosen)
+}
+
+/// Whether `r` is sensible on a cluster of `dcs` (see [`choose_replication`]).
+pub fn check_replication(
+    r: &Replication,
+    dcs: &std::collections::BTreeMap<String, usize>,
+    allow_unsafe: bool,
+) -> Result<()> {
+    let total: usize = dcs.values().sum();
+    let per_dc: Vec<(String, u32, usize)> = match r {
+        Replication::Simple { factor } => vec![("the cluster".to_string(), *factor, total)],
+        Replication::NetworkTopology(list) => list
+            .iter()
+            .map(|(dc, f)| {
+                (
+                    format!("data centre {dc}"),
+                    *f,
+                    dcs.get(dc).copied().unwrap_or(0),
+                )
+            })
+            .collect(),
+    };
+    for (where_, factor, nodes) in per_dc {
+        if factor as usize > nodes {
+            return Err(Error::invalid(format!(
+                "replication {r}: {factor} replicas but {where_} has {nodes} node(s); QUORUM \
+                 reads and writes could never succeed"
+            )));
+        }
+        if factor < safe_factor(nodes) && !allow_unsafe {
+            return Err(Error::invalid(format!(
+                "replication {r}: {factor} replica(s) on {where_} of {nodes} nodes does not \
+                 survive the loss of one node (use {}; or pass --allow-unsafe-replication to \
+                 insist)",
+                safe_factor(nodes)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Nodes per data centre, as the session sees the cluster.
+pub fn cluster_dcs(session: &Session) -> std::collections::BTreeMap<String, usize> {
+    let mut dcs = std::collections::BTreeMap::new();
+    for node in session.get_cluster_state().get_nodes_info() {
+        let dc = node
+            .datacenter
+            .clone()
+            .unwrap_or_else(|| "datacenter1".into());
+        *dcs.entry(dc).or_default() += 1;
+    }
+    dcs
+}
+
+/// The replication of an existing keyspace (`None`: no such keyspace, or a strategy Tern
+/// does not write).
+pub async fn keyspace_replication(
+    session: &Session,
+    keyspace: &str,
+) -> Result<Option<Replication>> {
+    use scylla::cluster::metadata::Strategy;
+    session
+        .refresh_metadata()
+        .await
+        .map_err(|e| Error::internal(format!("cql metadata: {e}")))?;
+    let state = session.get_cluster_state();
+    Ok(state
+        .get_keyspace(keyspace)
+        .and_then(|k| match &k.strategy {
+            Strategy::SimpleStrategy { replication_factor } => Some(Replication::Simple {
+                factor: *replication_factor as u32,
+            }),
+            Strategy::NetworkTopologyStrategy {
+                datacenter_repfactors,
+            } => {
+                let mut dcs: Vec<(String, u32)> = datacenter_repfactors
+                    .iter()
+                    .map(|(d, n)| (d.clone(), *n as u32))
+                    .collect();
+                dcs.sort();
+                Some(Replication::NetworkTopology(dcs))
+            }
+            _ => None,
+        }))
+}
+
 /// Choices fixed when a keyspace is first set up.
 #[derive(Debug, Clone, Copy)]
 pub struct SetupOptions {
@@ -413,6 +531,45 @@ mod tests {
                 "{bad:?} should not parse"
             );
         }
+    }
+
+    #[test]
+    fn replication_is_chosen_from_the_cluster_and_unsafe_choices_are_refused() {
+        use std::collections::BTreeMap;
+        let one_dc = |n: usize| BTreeMap::from([("dc1".to_string(), n)]);
+        let simple = |factor| Replication::Simple { factor };
+        // The default: every node up to 3.
+        assert_eq!(
+            choose_replication(None, &one_dc(1), false).unwrap(),
+            simple(1)
+        );
+        assert_eq!(
+            choose_replication(None, &one_dc(3), false).unwrap(),
+            simple(3)
+        );
+        assert_eq!(
+            choose_replication(None, &one_dc(5), false).unwrap(),
+            simple(3)
+        );
+        let two = BTreeMap::from([("eu".to_string(), 3), ("us".to_string(), 2)]);
+        assert_eq!(
+            choose_replication(None, &two, false).unwrap(),
+            Replication::NetworkTopology(vec![("eu".into(), 3), ("us".into(), 2)])
+        );
+        // RF 1 (or 2) on 3 nodes: refused unless insisted on.
+        assert!(choose_replication(Some(&simple(1)), &one_dc(3), false).is_err());
+        assert!(choose_replication(Some(&simple(2)), &one_dc(3), false).is_err());
+        assert_eq!(
+            choose_replication(Some(&simple(1)), &one_dc(3), true).unwrap(),
+            simple(1)
+        );
+        // More replicas than nodes: refused even when insisted on.
+        assert!(choose_replication(Some(&simple(3)), &one_dc(1), true).is_err());
+        let nts = Replication::NetworkTopology(vec![("eu".into(), 3), ("asia".into(), 1)]);
+        assert!(choose_replication(Some(&nts), &two, true).is_err());
+        let nts = Replication::NetworkTopology(vec![("eu".into(), 1)]);
+        assert!(choose_replication(Some(&nts), &two, false).is_err());
+        assert!(choose_replication(Some(&nts), &two, true).is_ok());
     }
 
     #[test]

@@ -59,6 +59,71 @@ pub fn consumer_config(brokers: &str, group: &str, fetch_wait_ms: u32) -> Client
     c
 }
 
+/// The replication factor that survives one broker: 3, or every broker of a smaller cluster.
+pub fn safe_replication(brokers: usize) -> i32 {
+    brokers.clamp(1, 3) as i32
+}
+
+/// The replication factor `setup` uses for new topics: `asked` if given and sensible for a
+/// cluster of `brokers`, else [`safe_replication`]. Refused: more replicas than brokers, and,
+/// unless `allow_unsafe`, fewer than the safe factor (RF 1 on 3 brokers loses acked messages
+/// with one broker; RF 2 with `min.insync.replicas` 1 acknowledges records one broker holds).
+pub fn choose_replication(
+    asked: Option<i32>,
+    brokers: usize,
+    allow_unsafe: bool,
+) -> Result<i32, String> {
+    let safe = safe_replication(brokers);
+    let rf = asked.unwrap_or(safe);
+    if rf < 1 {
+        return Err(format!("replication factor {rf}: must be at least 1"));
+    }
+    if rf as usize > brokers {
+        return Err(format!(
+            "replication factor {rf} but the Kafka cluster has {brokers} broker(s)"
+        ));
+    }
+    if rf < safe && !allow_unsafe {
+        return Err(format!(
+            "replication factor {rf} on {brokers} brokers does not survive the loss of one \
+             broker (use {safe}; or pass --allow-unsafe-replication to insist)"
+        ));
+    }
+    Ok(rf)
+}
+
+/// `min.insync.replicas` for a topic of `replication` replicas: 2 from 3 replicas on (with
+/// `acks=all` a record is then on two brokers before it is acknowledged, and one broker may
+/// be down), else 1.
+pub fn min_insync(replication: i32) -> i32 {
+    if replication >= 3 { 2 } else { 1 }
+}
+
+/// What the cluster looks like: the number of brokers, and the replication factor of `topics`
+/// that exist (by name).
+pub async fn describe(
+    brokers: &str,
+    topics: &[&str],
+) -> anyhow::Result<(usize, Vec<(String, usize)>)> {
+    let admin: AdminClient<DefaultClientContext> = client_config(brokers)
+        .create()
+        .map_err(|e| anyhow::anyhow!("Kafka admin client for {brokers}: {e}"))?;
+    let md = admin
+        .inner()
+        .fetch_metadata(None, Duration::from_secs(10))
+        .map_err(|e| anyhow::anyhow!("reading the Kafka cluster's metadata: {e}"))?;
+    let existing = md
+        .topics()
+        .iter()
+        .filter(|t| topics.contains(&t.name()) && t.error().is_none())
+        .filter_map(|t| {
+            let rf = t.partitions().iter().map(|p| p.replicas().len()).min()?;
+            Some((t.name().to_string(), rf))
+        })
+        .collect();
+    Ok((md.brokers().len(), existing))
+}
+
 /// Create the message topic, or grow its partition count to `partitions`. Idempotent.
 pub async fn ensure_topic(
     brokers: &str,
@@ -70,14 +135,12 @@ pub async fn ensure_topic(
         .create()
         .map_err(|e| anyhow::anyhow!("Kafka admin client for {brokers}: {e}"))?;
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let min_insync = min_insync(replication).to_string();
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(replication))
         // Messages live in ScyllaDB; the log only needs to outlive an outage of the
         // delivery role.
         .set("retention.ms", "604800000")
-        .set(
-            "min.insync.replicas",
-            if replication >= 3 { "2" } else { "1" },
-        );
+        .set("min.insync.replicas", &min_insync);
     let results = admin
         .create_topics([&new], &opts)
         .await
@@ -120,4 +183,22 @@ pub async fn ensure_topic(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_replication_is_chosen_from_the_brokers_and_unsafe_choices_are_refused() {
+        assert_eq!(choose_replication(None, 1, false), Ok(1));
+        assert_eq!(choose_replication(None, 3, false), Ok(3));
+        assert_eq!(choose_replication(None, 5, false), Ok(3));
+        assert!(choose_replication(Some(1), 3, false).is_err());
+        assert!(choose_replication(Some(2), 3, false).is_err());
+        assert_eq!(choose_replication(Some(1), 3, true), Ok(1));
+        assert!(choose_replication(Some(3), 1, true).is_err());
+        assert!(choose_replication(Some(0), 1, true).is_err());
+        assert_eq!((min_insync(1), min_insync(2), min_insync(3)), (1, 1, 2));
+    }
 }

@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod presence;
 pub mod producer;
 pub mod redis;
+pub mod redis_primary;
 pub mod sequencer;
 pub mod subscriber;
 

@@ -1,7 +1,9 @@
 //! Redis: presence and connection routing, the fan-out channels of the edges, the shared
 //! recent-message cache and cluster-wide notices.
 //!
-//! Keys (prefix `<cluster>:`, one Redis; a Redis Cluster would need hash tags):
+//! One Redis server, or the primary that Sentinels name, followed across failovers
+//! ([`redis_primary`](super::redis_primary)). Keys (prefix `<cluster>:`; a Redis Cluster
+//! would need hash tags):
 //! - `pr:<user>` hash: `<node>` → that node's live connections of the user (absolute counts,
 //!   written only by that node), `_ls` → last seen (ms). Presence and routing in one place:
 //!   the user is online while any node counts a connection, and those nodes are where the
@@ -11,11 +13,12 @@
 //! - `recent:<chat>` sorted set, score = seq: the chat's last 50 messages (TTL one day).
 //! - channels `edge:<node>` (batches for that edge) and `notice` (broadcast).
 
+use super::redis_primary::{Primary, RedisTarget};
 use crate::cache::RECENT;
 use crate::model::{ChatId, Message, Presence, PresenceStatus, Seq, SharedMessage, UserId};
 use crate::plane::wire::{self, CachedMessage};
 use crate::store::MessagePage;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisResult};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -91,36 +94,35 @@ impl CountChange {
 
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
-    client: redis::Client,
+    primary: Arc<Primary>,
     prefix: Arc<str>,
 }
 
 impl Redis {
-    /// Connect (retrying for up to `wait`), with short timeouts so a dead Redis fails calls
-    /// fast instead of stalling the caller; the manager reconnects by itself.
+    /// Connect to `url` (`redis://…`, or `redis+sentinel://…/<master>` for the primary that
+    /// Sentinels name; see [`RedisTarget`]), retrying for up to `wait`.
     pub async fn connect(url: &str, prefix: &str, wait: Duration) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| anyhow::anyhow!("bad --redis-url {url:?}: {e}"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(2);
-        let what = format!("Redis at {url} (is it running? check --redis-url)");
-        let conn = crate::retry::until(wait, Duration::from_secs(1), &what, || {
-            client.get_connection_manager_with_config(config.clone())
-        })
-        .await?;
+        let target = RedisTarget::parse(url).map_err(|e| anyhow::anyhow!("--redis-url {e}"))?;
         Ok(Redis {
-            conn,
-            client,
+            primary: Primary::connect(&target, wait).await?,
             prefix: prefix.into(),
         })
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
+    /// The server behind this handle (followed across Sentinel failovers).
+    pub fn primary(&self) -> &Arc<Primary> {
+        &self.primary
+    }
+
+    /// The shared connection to the current primary.
+    fn conn(&self) -> ConnectionManager {
+        self.primary.conn()
+    }
+
+    /// Pass a command's result through, noting failures (the primary may have moved).
+    fn seen<T>(&self, r: RedisResult<T>) -> RedisResult<T> {
+        self.primary.saw(&r);
+        r
     }
 
     fn key(&self, rest: std::fmt::Arguments<'_>) -> String {
@@ -180,7 +182,7 @@ impl Redis {
         for (user, n) in counts {
             self.set_count_cmd(&mut pipe, *user, node, *n);
         }
-        let rows: Vec<(i64, i64, String)> = pipe.query_async(&mut self.conn.clone()).await?;
+        let rows: Vec<(i64, i64, String)> = self.seen(pipe.query_async(&mut self.conn()).await)?;
         Ok(rows
             .into_iter()
             .map(|(before, after, ls)| CountChange {
@@ -200,7 +202,8 @@ impl Redis {
         for u in users {
             pipe.hgetall(self.presence_key(*u));
         }
-        let maps: Vec<HashMap<String, String>> = pipe.query_async(&mut self.conn.clone()).await?;
+        let maps: Vec<HashMap<String, String>> =
+            self.seen(pipe.query_async(&mut self.conn()).await)?;
         Ok(maps
             .into_iter()
             .map(|m| {
@@ -245,7 +248,7 @@ impl Redis {
             .ignore()
             .set_ex(self.alive_key(node), 1, ttl.as_secs().max(1))
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.seen(pipe.query_async::<()>(&mut self.conn()).await)
     }
 
     /// A node leaving cleanly: forget it (its counts were already set to zero).
@@ -257,12 +260,12 @@ impl Redis {
             .ignore()
             .del(self.node_users_key(node))
             .ignore();
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.seen(pipe.query_async::<()>(&mut self.conn()).await)
     }
 
     /// Nodes registered but no longer refreshing their liveness key.
     pub async fn dead_nodes(&self) -> RedisResult<Vec<String>> {
-        let nodes: Vec<String> = self.conn.clone().smembers(self.nodes_key()).await?;
+        let nodes: Vec<String> = self.seen(self.conn().smembers(self.nodes_key()).await)?;
         if nodes.is_empty() {
             return Ok(nodes);
         }
@@ -270,7 +273,7 @@ impl Redis {
         for n in &nodes {
             pipe.exists(self.alive_key(n));
         }
-        let alive: Vec<bool> = pipe.query_async(&mut self.conn.clone()).await?;
+        let alive: Vec<bool> = self.seen(pipe.query_async(&mut self.conn()).await)?;
         Ok(nodes
             .into_iter()
             .zip(alive)
@@ -281,11 +284,8 @@ impl Redis {
 
     /// Drop a dead node's counts; returns the users that went offline because of it.
     pub async fn reap(&self, node: &str) -> RedisResult<Vec<Presence>> {
-        let users: Vec<UserId> = self
-            .conn
-            .clone()
-            .smembers(self.node_users_key(node))
-            .await?;
+        let users: Vec<UserId> =
+            self.seen(self.conn().smembers(self.node_users_key(node)).await)?;
         let mut offline = Vec::new();
         for chunk in users.chunks(1000) {
             let counts: Vec<(UserId, u32)> = chunk.iter().map(|u| (*u, 0)).collect();
@@ -298,10 +298,7 @@ impl Redis {
     }
 
     pub async fn publish(&self, channel: &str, payload: &[u8]) -> RedisResult<()> {
-        self.conn
-            .clone()
-            .publish::<_, _, ()>(channel, payload)
-            .await
+        self.seen(self.conn().publish::<_, _, ()>(channel, payload).await)
     }
 
     /// Publish several payloads in one round trip (in order, on one connection: Redis
@@ -314,7 +311,7 @@ impl Redis {
         for (channel, payload) in items {
             pipe.publish(channel, payload).ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.seen(pipe.query_async::<()>(&mut self.conn()).await)
     }
 
     /// Add just-stored messages to their chats' recent sets (in seq order per chat), keep the
@@ -344,7 +341,7 @@ impl Redis {
                 .expire(&k, RECENT_TTL_SECS)
                 .ignore();
         }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.seen(pipe.query_async::<()>(&mut self.conn()).await)
     }
 
     /// Remove chats' cached runs (they missed an update).
@@ -353,7 +350,42 @@ impl Redis {
             return Ok(());
         }
         let keys: Vec<String> = chats.iter().map(|c| self.recent_key(*c)).collect();
-        self.conn.clone().del::<_, ()>(keys).await
+        self.seen(self.conn().del::<_, ()>(keys).await)
+    }
+
+    /// Drop the whole recent cache of this cluster (after a failover the new primary may lack
+    /// the last writes of the old one, and a run missing its tail looks complete to readers).
+    /// Returns the number of chats dropped.
+    pub async fn cache_flush_all(&self) -> RedisResult<usize> {
+        let pattern = self.key(format_args!("recent:*"));
+        let mut conn = self.conn();
+        let mut cursor: u64 = 0;
+        let mut dropped = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self.seen(
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await,
+            )?;
+            if !keys.is_empty() {
+                dropped += keys.len();
+                self.seen(
+                    redis::cmd("UNLINK")
+                        .arg(&keys)
+                        .query_async::<()>(&mut conn)
+                        .await,
+                )?;
+            }
+            if next == 0 {
+                return Ok(dropped);
+            }
+            cursor = next;
+        }
     }
 
     /// Messages with `seq > after_seq` (at most `limit`) if the cached run covers them.
@@ -364,11 +396,13 @@ impl Redis {
         limit: usize,
     ) -> RedisResult<Option<MessagePage>> {
         let k = self.recent_key(chat);
-        let (first, rows): (Vec<(String, f64)>, Vec<String>) = redis::pipe()
+        type FirstAndRows = (Vec<(String, f64)>, Vec<String>);
+        let got: RedisResult<FirstAndRows> = redis::pipe()
             .zrange_withscores(&k, 0, 0)
             .zrangebyscore_limit(&k, format!("({after_seq}"), "+inf", 0, limit as isize + 1)
-            .query_async(&mut self.conn.clone())
-            .await?;
+            .query_async(&mut self.conn())
+            .await;
+        let (first, rows) = self.seen(got)?;
         let Some((_, lowest)) = first.first() else {
             return Ok(None); // nothing cached: ask the store
         };
@@ -394,11 +428,8 @@ impl Redis {
         limit: usize,
     ) -> RedisResult<Option<MessagePage>> {
         let k = self.recent_key(chat);
-        let rows: Vec<String> = self
-            .conn
-            .clone()
-            .zrevrange(&k, 0, limit as isize - 1)
-            .await?;
+        let rows: Vec<String> =
+            self.seen(self.conn().zrevrange(&k, 0, limit as isize - 1).await)?;
         let mut messages = decode_rows(rows);
         messages.reverse();
         let Some(first) = messages.first() else {
@@ -424,21 +455,21 @@ impl Redis {
     /// until kube-proxy catches up and hang there for a minute or more; the caller retries.
     pub async fn subscribe(&self, channels: &[String]) -> RedisResult<redis::aio::PubSub> {
         let attempt = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let mut ps = self.primary.client().get_async_pubsub().await?;
             for c in channels {
                 ps.subscribe(c).await?;
             }
             Ok(ps)
         };
         match tokio::time::timeout(SUBSCRIBE_TIMEOUT, attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(redis::RedisError::from(std::io::Error::new(
+            Ok(r) => self.seen(r),
+            Err(_) => self.seen(Err(redis::RedisError::from(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!(
                     "subscribing took longer than {}s",
                     SUBSCRIBE_TIMEOUT.as_secs()
                 ),
-            ))),
+            )))),
         }
     }
 }

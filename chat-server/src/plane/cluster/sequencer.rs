@@ -231,9 +231,14 @@ impl Sequencer {
         let me = Arc::new(self);
         let mut workers: HashMap<i32, tokio::sync::mpsc::Sender<Consumed>> = HashMap::new();
         let mut running = tokio::task::JoinSet::new();
+        let mut moved = me.redis.primary().generation();
         loop {
             let m = tokio::select! {
                 m = me.consumer.recv() => m,
+                _ = moved.changed() => {
+                    flush_cache_after_failover(&me.redis).await;
+                    continue;
+                }
                 _ = stop.cancelled() => break,
             };
             let record = match m {
@@ -358,7 +363,7 @@ impl Sequencer {
             .collect();
         users.sort_unstable();
         users.dedup();
-        let looked_up = self.redis.lookup(&users).await;
+        let looked_up = redis_retrying("route lookup", || self.redis.lookup(&users)).await;
         m.stage("routes", t.elapsed().as_secs_f64());
         let routes_ok = looked_up.is_ok();
         let routes: HashMap<UserId, Vec<String>> = match looked_up {
@@ -418,10 +423,9 @@ impl Sequencer {
                 });
         }
         let t = std::time::Instant::now();
-        let published = self
-            .redis
-            .publish_all(&edge_batches(&self.redis, per_node))
-            .await;
+        let batches = edge_batches(&self.redis, per_node);
+        let published =
+            redis_retrying("fan-out/ack publish", || self.redis.publish_all(&batches)).await;
         m.stage("publish", t.elapsed().as_secs_f64());
         if let Err(e) = published {
             // Stored, so nothing is lost: edges time out the acks (clients resend,
@@ -454,6 +458,67 @@ fn consumed(m: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) -> Consumed {
         offset: m.offset(),
         record,
     }
+}
+
+/// How long a batch's route lookup and publish keep retrying while Redis is unreachable
+/// (a Sentinel failover takes a few seconds): below the edges' default ack timeout (10 s), so
+/// the acks of the sends waiting for this batch still arrive in time when Redis comes back.
+const REDIS_RETRY_FOR: Duration = Duration::from_secs(6);
+
+/// Run `op` until it succeeds or [`REDIS_RETRY_FOR`] has passed (each step is bounded by the
+/// connection's 2 s timeouts). Only for operations that are harmless to repeat: a lookup, or
+/// a publish (a repeated `deliver` is de-duplicated by clients, a repeated ack is ignored).
+async fn redis_retrying<T, F, Fut>(what: &str, mut op: F) -> redis::RedisResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + REDIS_RETRY_FOR;
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => {
+                if attempt > 0 {
+                    tracing::info!(what, attempt, "Redis: succeeded again");
+                }
+                return Ok(v);
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(e) => {
+                tracing::warn!(cause = %e, what, attempt, "Redis: failed; retrying");
+                tokio::time::sleep(crate::retry::backoff(
+                    Duration::from_millis(100),
+                    attempt,
+                    Duration::from_millis(500),
+                ))
+                .await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// After a Sentinel failover: the new primary may lack the old one's last cache writes (Redis
+/// replicates asynchronously), and a cached run missing its tail looks complete to a reader.
+/// Drop the whole recent cache (reads go to the store until it fills again). Every delivery
+/// process does this when it sees the move; repeats are harmless.
+async fn flush_cache_after_failover(redis: &Redis) {
+    for attempt in 0..10u32 {
+        match redis.cache_flush_all().await {
+            Ok(n) => {
+                tracing::warn!(
+                    chats = n,
+                    "Redis failover: dropped the recent-message cache"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, attempt, "Redis failover: dropping the recent cache failed; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    tracing::error!("Redis failover: the recent cache could not be dropped; it expires in a day");
 }
 
 /// Append with retries: the store is idempotent, so a retry after an unknown outcome is safe.

@@ -1,6 +1,8 @@
 //! Follow this process's Redis channels — `edge:<node>` on edges (its share of every
 //! fan-out, and the answers to its sends) and the cluster-wide `notice` channel (presence
-//! changes, membership changes) — reconnecting with backoff when Redis goes away.
+//! changes, membership changes) — reconnecting with backoff when Redis goes away, and
+//! subscribing again on the new primary after a Sentinel failover (this task also runs the
+//! [`Primary::watch`](super::redis_primary::Primary::watch) that follows the primary).
 
 use super::ClusterPlane;
 use crate::hub::frame;
@@ -25,9 +27,12 @@ pub async fn run(
     if edge {
         channels.push(redis.edge_channel(&plane.deps.node));
     }
+    tasks.spawn(redis.primary().clone().watch(stop.clone()));
+    let mut moved = redis.primary().generation();
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
+        moved.mark_unchanged();
         let ps = tokio::select! {
             r = redis.subscribe(&channels) => r,
             _ = stop.cancelled() => return,
@@ -40,7 +45,7 @@ pub async fn run(
                     _ = tokio::time::sleep(backoff) => {},
                     _ = stop.cancelled() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                backoff = (backoff * 2).min(Duration::from_secs(1));
                 continue;
             }
         };
@@ -58,6 +63,10 @@ pub async fn run(
         loop {
             let msg = tokio::select! {
                 m = stream.next() => m,
+                _ = moved.changed() => {
+                    tracing::warn!("Redis: the primary moved; subscribing there");
+                    break;
+                }
                 _ = stop.cancelled() => return,
             };
             let Some(msg) = msg else {
