@@ -49,6 +49,11 @@ pub enum Command {
     /// Run the `direct` scenario at increasing rates on one set of connections and report the
     /// knee: the first rate whose delivery p99 exceeds --p99-limit-ms.
     Sweep(SweepArgs),
+    /// Reconnect storm: N clients drop their connections at once, messages are sent to their
+    /// chats meanwhile, then all N reconnect at the same moment and catch up (Tern: `sync`
+    /// from the last seq). Reports the time until every client is back and until every client
+    /// has what it missed.
+    Storm(StormArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -60,9 +65,21 @@ pub struct CommonArgs {
     #[arg(long, env = "CHAT_BENCH_URL", default_value = "http://127.0.0.1:8080")]
     pub url: String,
 
-    /// The server's HS256 token secret; the bench signs its own tokens with it.
+    /// The server's HS256 token secret; the bench signs its own tokens with it. For
+    /// `--system matrix`: Synapse's `registration_shared_secret` (users are registered with it).
     #[arg(long, env = "CHAT_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
+
+    /// The system under test: Tern, or a peer through its adapter (see
+    /// docs/benchmarks-howto.md, "Peers"). Centrifugo and Socket.IO accept the same HS256
+    /// tokens; chats are channels / rooms named `c<id>` and need no setup.
+    #[arg(long, env = "CHAT_BENCH_SYSTEM", value_enum, default_value = "tern")]
+    pub system: crate::proto::System,
+
+    /// Matrix: a JSON file that caches registered users and created rooms between runs
+    /// against the same Synapse database (registration and joins are slow).
+    #[arg(long, env = "CHAT_BENCH_MATRIX_STATE")]
+    pub matrix_state: Option<std::path::PathBuf>,
 
     /// User ids used by this process start at offset+1. Give each bench process of one run its
     /// own range (e.g. 1000000, 2000000, …) so users do not overlap.
@@ -239,6 +256,32 @@ pub struct SweepArgs {
     /// Keep going after the knee (default: stop at the first rate over the limit).
     #[arg(long)]
     pub keep_going: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+
+    /// Clients that drop and reconnect (the chats' senders stay connected and are extra).
+    #[arg(short = 'n', long, default_value_t = 10_000)]
+    pub clients: u32,
+
+    /// Members per chat: one sender plus chat-size − 1 storm clients.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    pub chat_size: u32,
+
+    /// Messages each sender sends while the clients are away.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub missed: u32,
+
+    /// Give up on a client that has not caught up this long after the storm began.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub catch_up_timeout: Duration,
+
+    /// Most chat-creation HTTP requests in flight during setup.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub http_concurrency: u32,
 }
 
 /// `250ms`, `10s`, `2m`, `1h`, or a bare number of seconds (`1.5`).

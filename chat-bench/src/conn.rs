@@ -168,3 +168,196 @@ pub async fn dial(
         },
     ))
 }
+
+/// Where a peer connection resumes from after a disconnection (the storm scenario).
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// Centrifugo: per chat, the stream epoch and the last offset seen.
+    pub cf: Vec<(u64, String, u64)>,
+    /// Socket.IO: the session `pid` and the offset of the last packet received.
+    pub sio: Option<(String, String)>,
+}
+
+/// What a peer dial learned: positions to resume from later, and messages recovered inline
+/// (Centrifugo returns them in the subscribe reply; Socket.IO replays them as events).
+#[derive(Debug, Default)]
+pub struct Joined {
+    /// Centrifugo: (chat, epoch, offset) of each subscription, when the channel has history.
+    pub cf: Vec<(u64, String, u64)>,
+    /// Socket.IO: the session id that recovery needs (only with recovery on).
+    pub sio_pid: Option<String>,
+    /// Socket.IO: the offset of the last packet replayed before the CONNECT reply.
+    pub sio_offset: Option<String>,
+    /// Stamps of recovered publications.
+    pub recovered: Vec<String>,
+    /// Whether the server said it recovered the state (Centrifugo `recovered`; Socket.IO: a
+    /// reconnect that kept its `pid`).
+    pub recovered_ok: bool,
+}
+
+async fn next_text(ws: &mut Ws) -> Result<String, DialError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+            Some(Ok(Message::Close(_))) | None => return Err(DialError::NoHello("closed".into())),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(DialError::NoHello(short(&e.to_string()))),
+        }
+    }
+}
+
+/// Connect to a peer (Centrifugo, Socket.IO), authenticate with `token`, and listen to
+/// `chats` (subscribe / join), resuming from `resume` when given. Returns once the server
+/// confirmed every step — the peers' equivalent of Tern's `hello`.
+async fn send(ws: &mut Ws, text: String) -> Result<(), DialError> {
+    use futures::SinkExt;
+    ws.send(Message::text(text))
+        .await
+        .map_err(|e| DialError::NoHello(format!("send: {}", short(&e.to_string()))))
+}
+
+pub async fn dial_peer(
+    system: crate::proto::System,
+    dest: SocketAddr,
+    ws_url: &str,
+    source: Option<IpAddr>,
+    token: &str,
+    chats: &[u64],
+    resume: Option<&Resume>,
+) -> Result<(Ws, DialTimings, Joined), DialError> {
+    use crate::proto::{self, System};
+    let start = Instant::now();
+    let stream = client_socket(dest, source)?
+        .connect(dest)
+        .await
+        .map_err(DialError::Connect)?;
+    let tcp_connect = start.elapsed();
+    let (mut ws, _response) = client_async_with_config(ws_url, stream, Some(ws_config()))
+        .await
+        .map_err(|e| match e {
+            tungstenite::Error::Http(resp) => DialError::Http(resp.status().as_u16()),
+            other => DialError::Handshake(other),
+        })?;
+    let mut joined = Joined::default();
+    match system {
+        System::Centrifugo => {
+            send(&mut ws, proto::cf_connect(token)).await?;
+            'connect: loop {
+                let t = next_text(&mut ws).await?;
+                for line in t.split('\n').filter(|l| !l.trim().is_empty()) {
+                    match proto::cf_connect_reply(line) {
+                        Ok(true) => break 'connect,
+                        Ok(false) => {}
+                        Err(e) => return Err(DialError::NoHello(e)),
+                    }
+                }
+            }
+            for (k, &chat) in chats.iter().enumerate() {
+                let id = 2 + k as u32;
+                let rec = resume.and_then(|r| r.cf.iter().find(|(c, _, _)| *c == chat));
+                send(
+                    &mut ws,
+                    proto::cf_subscribe(id, chat, rec.map(|(_, e, o)| (e.as_str(), *o))),
+                )
+                .await?;
+                'sub: loop {
+                    let t = next_text(&mut ws).await?;
+                    for line in t.split('\n').filter(|l| !l.trim().is_empty()) {
+                        match proto::cf_subscribe_reply(line, id) {
+                            Some(Ok(s)) => {
+                                joined.recovered_ok |= s.recovered;
+                                let last = s
+                                    .publications
+                                    .last()
+                                    .map_or(s.offset, |p| p.1.max(s.offset));
+                                joined
+                                    .recovered
+                                    .extend(s.publications.into_iter().map(|p| p.0));
+                                if let Some(e) = s.epoch.filter(|e| !e.is_empty()) {
+                                    joined.cf.push((chat, e, last));
+                                }
+                                break 'sub;
+                            }
+                            Some(Err(e)) => return Err(DialError::NoHello(e)),
+                            None => {
+                                if line.trim() == "{}" {
+                                    send(&mut ws, "{}".into()).await?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        System::Socketio => {
+            let open = next_text(&mut ws).await?;
+            if !open.starts_with('0') {
+                return Err(DialError::NoHello(format!(
+                    "engine.io open expected: {}",
+                    short(&open)
+                )));
+            }
+            let rec = resume.and_then(|r| r.sio.as_ref());
+            send(
+                &mut ws,
+                proto::sio_connect(token, rec.map(|(p, o)| (p.as_str(), o.as_str()))),
+            )
+            .await?;
+            loop {
+                let t = next_text(&mut ws).await?;
+                if t == "2" {
+                    send(&mut ws, "3".into()).await?;
+                    continue;
+                }
+                // A recovered session's missed packets come before the CONNECT reply; the
+                // official client buffers them, so does the bench.
+                if let proto::PeerEvent::Message { stamp, pos, .. } = proto::sio_parse(&t) {
+                    joined.recovered.push(stamp.into_owned());
+                    if let Some(proto::Pos::Token(o)) = pos {
+                        joined.sio_offset = Some(o.into_owned());
+                    }
+                    continue;
+                }
+                match proto::sio_connected(&t) {
+                    Some(Ok(pid)) => {
+                        joined.recovered_ok =
+                            rec.is_some() && pid.as_deref() == rec.map(|r| r.0.as_str());
+                        joined.sio_pid = pid;
+                        break;
+                    }
+                    Some(Err(e)) => return Err(DialError::NoHello(format!("socketio {e}"))),
+                    None => {}
+                }
+            }
+            // A recovered session is back in its rooms; a new one joins them.
+            if !joined.recovered_ok {
+                for (k, &chat) in chats.iter().enumerate() {
+                    let ack_id = k as u64;
+                    send(&mut ws, proto::sio_join(ack_id, chat)).await?;
+                    let want = format!("43{ack_id}[");
+                    loop {
+                        let t = next_text(&mut ws).await?;
+                        if t == "2" {
+                            send(&mut ws, "3".into()).await?;
+                        } else if t.starts_with(&want) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        System::Tern | System::Matrix => {
+            return Err(DialError::NoHello(format!(
+                "{system:?} is not a peer WebSocket protocol"
+            )));
+        }
+    }
+    Ok((
+        ws,
+        DialTimings {
+            tcp_connect,
+            to_hello: start.elapsed(),
+        },
+        joined,
+    ))
+}

@@ -4,6 +4,8 @@
 
 use crate::conn::{self, Ws};
 use crate::iprange::SourceIps;
+use crate::matrix;
+use crate::proto::System;
 use crate::session::{self, SessionSpec, Shared};
 use crate::stats::Counter;
 use crate::token::TokenMint;
@@ -103,11 +105,56 @@ impl Fleet {
                         .source_ips
                         .as_ref()
                         .map(|s| s.pick(spec.index as usize));
-                    let outcome = timeout(opts.timeout, {
-                        let (addr, url) = &opts.edges[spec.index as usize % opts.edges.len()];
-                        conn::dial(*addr, url, source, &token)
-                    })
-                    .await;
+                    let (addr, url) = &opts.edges[spec.index as usize % opts.edges.len()];
+                    let outcome = match shared.system {
+                        System::Tern => {
+                            timeout(opts.timeout, conn::dial(*addr, url, source, &token)).await
+                        }
+                        System::Centrifugo | System::Socketio => {
+                            let sys = shared.system;
+                            let chats: Vec<u64> = spec.chat_id.into_iter().collect();
+                            timeout(opts.timeout, async {
+                                conn::dial_peer(
+                                    sys,
+                                    *addr,
+                                    &sys.ws_url(url),
+                                    source,
+                                    &token,
+                                    &chats,
+                                    None,
+                                )
+                                .await
+                                .map(|(ws, t, _)| (ws, t))
+                            })
+                            .await
+                        }
+                        System::Matrix => {
+                            match timeout(opts.timeout, matrix::dial(&shared, spec.user_id)).await {
+                                Ok(Ok((mconn, took))) => {
+                                    fleet.established.inc();
+                                    fleet
+                                        .handshake
+                                        .record(spec.index as usize, took.as_micros() as u64);
+                                    drop(permit);
+                                    done.inc();
+                                    if opts.after_hello == AfterHello::Hold {
+                                        matrix::run(mconn, spec, shared).await;
+                                    }
+                                }
+                                Ok(Err(e)) => {
+                                    fleet.failed.inc();
+                                    fleet.failures.add(&e);
+                                    done.inc();
+                                }
+                                Err(_) => {
+                                    fleet.failed.inc();
+                                    fleet.failures.add("timeout");
+                                    done.inc();
+                                }
+                            }
+                            return;
+                        }
+                    };
                     match outcome {
                         Ok(Ok((ws, t))) => {
                             fleet.established.inc();

@@ -22,7 +22,9 @@ mod conn;
 mod fleet;
 mod frame;
 mod iprange;
+mod matrix;
 mod procfs;
+mod proto;
 mod report;
 mod scenario;
 mod schedule;
@@ -44,6 +46,7 @@ fn common(cmd: &Command) -> &CommonArgs {
         Command::Direct(a) => &a.common,
         Command::Group(a) => &a.common,
         Command::Sweep(a) => &a.common,
+        Command::Storm(a) => &a.common,
     }
 }
 
@@ -100,6 +103,9 @@ fn main() -> anyhow::Result<()> {
                 r.render()
             }),
             Command::Sweep(a) => emit(json, &scenario::sweep::run(a, interrupt).await?, |r| {
+                r.render()
+            }),
+            Command::Storm(a) => emit(json, &scenario::storm::run(a, interrupt).await?, |r| {
                 r.render()
             }),
         }

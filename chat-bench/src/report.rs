@@ -336,6 +336,98 @@ impl HandshakeReport {
     }
 }
 
+/// Result of `storm`.
+#[derive(Debug, Clone, Serialize)]
+pub struct StormReport {
+    pub scenario: &'static str,
+    pub system: String,
+    pub target: String,
+    pub clients: u64,
+    pub senders: u64,
+    pub chat_size: u64,
+    pub missed_per_chat: u64,
+    pub connected_before: u64,
+    pub connect_failed: u64,
+    pub failures: BTreeMap<String, u64>,
+    pub warm_received: u64,
+    pub missed_acked: u64,
+    pub reconnected: u64,
+    pub reconnect_failed: u64,
+    /// Sessions the server said it restored (Centrifugo `recovered`, Socket.IO same `pid`).
+    pub recovered_sessions: u64,
+    pub caught_up: u64,
+    /// Clients whose system (as configured) has no way to catch up.
+    pub no_catch_up: u64,
+    pub timed_out: u64,
+    pub duplicates: u64,
+    /// From the storm's start until the last client was back (handshake done).
+    pub all_back_s: f64,
+    /// Until the last client had every missed message (None if some never did).
+    pub all_caught_up_s: Option<f64>,
+    /// Per client: storm start → back.
+    pub back: LatencySummary,
+    /// Per client: storm start → caught up.
+    pub caught_up_after: LatencySummary,
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl StormReport {
+    pub fn render(&self) -> String {
+        let rows = vec![
+            ("target", format!("{} ({})", self.target, self.system)),
+            (
+                "clients",
+                format!(
+                    "{} in chats of {} (+{} senders), {} missed messages per chat",
+                    self.clients, self.chat_size, self.senders, self.missed_per_chat
+                ),
+            ),
+            (
+                "before",
+                format!(
+                    "{} connected, {} failed, {} got the first message, {} missed messages acked",
+                    self.connected_before,
+                    self.connect_failed,
+                    self.warm_received,
+                    self.missed_acked
+                ),
+            ),
+            (
+                "storm",
+                format!(
+                    "{} back ({} failed) in {:.2} s; {} sessions recovered by the server",
+                    self.reconnected,
+                    self.reconnect_failed,
+                    self.all_back_s,
+                    self.recovered_sessions
+                ),
+            ),
+            (
+                "caught up",
+                format!(
+                    "{} of {} ({} without a catch-up mechanism, {} timed out){}",
+                    self.caught_up,
+                    self.clients,
+                    self.no_catch_up,
+                    self.timed_out,
+                    self.all_caught_up_s
+                        .map_or(String::new(), |s| format!("; all within {s:.2} s"))
+                ),
+            ),
+            ("duplicates", self.duplicates.to_string()),
+            ("failures", render_tally(&self.failures)),
+            ("errors", render_tally(&self.errors)),
+        ];
+        let mut out = render_kv(&rows);
+        out.push('\n');
+        out.push_str(&render_latencies(&[
+            ("storm start → back", &self.back),
+            ("storm start → caught up", &self.caught_up_after),
+        ]));
+        out
+    }
+}
+
 /// Result of one load phase (`direct`, `group`, one step of `sweep`).
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadReport {

@@ -4,14 +4,16 @@
 
 use crate::conn::Ws;
 use crate::frame::{self, Inbound};
+use crate::proto::{self, PeerEvent, System};
 use crate::schedule::{self, SendPlan};
 use crate::stamp::{Stamp, elapsed_us, unix_now_ns};
 use crate::stats::{FleetStats, LoadStats};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior, sleep, sleep_until, timeout};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +48,10 @@ pub struct LoadPhase {
 /// State shared by every connection of one bench process.
 pub struct Shared {
     pub run_id: u32,
+    /// The protocol every connection of this process speaks.
+    pub system: System,
+    /// Matrix only: access tokens and room ids (filled during setup).
+    pub matrix: OnceLock<Arc<crate::matrix::Directory>>,
     pub fleet: FleetStats,
     pub phase: watch::Sender<Option<Arc<LoadPhase>>>,
     /// Cancelled to close every connection (clean close frames).
@@ -56,9 +62,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(ping_interval: Duration) -> Shared {
+    pub fn new(ping_interval: Duration, system: System) -> Shared {
         Shared {
             run_id: rand::random(),
+            system,
+            matrix: OnceLock::new(),
             fleet: FleetStats::default(),
             phase: watch::Sender::new(None),
             close: CancellationToken::new(),
@@ -68,15 +76,29 @@ impl Shared {
     }
 }
 
+/// Per-connection state the peers' protocols need between the reader and the writer (unused
+/// by Tern).
+pub struct PeerConn {
+    /// Centrifugo: publish command ids in flight and their stamps (its reply has no data).
+    pending: Mutex<VecDeque<(u32, Stamp)>>,
+    /// Answers to server pings, sent by the writer.
+    replies: mpsc::UnboundedSender<&'static str>,
+}
+
 /// Hold `ws` until `shared.close` is cancelled or the server ends it.
 pub async fn run(ws: Ws, spec: SessionSpec, shared: Arc<Shared>) {
     shared.fleet.open.inc();
     let (sink, stream) = ws.split();
     let ended = CancellationToken::new();
     let drop_reason = OnceLock::new();
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+    let peer = PeerConn {
+        pending: Mutex::new(VecDeque::new()),
+        replies: reply_tx,
+    };
     futures::join!(
-        read_loop(stream, &spec, &shared, &ended, &drop_reason),
-        write_loop(sink, &spec, &shared, &ended, &drop_reason),
+        read_loop(stream, &spec, &shared, &ended, &drop_reason, &peer),
+        write_loop(sink, &spec, &shared, &ended, &drop_reason, &peer, reply_rx),
     );
     shared.fleet.open.dec();
     if let Some(reason) = drop_reason.get()
@@ -93,6 +115,7 @@ async fn read_loop(
     shared: &Shared,
     ended: &CancellationToken,
     drop_reason: &OnceLock<String>,
+    peer: &PeerConn,
 ) {
     let phase_rx = shared.phase.subscribe();
     let mut last_seq: Option<(u64, u64)> = None;
@@ -107,7 +130,10 @@ async fn read_loop(
             () = &mut grace => break,
         };
         match msg {
-            Some(Ok(Message::Text(t))) => on_text(&t, spec, shared, &phase_rx, &mut last_seq),
+            Some(Ok(Message::Text(t))) => match shared.system {
+                System::Tern => on_text(&t, spec, shared, &phase_rx, &mut last_seq),
+                _ => on_peer_text(&t, spec, shared, &phase_rx, &mut last_seq, peer),
+            },
             Some(Ok(Message::Close(frame))) => {
                 let why = frame.map_or_else(
                     || "server closed".to_owned(),
@@ -225,6 +251,149 @@ fn on_text(
     }
 }
 
+/// A message arrived with stamp `st`: count it and its latency (shared by every system).
+#[inline]
+pub fn record_delivery(
+    st: &Stamp,
+    now: u64,
+    shard: usize,
+    repeated: bool,
+    shared: &Shared,
+    phase_rx: &watch::Receiver<Option<Arc<LoadPhase>>>,
+) {
+    if let Some(p) = phase_of(phase_rx, shared.run_id, st) {
+        p.stats.delivered.inc();
+        if repeated {
+            p.stats.duplicate_or_reordered.inc();
+        }
+        if st.scheduled_ns >= p.stats.measure_from_ns {
+            p.stats
+                .delivery
+                .record(shard, elapsed_us(st.scheduled_ns, now));
+            p.stats
+                .delivery_from_send
+                .record(shard, elapsed_us(st.sent_ns, now));
+        }
+    }
+}
+
+/// The send stamped `st` was acknowledged.
+#[inline]
+pub fn record_ack(
+    st: &Stamp,
+    now: u64,
+    shard: usize,
+    shared: &Shared,
+    phase_rx: &watch::Receiver<Option<Arc<LoadPhase>>>,
+) {
+    if let Some(p) = phase_of(phase_rx, shared.run_id, st) {
+        p.stats.acked.inc();
+        if st.scheduled_ns >= p.stats.measure_from_ns {
+            p.stats.ack.record(shard, elapsed_us(st.sent_ns, now));
+        }
+    }
+}
+
+/// An error answered a send (`rejected`) or came on its own.
+pub fn record_error(
+    code: &str,
+    answers_send: bool,
+    shared: &Shared,
+    phase_rx: &watch::Receiver<Option<Arc<LoadPhase>>>,
+) {
+    let phase = phase_rx.borrow().clone();
+    match phase {
+        Some(p) => {
+            p.stats.errors.add(code);
+            if answers_send {
+                p.stats.rejected.inc();
+            }
+        }
+        None => shared.fleet.errors.add(code),
+    }
+}
+
+/// `seq` went backwards (or repeated) on this connection's chat.
+fn repeated_seq(last_seq: &mut Option<(u64, u64)>, chat_id: Option<u64>, seq: Option<u64>) -> bool {
+    if let (Some(c), Some(s)) = (chat_id, seq) {
+        match *last_seq {
+            Some((lc, ls)) if lc == c && s <= ls => return true,
+            _ => *last_seq = Some((c, s)),
+        }
+    }
+    false
+}
+
+/// A text frame from a peer (Centrifugo: possibly several lines; Socket.IO: one packet).
+fn on_peer_text(
+    text: &str,
+    spec: &SessionSpec,
+    shared: &Shared,
+    phase_rx: &watch::Receiver<Option<Arc<LoadPhase>>>,
+    last_seq: &mut Option<(u64, u64)>,
+    peer: &PeerConn,
+) {
+    let now = unix_now_ns();
+    let shard = spec.index as usize;
+    let mut one = |ev: PeerEvent<'_>| match ev {
+        PeerEvent::Message {
+            chat_id,
+            seq,
+            stamp,
+            ..
+        } => {
+            let repeated = repeated_seq(last_seq, chat_id, seq);
+            // Centrifugo delivers a publication to every subscriber, the publisher included:
+            // its own copy is not a delivery to another member.
+            if let Some(st) = Stamp::decode(&stamp)
+                && !(st.conn == spec.index && st.run == shared.run_id)
+            {
+                record_delivery(&st, now, shard, repeated, shared, phase_rx);
+            }
+        }
+        PeerEvent::Ack { stamp } => {
+            if let Some(st) = Stamp::decode(&stamp) {
+                record_ack(&st, now, shard, shared, phase_rx);
+            }
+        }
+        PeerEvent::AckId { id } => {
+            if let Some(st) = take_pending(peer, id) {
+                record_ack(&st, now, shard, shared, phase_rx);
+            }
+        }
+        PeerEvent::Error { code, id } => {
+            let answers_send = id.is_some_and(|i| i >= proto::CF_PUBLISH_ID_BASE)
+                && id.and_then(|i| take_pending(peer, i)).is_some();
+            record_error(&code, answers_send, shared, phase_rx);
+        }
+        PeerEvent::Reply(r) => {
+            let _ = peer.replies.send(r);
+            shared.fleet.pongs.inc();
+        }
+        PeerEvent::Other => {}
+    };
+    match shared.system {
+        System::Centrifugo => {
+            for line in text.split('\n').filter(|l| !l.is_empty()) {
+                one(proto::cf_parse(line));
+            }
+        }
+        _ => one(proto::sio_parse(text)),
+    }
+}
+
+/// The stamp of Centrifugo publish `id` (replies come in command order; older entries
+/// without a reply are dropped).
+fn take_pending(peer: &PeerConn, id: u32) -> Option<Stamp> {
+    let mut q = peer.pending.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((i, st)) = q.pop_front() {
+        if i == id {
+            return Some(st);
+        }
+    }
+    None
+}
+
 /// This connection's part of an active phase.
 struct Active {
     phase: Arc<LoadPhase>,
@@ -268,8 +437,12 @@ async fn write_loop(
     shared: &Shared,
     ended: &CancellationToken,
     drop_reason: &OnceLock<String>,
+    peer: &PeerConn,
+    mut replies: mpsc::UnboundedReceiver<&'static str>,
 ) {
     let mut phase_rx = shared.phase.subscribe();
+    let client_pings = shared.system.client_pings();
+    let mut cmd_id: u32 = 0;
     let every = shared.ping_interval;
     let mut ping =
         tokio::time::interval_at(Instant::now() + first_ping_delay(spec.index, every), every);
@@ -299,7 +472,8 @@ async fn write_loop(
                     active = None;
                     continue;
                 }
-                if let Err(e) = send_scheduled(&mut sink, a, spec, shared).await {
+                cmd_id = cmd_id.wrapping_add(1);
+                if let Err(e) = send_scheduled(&mut sink, a, spec, shared, peer, cmd_id).await {
                     let _ = drop_reason.set(format!("send error: {}", error_kind(&e)));
                     break;
                 }
@@ -308,7 +482,13 @@ async fn write_loop(
                     active = None;
                 }
             }
-            _ = ping.tick() => {
+            Some(r) = replies.recv() => {
+                if let Err(e) = sink.send(Message::text(r)).await {
+                    let _ = drop_reason.set(format!("send error: {}", error_kind(&e)));
+                    break;
+                }
+            }
+            _ = ping.tick(), if client_pings => {
                 if let Err(e) = sink.send(Message::text(frame::PING)).await {
                     let _ = drop_reason.set(format!("send error: {}", error_kind(&e)));
                     break;
@@ -325,6 +505,8 @@ async fn send_scheduled(
     a: &Active,
     spec: &SessionSpec,
     shared: &Shared,
+    peer: &PeerConn,
+    cmd_id: u32,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
     let offset = a.plan.offset(a.next);
     let scheduled_ns = a.phase.start_unix_ns + offset.as_nanos() as u64;
@@ -338,7 +520,26 @@ async fn send_scheduled(
         sent_ns,
     };
     let id = stamp.encode();
-    let text = frame::encode_message(a.chat_id, &stamp.content(a.phase.message_size), &id);
+    let text = match shared.system {
+        System::Tern => frame::encode_message(a.chat_id, &stamp.content(a.phase.message_size), &id),
+        System::Centrifugo => {
+            let cid = proto::CF_PUBLISH_ID_BASE
+                .wrapping_add(cmd_id)
+                .max(proto::CF_PUBLISH_ID_BASE);
+            peer.pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back((cid, stamp));
+            proto::cf_publish(cid, a.chat_id, &stamp.content(a.phase.message_size))
+        }
+        System::Socketio => proto::sio_message(
+            u64::from(cmd_id) + 1000,
+            a.chat_id,
+            &stamp.content(a.phase.message_size),
+            &id,
+        ),
+        System::Matrix => unreachable!("Matrix sessions are HTTP (matrix.rs)"),
+    };
     let stats = &a.phase.stats;
     // Counted before the write so an ack can never be seen before its send.
     stats.sent.inc();

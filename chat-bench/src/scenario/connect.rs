@@ -28,7 +28,7 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
         bench.started,
         &format!(
             "opening {n} connections to {} (users {}..={}), {} in flight at most{}",
-            bench.target.ws_url,
+            args.common.system.ws_url(&bench.target.ws_url),
             args.common.user_offset + 1,
             args.common.user_offset + u64::from(n),
             args.common.concurrency,
@@ -39,6 +39,10 @@ pub async fn run(args: ConnectArgs, interrupt: CancellationToken) -> anyhow::Res
         ),
     );
 
+    let users: Vec<u64> = (0..n)
+        .map(|i| args.common.user_offset + u64::from(i) + 1)
+        .collect();
+    super::setup_users(&bench, &users, 16).await?;
     let specs = (0..n)
         .map(|i| SessionSpec {
             index: i,

@@ -45,7 +45,13 @@ pub async fn prepare(
     );
     let api = Arc::new(Api::new(&bench.target.http_base, &common.jwt_secret)?);
     let done = AtomicU64::new(0);
-    let create = api.create_direct_chats(&users, load.http_concurrency as usize, &done);
+    let create = super::setup_direct(
+        bench,
+        Some(&api),
+        &users,
+        load.http_concurrency as usize,
+        &done,
+    );
     tokio::pin!(create);
     let mut tick = tokio::time::interval(common.progress_interval);
     tick.tick().await;

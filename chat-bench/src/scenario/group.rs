@@ -4,7 +4,6 @@
 use super::{
     Bench, PhaseConfig, check_load, load_report, progress, require_all_connected, run_phase,
 };
-use crate::api::Api;
 use crate::cli::GroupArgs;
 use crate::fleet::AfterHello;
 use crate::report::LoadReport;
@@ -34,8 +33,14 @@ pub async fn run(args: GroupArgs, interrupt: CancellationToken) -> anyhow::Resul
                 offset + u64::from(m)
             ),
         );
-        let api = Api::new(&bench.target.http_base, &args.common.jwt_secret)?;
-        let chat = api.create_group(creator, &others, &title).await?;
+        let chat = super::setup_group(
+            &bench,
+            creator,
+            &others,
+            &title,
+            args.load.http_concurrency as usize,
+        )
+        .await?;
         progress(
             bench.started,
             &format!("group chat {chat}; connecting {m} members"),

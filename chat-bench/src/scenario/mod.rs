@@ -5,6 +5,7 @@ pub mod connect;
 pub mod direct;
 pub mod group;
 pub mod handshake;
+pub mod storm;
 pub mod sweep;
 
 use crate::cli::{CommonArgs, LoadArgs};
@@ -60,7 +61,7 @@ impl Bench {
                  docs/benchmarks-howto.md"
             );
         }
-        let shared = Arc::new(Shared::new(common.ping_interval));
+        let shared = Arc::new(Shared::new(common.ping_interval, common.system));
         let fleet = Fleet::new(shared, TokenMint::new(&common.jwt_secret), interrupt);
         Ok(Bench {
             target,
@@ -164,6 +165,142 @@ fn failures_suffix(b: &Bench) -> String {
                 .collect::<Vec<_>>()
                 .join(", ")
         )
+    }
+}
+
+/// A chat id for systems whose chats need no setup (Centrifugo channels, Socket.IO rooms):
+/// unique per bench process, below 2^53.
+pub fn synthetic_chat(run_id: u32, i: u64) -> u64 {
+    (u64::from(run_id) << 20) | (i & 0xF_FFFF)
+}
+
+/// Matrix: register `users` (cached in --matrix-state) and publish the directory with `rooms`.
+async fn matrix_setup(
+    bench: &Bench,
+    admin: &crate::matrix::Admin,
+    users: &[u64],
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let reg = admin.ensure_users(users, concurrency, &done);
+    tokio::pin!(reg);
+    let mut tick = tokio::time::interval(bench.common.progress_interval);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            r = &mut reg => return r,
+            _ = tick.tick() => progress(bench.started, &format!(
+                "matrix: {}/{} users registered", done.load(std::sync::atomic::Ordering::Relaxed), users.len())),
+            () = bench.fleet.interrupt.cancelled() => bail!("interrupted during setup"),
+        }
+    }
+}
+
+fn matrix_admin(bench: &Bench) -> anyhow::Result<crate::matrix::Admin> {
+    crate::matrix::Admin::new(
+        &bench.target.http_base,
+        &bench.common.jwt_secret,
+        bench.common.matrix_state.clone(),
+    )
+}
+
+fn publish_directory(
+    bench: &Bench,
+    admin: &crate::matrix::Admin,
+    users: &[u64],
+    rooms: std::collections::HashMap<u64, String>,
+) -> anyhow::Result<()> {
+    let dir = admin.directory(users, rooms, users.len().max(64))?;
+    if bench.shared().matrix.set(Arc::new(dir)).is_err() {
+        bail!("matrix directory set twice");
+    }
+    Ok(())
+}
+
+/// Users only (the `connect` scenario): Matrix registers them; the others need nothing.
+pub async fn setup_users(bench: &Bench, users: &[u64], concurrency: usize) -> anyhow::Result<()> {
+    if bench.common.system == crate::proto::System::Matrix {
+        let admin = matrix_admin(bench)?;
+        matrix_setup(bench, &admin, users, concurrency).await?;
+        publish_directory(bench, &admin, users, Default::default())?;
+    }
+    Ok(())
+}
+
+/// Direct chats for `pairs`, in order, on any system.
+pub async fn setup_direct(
+    bench: &Bench,
+    api: Option<&Arc<crate::api::Api>>,
+    pairs: &[(u64, u64)],
+    concurrency: usize,
+    done: &std::sync::atomic::AtomicU64,
+) -> anyhow::Result<Vec<u64>> {
+    use crate::proto::System;
+    let run_id = bench.shared().run_id;
+    match bench.common.system {
+        System::Tern => {
+            let api = api.expect("Tern needs the API");
+            api.create_direct_chats(pairs, concurrency, done).await
+        }
+        System::Centrifugo | System::Socketio => {
+            done.store(pairs.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            Ok((0..pairs.len() as u64)
+                .map(|i| synthetic_chat(run_id, i))
+                .collect())
+        }
+        System::Matrix => {
+            let admin = matrix_admin(bench)?;
+            let users: Vec<u64> = pairs.iter().flat_map(|(a, b)| [*a, *b]).collect();
+            matrix_setup(bench, &admin, &users, concurrency).await?;
+            let rooms = admin.direct_rooms(pairs, concurrency, done).await?;
+            let ids: Vec<u64> = (0..pairs.len() as u64).collect();
+            publish_directory(
+                bench,
+                &admin,
+                &users,
+                ids.iter().copied().zip(rooms).collect(),
+            )?;
+            Ok(ids)
+        }
+    }
+}
+
+/// One group: `creator` plus `others`, on any system.
+pub async fn setup_group(
+    bench: &Bench,
+    creator: u64,
+    others: &[u64],
+    title: &str,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
+    use crate::proto::System;
+    match bench.common.system {
+        System::Tern => {
+            let api = crate::api::Api::new(&bench.target.http_base, &bench.common.jwt_secret)?;
+            api.create_group(creator, others, title).await
+        }
+        System::Centrifugo | System::Socketio => Ok(synthetic_chat(bench.shared().run_id, 0)),
+        System::Matrix => {
+            let admin = matrix_admin(bench)?;
+            let users: Vec<u64> = std::iter::once(creator)
+                .chain(others.iter().copied())
+                .collect();
+            matrix_setup(bench, &admin, &users, concurrency).await?;
+            let done = std::sync::atomic::AtomicU64::new(0);
+            let join = admin.group_room(creator, others, concurrency, &done);
+            tokio::pin!(join);
+            let mut tick = tokio::time::interval(bench.common.progress_interval);
+            tick.tick().await;
+            let room = loop {
+                tokio::select! {
+                    r = &mut join => break r?,
+                    _ = tick.tick() => progress(bench.started, &format!(
+                        "matrix: {}/{} members joined", done.load(std::sync::atomic::Ordering::Relaxed), others.len())),
+                }
+            };
+            publish_directory(bench, &admin, &users, [(0u64, room)].into_iter().collect())?;
+            Ok(0)
+        }
     }
 }
 
