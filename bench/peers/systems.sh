@@ -28,6 +28,16 @@ wait_http() { # url what [tries]
   return 1
 }
 
+port_free() { # port... — refuse to start over someone else's server
+  local p
+  for p in "$@"; do
+    if ss -ltn "sport = :$p" 2>/dev/null | grep -q LISTEN; then
+      echo "port $p is already in use on this machine: not starting (stop that process or change the port)" >&2
+      return 1
+    fi
+  done
+}
+
 stop_system() {
   local p
   for p in "${STARTED[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -42,13 +52,14 @@ stop_system() {
 
 # --- Tern, embedded: one process, SQLite, ack after the fsynced group commit -----------------
 start_tern() {
+  port_free 18580 || return 1
   local dir="$OUT/state/tern"
   rm -rf "$dir"; mkdir -p "$dir"
-  "${SERVER_PIN[@]}" "$BIN/chat-server" --listen 127.0.0.1:18080 --data-dir "$dir" \
+  "${SERVER_PIN[@]}" "$BIN/chat-server" --listen 127.0.0.1:18580 --data-dir "$dir" \
     --jwt-secret "$SECRET" --log warn >"$OUT/logs/tern.log" 2>&1 &
   STARTED+=($!); PIDS=$!
-  wait_http http://127.0.0.1:18080/healthz tern
-  URL=http://127.0.0.1:18080 SYSTEM=tern
+  wait_http http://127.0.0.1:18580/healthz tern
+  URL=http://127.0.0.1:18580 SYSTEM=tern
   VERSION="tern $(git -C "$ROOT" rev-parse --short HEAD)"
   SETTINGS="embedded, SQLite WAL, defaults"
   ACKS="stored durably (fsynced SQLite group commit)"
@@ -58,6 +69,7 @@ start_tern() {
 # The services of e2e/env run on the same machine (they are not pinned: they are JVMs with
 # their own threads; the Tern processes are pinned to $SERVER_CPUS like every other server).
 start_tern_dist() {
+  port_free 18590 18591 18592 18594 || return 1
   (cd "$ROOT" && e2e/env/up.sh redis kafka cassandra) >"$OUT/logs/tern-dist-services.log" 2>&1
   eval "$(cd "$ROOT" && e2e/env/env.sh)"
   local cluster="peers$(date +%s)"
@@ -65,14 +77,14 @@ start_tern_dist() {
     CHAT_SCYLLA_NODES="$TERN_CQL_NODES" CHAT_REDIS_URL="$TERN_REDIS_URL" CHAT_BACKEND=distributed RUST_LOG=warn)
   env "${envs[@]}" "$BIN/chat-server" setup --partitions 8 >"$OUT/logs/tern-dist-setup.log" 2>&1
   local role port pids=()
-  for rp in edge:18180 edge:18181 delivery:18182 presence:18184; do
+  for rp in edge:18590 edge:18591 delivery:18592 presence:18594; do
     role=${rp%%:*}; port=${rp##*:}
     env "${envs[@]}" "${SERVER_PIN[@]}" "$BIN/chat-server" serve --role "$role" --listen "127.0.0.1:$port" \
       --node-id "$cluster-$role-$port" >"$OUT/logs/tern-dist-$role-$port.log" 2>&1 &
     STARTED+=($!); pids+=($!)
   done
-  for port in 18180 18181 18182 18184; do wait_http "http://127.0.0.1:$port/readyz" "tern-dist :$port" 600; done
-  URL=http://127.0.0.1:18180,http://127.0.0.1:18181 SYSTEM=tern
+  for port in 18590 18591 18592 18594; do wait_http "http://127.0.0.1:$port/readyz" "tern-dist :$port" 600; done
+  URL=http://127.0.0.1:18590,http://127.0.0.1:18591 SYSTEM=tern
   PIDS=$(IFS=,; echo "${pids[*]}")
   VERSION="tern $(git -C "$ROOT" rev-parse --short HEAD)"
   SETTINGS="distributed: 2 edge, 1 delivery, 1 presence; Kafka acks=all, Cassandra, Redis (e2e/env)"
@@ -103,6 +115,7 @@ PY
 }
 
 start_centrifugo() { # default: memory engine, no history (publications are not kept)
+  port_free 18300 || return 1
   . "$HERE/versions.sh"
   local dir="$OUT/state/centrifugo"
   rm -rf "$dir"; mkdir -p "$dir"
@@ -118,6 +131,7 @@ start_centrifugo() { # default: memory engine, no history (publications are not 
 }
 
 start_centrifugo_durable() { # Redis engine with history + recovery, Redis AOF fsync on every write
+  port_free 18300 18310 || return 1
   . "$HERE/versions.sh"
   local dir="$OUT/state/centrifugo-durable"
   rm -rf "$dir"; mkdir -p "$dir/redis"
@@ -138,6 +152,7 @@ start_centrifugo_durable() { # Redis engine with history + recovery, Redis AOF f
 
 # --- Socket.IO -------------------------------------------------------------------------------
 start_socketio_with() { # recovery(0|1) name
+  port_free 18400 || return 1
   . "$HERE/versions.sh"
   local dir="$PEERS_CACHE/socketio-$SOCKETIO_VERSION"
   PORT=18400 SECRET=$SECRET RECOVERY=$1 "${SERVER_PIN[@]}" node "$dir/server.js" \
@@ -164,6 +179,7 @@ start_socketio_recovery() {
 # the event's transaction is committed and its WAL flushed — the same promise as Tern's ack.
 PG_BIN=${PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)}
 start_synapse() {
+  port_free 18320 18321 || return 1
   . "$HERE/versions.sh"
   local dir="$SYNAPSE_STATE"
   local venv="$PEERS_CACHE/synapse-$SYNAPSE_VERSION/venv"

@@ -244,3 +244,38 @@ async fn refuses_non_loopback_targets() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a loopback address"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storm_reconnects_and_catches_up_with_sync() {
+    let (server, _dir) = start_server().await;
+    let r = report(
+        &server,
+        &[
+            "storm",
+            "-n",
+            "30",
+            "--chat-size",
+            "4",
+            "--missed",
+            "3",
+            "--concurrency",
+            "64",
+            "--catch-up-timeout",
+            "20s",
+        ],
+    )
+    .await;
+    assert_eq!(u(&r, "clients"), 30, "{r:#}");
+    assert_eq!(u(&r, "senders"), 10, "{r:#}");
+    assert_eq!(u(&r, "connect_failed"), 0, "{r:#}");
+    assert_eq!(u(&r, "missed_acked"), 30, "{r:#}");
+    assert_eq!(u(&r, "reconnected"), 30, "{r:#}");
+    assert_eq!(
+        u(&r, "caught_up"),
+        30,
+        "every client got what it missed: {r:#}"
+    );
+    assert_eq!(u(&r, "duplicates"), 0, "{r:#}");
+    assert!(r["all_caught_up_s"].as_f64().unwrap() > 0.0, "{r:#}");
+    server.shutdown().await;
+}

@@ -845,7 +845,7 @@ async fn matrix_client(ctl: Arc<Ctl>, index: u32, user: u64, _chat: u64) {
         let _p = ctl.permits.acquire().await;
         timeout(
             ctl.connect_timeout,
-            matrix::sync(&dir, token, &filter, None, 0),
+            matrix::sync(&dir, token, matrix::position_filter(), None, 0),
         )
         .await
     };
