@@ -5,6 +5,7 @@
 #   e2e/env/up.sh redis kafka       just those
 #   e2e/env/up.sh --only-install    download/build everything, start nothing
 #   e2e/env/up.sh node              a real single-node Kubernetes cluster (root; not in the default set)
+#   e2e/env/up.sh redis-ha kafka-ha cassandra-ha   3-node services for the failure tests (not default)
 set -euo pipefail
 # shellcheck source=lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -16,7 +17,7 @@ for a in "$@"; do
 	case "$a" in
 	--only-install) only_install=1 ;;
 	-h | --help)
-		sed -n '2,8p' "$0"
+		sed -n '2,9p' "$0"
 		exit 0
 		;;
 	-*) die "unknown option $a" ;;

@@ -3,7 +3,7 @@
 # on the loopback addresses 127.0.0.2, 127.0.0.3, 127.0.0.4 (nodes 1, 2, 3; node 1 is the seed):
 # CQL 19142 and storage 17100 on each address, local-only JMX 127.0.0.1:17201..17203.
 # Cluster "tern-e2e-ha", SimpleSnitch (one DC: datacenter1), heaps 768M, hinted handoff on.
-# Nodes start one after the other (seed first); see docs/e2e-environment.md for times and RSS.
+# The seed starts first, then the others; see docs/e2e-environment.md for times and RSS.
 #
 #   cassandra-ha.sh install|start|stop|restart|status|health
 #   cassandra-ha.sh kill N          kill -9 node N (1..3); returns at once
@@ -60,6 +60,9 @@ saved_caches_directory: $d/data/saved_caches
 hints_directory: $d/data/hints
 cdc_raw_directory: $d/data/cdc_raw
 hinted_handoff_enabled: true
+# at start, wait at most 2 s (default 10) for connections to the other nodes: when the seed
+# starts first they are not there yet; start-node waits for the cluster's view itself
+block_for_peers_timeout_in_secs: 2
 max_hint_window: 3h
 commitlog_sync: periodic
 commitlog_sync_period: 10000ms
@@ -126,7 +129,11 @@ CONF
 }
 
 # JVM options of services/cassandra.sh (jvm-server.options + jvm17-server.options), per node,
-# plus: one GC thread each (three JVMs share 2 cores), no gossip-settle wait at start.
+# plus: one GC thread each (three JVMs share 2 cores), no gossip-settle wait at start, a 5 s ring
+# delay (default 30 s: the seed, restarted while its peers are down, waits that long in its
+# gossip shadow round before going on alone; nothing here bootstraps or moves tokens). Not
+# -Dcassandra.superuser_setup_delay_ms=0 (the single node's fast mode has it): with a peer down,
+# the role manager then retries its setup in a tight loop (77k log lines in 20 min, a core busy).
 jvm_opts() { # N
 	local n="$1" d jamm
 	d="$(ndir "$n")"
@@ -157,7 +164,7 @@ jvm_opts() { # N
 		-Dcassandra.jmx.local.port="$(jport "$n")"
 		-Djava.rmi.server.hostname=127.0.0.1
 		-Dcassandra.skip_wait_for_gossip_to_settle=0
-		-Dcassandra.superuser_setup_delay_ms=0
+		-Dcassandra.ring_delay_ms="${TERN_CASSANDRA_HA_RING_DELAY_MS:-5000}"
 	)
 	# shellcheck disable=SC2206 # extra flags, a list
 	[[ -n "${TERN_CASSANDRA_HA_JVM_EXTRA:-}" ]] && JVM_OPTS+=($TERN_CASSANDRA_HA_JVM_EXTRA)
@@ -240,10 +247,22 @@ do_start() {
 	t0="$(now_s)"
 	# A brand-new cluster holds no data: nothing to stream, so no node bootstraps.
 	brand_new && auto_bootstrap=false
-	# Seed (node 1) first, then the others, one at a time.
-	for n in "${NODES[@]}"; do
-		is_running "$(npid "$n")" || start_and_wait "$n" "$auto_bootstrap"
-	done
+	# Seed (node 1) first. A brand-new cluster: then node 2, then node 3 (token allocation wants
+	# to see the nodes before; Cassandra does not want concurrent joins). A cluster that has run
+	# before (tokens on disk, nothing joins): nodes 2 and 3 together.
+	is_running "$(npid 1)" || start_and_wait 1 "$auto_bootstrap"
+	if [[ "$auto_bootstrap" == false ]]; then
+		for n in 2 3; do is_running "$(npid "$n")" || start_and_wait "$n" "$auto_bootstrap"; done
+	else
+		local jobs=()
+		for n in 2 3; do
+			if ! is_running "$(npid "$n")"; then
+				start_and_wait "$n" "$auto_bootstrap" &
+				jobs+=($!)
+			fi
+		done
+		for n in "${jobs[@]}"; do wait "$n" || die "a node did not start"; done
+	fi
 	SVC=cassandra-ha
 	PID_FILE=""
 	if ! wait_for "health check (a CL ALL write through each of the 3 nodes)" "$TERN_START_TIMEOUT" do_health; then
