@@ -34,6 +34,8 @@ struct Proc {
     addr: SocketAddr,
     child: Option<Child>,
     log: PathBuf,
+    /// Run with this group id (tests match its sockets in iptables: `--gid-owner`).
+    gid: Option<u32>,
 }
 
 pub struct TestServer {
@@ -79,7 +81,23 @@ impl TestServer {
         Self::start_opts(args, true, false).await
     }
 
+    /// A cluster (as [`start_with`](Self::start_with) on the distributed backend) whose process
+    /// `role`/`index` runs with group id `gid`: the HA tests cut exactly that process off
+    /// from a service with an iptables `--gid-owner` rule.
+    pub async fn start_with_gid(args: &[&str], role: &str, index: usize, gid: u32) -> TestServer {
+        Self::start_full(args, true, true, Some((role, index, gid))).await
+    }
+
     async fn start_opts(args: &[&str], dev_auth: bool, cluster: bool) -> TestServer {
+        Self::start_full(args, dev_auth, cluster, None).await
+    }
+
+    async fn start_full(
+        args: &[&str],
+        dev_auth: bool,
+        cluster: bool,
+        gid: Option<(&str, usize, u32)>,
+    ) -> TestServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let cluster = cluster.then(|| {
             format!(
@@ -104,6 +122,9 @@ impl TestServer {
                     addr: "127.0.0.1:0".parse().unwrap(),
                     child: None,
                     log: dir.path().join(format!("{role}{index}.log")),
+                    gid: gid
+                        .filter(|(r, i, _)| r == role && *i == index)
+                        .map(|(_, _, g)| g),
                 }
             })
             .collect();
@@ -190,6 +211,9 @@ impl TestServer {
             if let Some(name) = &self.cluster {
                 cmd.args(["--backend", "distributed", "--role", p.role])
                     .args(["--node-id", &format!("{name}-{}{}", p.role, p.index)]);
+            }
+            if let Some(gid) = p.gid {
+                std::os::unix::process::CommandExt::gid(&mut cmd, gid);
             }
             let child = cmd
                 .args(&self.args)
@@ -291,6 +315,26 @@ impl TestServer {
                     p.addr,
                     std::fs::read_to_string(&p.log).unwrap_or_default()
                 )
+            })
+            .collect()
+    }
+
+    /// Distributed: this test's cluster name (also its keyspace and Redis prefix).
+    pub fn cluster_name(&self) -> Option<&str> {
+        self.cluster.as_deref()
+    }
+
+    /// The processes that have exited (`role` + `index`), e.g. after a fault that should not
+    /// have killed any.
+    pub fn exited(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| {
+                let running = p
+                    .child
+                    .as_mut()
+                    .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+                (!running).then(|| format!("{}{}", p.role, p.index))
             })
             .collect()
     }
