@@ -29,8 +29,8 @@ export SERVER_CPUS=${SERVER_CPUS-1}
 # (1) idle connections
 IDLE_N=${IDLE_N:-10000}
 IDLE_N_synapse=${IDLE_N_synapse:-2000}
-IDLE_MAX=${IDLE_MAX:-19000}           # one more idle run, first repeat only ("" to skip)
-IDLE_MAX_synapse=${IDLE_MAX_synapse:-}
+IDLE_MAX=${IDLE_MAX-19000}           # one more idle run, first repeat only ("" to skip)
+IDLE_MAX_synapse=${IDLE_MAX_synapse-}
 # (2) 1:1 at fixed offered rates
 RATES=${RATES:-1000,2000,5000,10000,20000}
 RATES_synapse=${RATES_synapse:-20,50,100,200,500}
@@ -67,7 +67,7 @@ echo "peers benchmark -> $OUT ($(nproc) cores, load average $(cut -d' ' -f1-3 /p
 if [[ "$SKIP_BUILD" != 1 ]]; then
   (cd "$ROOT" && cargo build --release -q -p chat-server -p chat-bench)
 fi
-CB="$BIN/chat-bench"
+CB=${CB:-$BIN/chat-bench}
 
 per() { # VAR system -> ${VAR_system:-$VAR}
   local v="${1}_${2}"
