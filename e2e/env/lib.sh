@@ -175,8 +175,9 @@ start_daemon() {
 	rm -f "$PID_FILE"
 	printf '\n===== %s starting: %s\n' "$(date -Is)" "$*" >>"$logfile"
 	# The inner shell writes its own pid, then execs the service: the pid stays the service's.
+	# 9>&-: not the lock fd of with_lock (a daemon started under a lock would hold it for ever)
 	# shellcheck disable=SC2016 # $$ and $@ belong to the inner shell
-	setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "$@" >>"$logfile" 2>&1 </dev/null &
+	setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" "$@" >>"$logfile" 2>&1 </dev/null 9>&- &
 	local i
 	for i in $(seq 1 50); do
 		[[ -s "$PID_FILE" ]] && break

@@ -13,6 +13,8 @@
 #   cassandra-ha.sh nodetool N ARGS...   nodetool against node N (e.g. `nodetool 1 status`)
 #   cassandra-ha.sh cql N STMT...   CQL statements through node N (CL ONE), rows printed
 set -euo pipefail
+# start, stop and start-node take a lock (cassandra-ha-ctl): two of them at once (two up.sh, a test and
+# a person) would race to launch the same node. kill, pid, status and health never wait for it.
 # shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 svc_init cassandra-ha
@@ -366,16 +368,16 @@ PY
 
 case "${1:-}" in
 install) do_install ;;
-start) do_start ;;
-stop) do_stop ;;
+start) with_lock cassandra-ha-ctl do_start ;;
+stop) with_lock cassandra-ha-ctl do_stop ;;
 restart)
-	do_stop
-	do_start
+	with_lock cassandra-ha-ctl do_stop
+	with_lock cassandra-ha-ctl do_start
 	;;
 status) do_status ;;
 health) do_health ;;
 kill) do_kill "${2:-}" ;;
-start-node) do_start_node "${2:-}" ;;
+start-node) with_lock cassandra-ha-ctl do_start_node "${2:-}" ;;
 pid)
 	check_node "${2:-}"
 	pid_of "$(npid "$2")"

@@ -12,6 +12,8 @@
 #   kafka-ha.sh leader TOPIC PARTITION   node id leading that partition (-1: none)
 #   kafka-ha.sh wait-isr [SECONDS]    wait until no partition is under-replicated (default 90 s)
 set -euo pipefail
+# start, stop and start-node take a lock (kafka-ha-ctl): two of them at once (two up.sh, a test and
+# a person) would race to launch the same node. kill, pid, status and health never wait for it.
 # shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 svc_init kafka-ha
@@ -296,16 +298,16 @@ do_start_node() { # N [nowait]
 
 case "${1:-}" in
 install) do_install ;;
-start) do_start ;;
-stop) do_stop ;;
+start) with_lock kafka-ha-ctl do_start ;;
+stop) with_lock kafka-ha-ctl do_stop ;;
 restart)
-	do_stop
-	do_start
+	with_lock kafka-ha-ctl do_stop
+	with_lock kafka-ha-ctl do_start
 	;;
 status) do_status ;;
 health) do_health ;;
 kill) do_kill "${2:-}" ;;
-start-node) do_start_node "${2:-}" ;;
+start-node) with_lock kafka-ha-ctl do_start_node "${2:-}" ;;
 pid)
 	check_node "${2:-}"
 	pid_of "$(npid "$2")"

@@ -14,6 +14,8 @@
 #   redis-ha.sh primary           N of the current primary, as the Sentinels say
 #   redis-ha.sh kill-sentinel N | start-sentinel N | sentinel-pid N
 set -euo pipefail
+# start, stop and start-node take a lock (redis-ha-ctl): two of them at once (two up.sh, a test and
+# a person) would race to launch the same node. kill, pid, status and health never wait for it.
 # shellcheck source=lib.sh disable=SC2034 # SVC_* are read by lib.sh
 . "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 svc_init redis-ha
@@ -305,17 +307,17 @@ do_start_sentinel() { # N
 
 case "${1:-}" in
 install) do_install ;;
-start) do_start ;;
-stop) do_stop ;;
+start) with_lock redis-ha-ctl do_start ;;
+stop) with_lock redis-ha-ctl do_stop ;;
 restart)
-	do_stop
-	do_start
+	with_lock redis-ha-ctl do_stop
+	with_lock redis-ha-ctl do_start
 	;;
 status) do_status ;;
 health) do_health ;;
 primary) do_primary ;;
 kill) do_kill "${2:-}" ;;
-start-node) do_start_node "${2:-}" ;;
+start-node) with_lock redis-ha-ctl do_start_node "${2:-}" ;;
 pid)
 	check_node "${2:-}"
 	pid_of "$(rpid "$2")"
