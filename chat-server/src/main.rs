@@ -4,6 +4,11 @@ use chat_server::config::{Cli, Command, ServeConfig};
 use chat_server::server::{Server, resolve_secret};
 use clap::Parser;
 
+/// mimalloc instead of glibc malloc: the send path allocates and frees many small buffers
+/// across threads (frames, JSON, channel nodes); see docs/benchmarks.md (issue #13).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // One TLS provider for every client (S3, push gateways, Redis/Kafka over TLS): the
