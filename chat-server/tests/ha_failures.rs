@@ -764,4 +764,22 @@ async fn cut_one_delivery_process_off_kafka_for_20_s() {
         },
     )
     .await;
+    // Evidence that the cut took: the cut-off process lost its partitions (librdkafka's
+    // session timed out) and the other delivery process was assigned them meanwhile.
+    let log = sc.s.log();
+    let (mut section, mut assigned0, mut lost1) = (String::new(), 0, 0);
+    for line in log.lines() {
+        if let Some(name) = line.strip_prefix("== ") {
+            section = name.split(' ').next().unwrap_or_default().to_string();
+        } else if section == "delivery0" && line.contains("partitions assigned") {
+            assigned0 += 1;
+        } else if section == "delivery1" && line.contains("partitions revoked") {
+            lost1 += 1;
+        }
+    }
+    eprintln!("delivery 0 assignments: {assigned0}; delivery 1 revocations: {lost1}");
+    assert!(
+        assigned0 >= 2 && lost1 >= 1,
+        "the cut process gave its partitions up and the other took them"
+    );
 }

@@ -144,6 +144,32 @@ impl SendProducer {
             .answer(&self.metrics, result, p.client_msg_id.as_deref());
     }
 
+    /// The edge has just subscribed again after losing its subscription (Redis died or failed
+    /// over): answers published meanwhile are gone, so answer the sends accepted before `lost`
+    /// with `unavailable` now instead of at the ack timeout. The client resends with the same
+    /// `client_msg_id` and gets the original ack if the message was stored; an answer still on
+    /// its way is ignored.
+    pub fn fail_accepted_before(&self, lost: Instant) -> usize {
+        let stale: Vec<u64> = self
+            .pending
+            .lock()
+            .iter()
+            .filter(|(_, p)| p.since < lost)
+            .map(|(c, _)| *c)
+            .collect();
+        for corr in &stale {
+            self.answer(
+                *corr,
+                Err(Error::Unavailable(
+                    "the confirmation of this message may have been lost (Redis failed over); \
+                     resend it with the same client_msg_id (it will not be duplicated)"
+                        .into(),
+                )),
+            );
+        }
+        stale.len()
+    }
+
     /// Answer sends that waited longer than the ack timeout with `unavailable`.
     fn expire(&self) {
         let now = Instant::now();

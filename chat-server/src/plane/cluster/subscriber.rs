@@ -53,6 +53,18 @@ pub async fn run(
         plane.subscribed.store(true, Ordering::Release);
         if !first {
             tracing::info!("Redis: subscribed again; re-registering this node's connections");
+            // Answers published while this edge was not subscribed are lost (to the old
+            // primary, or to the new one before this subscription): tell the sends that may
+            // be waiting for one to resend now rather than at the ack timeout.
+            if let Some(p) = &plane.deps.producer {
+                let failed = p.fail_accepted_before(std::time::Instant::now());
+                if failed > 0 {
+                    tracing::warn!(
+                        failed,
+                        "sends whose answer may have been lost told `unavailable` (resent safely)"
+                    );
+                }
+            }
             // Notices sent while the subscription was down are gone: forget cached members
             // and partners rather than serve stale ones.
             plane.deps.directory.forget_all();
