@@ -6,7 +6,8 @@
 #
 # In order: rustfmt + clippy; the real services (e2e/env: Redis, Kafka, Cassandra, MinIO;
 # built/downloaded once into ~/.cache/tern); `cargo test --workspace`; the distributed mode on
-# those services; the operator on a bare kube-apiserver; the web client in Chromium; then the
+# those services; the failure tests on 3-node Redis (Sentinel)/Kafka/Cassandra sets
+# (e2e/test-ha.sh); the operator on a bare kube-apiserver; the web client in Chromium; then the
 # real Kubernetes node (kubelet + containerd) with a ChatCluster end to end (e2e/kube/run.sh).
 # Caches live outside the checkout (TERN_CACHE, CARGO_TARGET_DIR); cold and warm timings are in
 # docs/e2e-environment.md.
@@ -41,6 +42,12 @@ cargo test --workspace 2>&1 | tee "$TERN_CACHE/ci-test.log"
 
 step "distributed mode on real Redis, Kafka, Cassandra: store suite, protocol suite on a cluster, failure tests"
 e2e/test-distributed.sh
+
+step "no single point of failure: kill -9 a node of each multi-node dependency under load (e2e/test-ha.sh)"
+# The HA tests run on their own 3-node Redis/Kafka/Cassandra sets: stop the single-node JVMs so
+# the six HA JVMs get the cores (later steps need none of them; the node step stops them anyway).
+e2e/env/down.sh minio cassandra kafka
+e2e/test-ha.sh
 
 step "operator on a bare kube-apiserver (etcd + kube-apiserver built from Go modules by e2e/env)"
 TERN_CHAT_SERVER_BIN="$CARGO_TARGET_DIR/debug/chat-server" e2e/operator/ci.sh
