@@ -12,6 +12,8 @@ cd "$(dirname "$0")/../.."
 A=${1:?A_DIR}; B=${2:?B_DIR}
 OUT=${3:-/tmp/tern-compare-$(date +%Y%m%d-%H%M%S)}
 ROUNDS=${4:-2}
+# The 1:1 sweep's offered rates (msg/s); e.g. SWEEP_RATES=10000,20000,30000,40000 for the floor.
+SWEEP_RATES=${SWEEP_RATES:-5000,10000,15000,20000}
 mkdir -p "$OUT"
 export CHAT_BENCH_URL=http://127.0.0.1:18080 CHAT_JWT_SECRET=benchsecret
 # The server and the load generator get a core each (taskset), so the bench cannot starve the
@@ -43,7 +45,7 @@ for round in $(seq "$ROUNDS"); do
   for side in A B; do
     dir=$A; [[ $side == B ]] && dir=$B
     run "$side" "$dir" direct-5k direct --rate 5000 --duration 20s --warmup 5s
-    run "$side" "$dir" sweep sweep --rates 5000,10000,15000,20000 --duration 10s --warmup 2s --p99-limit-ms 50 --keep-going
+    run "$side" "$dir" sweep sweep --rates "$SWEEP_RATES" --duration 10s --warmup 2s --p99-limit-ms 50 --keep-going
     run "$side" "$dir" group-1000 group --members 1000 --rate 200 --duration 15s --warmup 5s
   done
 done

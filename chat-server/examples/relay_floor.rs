@@ -14,6 +14,9 @@
 //! cargo build --release -p chat-server --example relay_floor
 //! taskset -c 1 target/release/examples/relay_floor --listen 127.0.0.1:18080 --jwt-secret benchsecret &
 //! CHAT_BENCH_URL=http://127.0.0.1:18080 CHAT_JWT_SECRET=benchsecret taskset -c 0 target/release/chat-bench sweep --rates 10000,20000,30000
+//! # or alternated with the real server, every scenario of compare.sh:
+//! mkdir -p /tmp/floor && cp target/release/examples/relay_floor /tmp/floor/chat-server
+//! chat-bench/scripts/compare.sh /tmp/floor target/release /tmp/floor-vs-tern 2
 //! ```
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -45,6 +48,13 @@ struct Args {
     /// HS256 secret of the client tokens (what chat-bench mints with).
     #[arg(long, env = "CHAT_JWT_SECRET")]
     jwt_secret: String,
+    /// Accepted and ignored (nothing is stored), so the benchmark scripts can start this
+    /// binary in place of `chat-server` (`compare.sh FLOOR_DIR TERN_DIR`).
+    #[arg(long)]
+    data_dir: Option<String>,
+    /// Accepted and ignored, like `--data-dir`.
+    #[arg(long)]
+    log: Option<String>,
 }
 
 /// A user's live connections: (connection id, its outgoing queue).
