@@ -28,12 +28,12 @@ BENCH_CPUS=${BENCH_CPUS-0}
 export SERVER_CPUS=${SERVER_CPUS-1}
 # (1) idle connections
 IDLE_N=${IDLE_N:-10000}
-IDLE_N_synapse=${IDLE_N_synapse:-2000}
+IDLE_N_synapse=${IDLE_N_synapse:-1000}
 IDLE_MAX=${IDLE_MAX-19000}           # one more idle run, first repeat only ("" to skip)
 IDLE_MAX_synapse=${IDLE_MAX_synapse-}
 # (2) 1:1 at fixed offered rates
 RATES=${RATES:-1000,2000,5000,10000,20000}
-RATES_synapse=${RATES_synapse:-20,50,100,200,500}
+RATES_synapse=${RATES_synapse:-10,20,50,100,200}
 STEP=${STEP:-5s}
 STEP_WARMUP=${STEP_WARMUP:-1s}
 # (3) group of 1000
@@ -44,7 +44,7 @@ GROUP_RATES_synapse=${GROUP_RATES_synapse:-"2 20"}
 GROUP_DURATION=${GROUP_DURATION:-10s}
 # (4) reconnect storm
 STORM_N=${STORM_N:-10000}
-STORM_N_synapse=${STORM_N_synapse:-1000}
+STORM_N_synapse=${STORM_N_synapse:-900}
 STORM_CHAT=${STORM_CHAT:-10}
 STORM_MISSED=${STORM_MISSED:-5}
 STORM_CONCURRENCY=${STORM_CONCURRENCY:-1000}
