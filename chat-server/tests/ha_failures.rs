@@ -703,10 +703,10 @@ impl KafkaCut {
         .iter()
         .map(|r| r.iter().map(|s| s.to_string()).collect())
         .collect();
-        let cut = KafkaCut { rules: Vec::new() };
-        let mut cut = cut;
-        // Insert in reverse so that the marking rule ends up before the dropping one.
-        for (i, r) in rules.iter().enumerate().rev() {
+        let mut cut = KafkaCut { rules: Vec::new() };
+        // The marking rule first (position 1), the dropping one right after it (position 2):
+        // both ahead of whatever else is in the chain.
+        for (i, r) in rules.iter().enumerate() {
             let pos = if r[0] == "OUTPUT" {
                 (i + 1).to_string()
             } else {
