@@ -420,8 +420,17 @@ where
     H: FnOnce(&TestServer),
 {
     let load = Load::start(&sc.s, &sc.senders);
+    // Warm up until the load flows (slow on a loaded machine: first produce, first writes).
+    let warm = Instant::now();
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert!(load.acked() > 50, "the load runs before the fault");
+    while load.acked() < 100 {
+        assert!(
+            warm.elapsed() < Duration::from_secs(60),
+            "the load does not flow before the fault ({} acks)",
+            load.acked()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let fault_at = Instant::now();
     // The service scripts block (start-node waits until the node answers): off the runtime.
     tokio::task::block_in_place(|| fault(&sc.s));
