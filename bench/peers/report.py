@@ -187,6 +187,11 @@ def systems_in(rows):
     return sorted({r["system"] for r in rows}, key=order_key)
 
 
+def load_of(rs):
+    """The machine's 1-minute load average when these runs started (median, range)."""
+    return spread([r.get("load_before") for r in rs], lambda v: f"{v:.1f}")
+
+
 def md_table(headers, body):
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
@@ -217,9 +222,9 @@ def idle_table(rows):
         body.append([name(s), f"{n:,}", f"{min(r['established'] for r in rs):,}",
                      spread([r["per_conn_kib"] for r in rs], f_kib),
                      spread([r["rss_after_mib"] for r in rs], lambda v: f"{v:,.0f}"),
-                     spread([r["handshakes_per_s"] for r in rs], f_num), len(rs)])
+                     spread([r["handshakes_per_s"] for r in rs], f_num), load_of(rs), len(rs)])
     return md_table(["system", "connections", "established (min)", "server RSS per connection, KiB",
-                     "server RSS, MiB", "handshakes/s during the ramp", "runs"], body)
+                     "server RSS, MiB", "handshakes/s during the ramp", "load avg", "runs"], body)
 
 
 def sweep_points(rows):
@@ -252,9 +257,9 @@ def sweep_table(rows):
             body.append([name(s), f"{rate:,.0f}", spread([r["deliveries_per_s"] for r in rs], f_num),
                          spread([r["p50_ms"] for r in rs], f_ms), spread([r["p99_ms"] for r in rs], f_ms),
                          spread([r["p999_ms"] for r in rs], f_ms), spread([r["ack_p99_ms"] for r in rs], f_ms),
-                         sum(r["lost"] for r in rs), len(rs)])
+                         sum(r["lost"] for r in rs), load_of(rs), len(rs)])
     return md_table(["system", "offered msg/s", "delivered/s", "p50 ms", "p99 ms", "p99.9 ms", "ack p99 ms",
-                     "lost (all runs)", "runs"], body)
+                     "not delivered within the 5 s drain (all runs)", "load avg", "runs"], body)
 
 
 def knee_table(rows):
@@ -289,9 +294,9 @@ def group_table(rows):
         body.append([name(s), f"{rate:,.0f} × {rs[0]['recipients']:,}", f_num(exp),
                      spread([r["deliveries_per_s"] for r in rs], f_num), spread([r["p50_ms"] for r in rs], f_ms),
                      spread([r["p99_ms"] for r in rs], f_ms), spread([r["send_lag_p99_ms"] for r in rs], f_ms),
-                     sum(r["lost"] for r in rs), len(rs)])
+                     sum(r["lost"] for r in rs), load_of(rs), len(rs)])
     return md_table(["system", "msg/s × recipients", "expected deliveries/s", "deliveries/s", "p50 ms", "p99 ms",
-                     "bench send lag p99 ms", "lost (all runs)", "runs"], body)
+                     "bench send lag p99 ms", "not delivered within the 10 s drain (all runs)", "load avg", "runs"], body)
 
 
 def storm_table(rows):
@@ -299,16 +304,17 @@ def storm_table(rows):
     body = []
     for (s, n), rs in sorted(g.items(), key=lambda kv: (order_key(kv[0][0]), kv[0][1])):
         caught = [r["caught_up"] for r in rs]
-        if all(r["no_catch_up"] == r["param"] for r in rs):
+        if all(r["caught_up"] == 0 and r["no_catch_up"] > 0 for r in rs):
             cu = "no catch-up in this configuration"
         else:
             cu = spread([r["all_caught_up_s"] for r in rs], f_s) + f" ({min(caught):,}–{max(caught):,} of {n:,} caught up)"
         body.append([name(s), f"{n:,} (chats of {rs[0]['chat_size']}, {rs[0]['missed']} missed each)",
+                     " / ".join(f"{r['reconnected']:,}" for r in rs),
                      spread([r["all_back_s"] for r in rs], f_s), cu,
                      spread([r["caught_up_p99_ms"] for r in rs], f_ms) if any(caught) else "—",
-                     f"{min(r['recovered_sessions'] for r in rs):,}", len(rs)])
-    return md_table(["system", "clients", "all back, s", "all caught up, s", "per-client caught-up p99 ms",
-                     "sessions recovered (min)", "runs"], body)
+                     f"{min(r['recovered_sessions'] for r in rs):,}", load_of(rs), len(rs)])
+    return md_table(["system", "clients", "back (per run)", "all back, s", "all caught up, s", "per-client caught-up p99 ms",
+                     "sessions recovered (min)", "load avg", "runs"], body)
 
 
 def failures_list(runs):
