@@ -438,7 +438,8 @@ def section(runs, rows, img_prefix, took, out):
         f"`{os.environ.get('BENCH_CPUS', '0')}`; load average during the runs "
         f"{min(loads):.1f}–{max(loads):.1f} (median {statistics.median(loads):.1f})"
         + (f"; the whole run took {took // 60} min {took % 60} s" if took else "") + ". "
-        "Cells are medians over the repeats with the range in brackets. Raw CSV: every run and point.")
+        "Cells are medians over the repeats with the range in brackets. Every run and point: "
+        "[`benchmarks-peers.csv`](benchmarks-peers.csv).")
     parts += ["", "```sh", "bench/peers/run.sh /tmp/peers          # installs, builds, runs, writes this section",
               "REPEAT=3 SYSTEMS=\"tern centrifugo\" WORKLOADS=sweep bench/peers/run.sh /tmp/p2   # a subset",
               "```", ""]
@@ -511,6 +512,9 @@ def main():
             if os.path.exists(p):
                 shutil.copy(p, os.path.join(a.img_dir, f))
         img_prefix = os.path.relpath(a.img_dir, os.path.dirname(os.path.abspath(a.docs))) + "/"
+    if a.docs:
+        shutil.copy(os.path.join(a.out, "results.csv"),
+                    os.path.join(os.path.dirname(os.path.abspath(a.docs)), "benchmarks-peers.csv"))
     text = section(runs, rows, img_prefix, a.took, a.out)
     open(os.path.join(a.out, "results.md"), "w").write(text)
     if a.docs:
