@@ -68,6 +68,8 @@ if [[ "$SKIP_BUILD" != 1 ]]; then
   (cd "$ROOT" && cargo build --release -q -p chat-server -p chat-bench)
 fi
 CB=${CB:-$BIN/chat-bench}
+dirty=$(git -C "$ROOT" status --porcelain -- chat-server chat-bench | head -1)
+TERN_VERSION="tern $(git -C "$ROOT" rev-parse --short HEAD)${dirty:+ (+ uncommitted changes)}"
 
 per() { # VAR system -> ${VAR_system:-$VAR}
   local v="${1}_${2}"

@@ -15,6 +15,9 @@ SERVER_CPUS=${SERVER_CPUS-1}
 SERVER_PIN=()
 [[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
 SECRET=benchsecret
+# The commit the Tern binaries were built from (run.sh sets it after building; the checkout
+# may move on during a long run).
+TERN_VERSION=${TERN_VERSION:-"tern $(git -C "$ROOT" rev-parse --short HEAD)"}
 STARTED=()   # pids to stop
 CLEANUP=()   # commands to run at stop
 
@@ -60,7 +63,7 @@ start_tern() {
   STARTED+=($!); PIDS=$!
   wait_http http://127.0.0.1:18580/healthz tern
   URL=http://127.0.0.1:18580 SYSTEM=tern
-  VERSION="tern $(git -C "$ROOT" rev-parse --short HEAD)"
+  VERSION=$TERN_VERSION
   SETTINGS="embedded, SQLite WAL, defaults"
   ACKS="stored durably (fsynced SQLite group commit)"
 }
@@ -86,7 +89,7 @@ start_tern_dist() {
   for port in 18590 18591 18592 18594; do wait_http "http://127.0.0.1:$port/readyz" "tern-dist :$port" 600; done
   URL=http://127.0.0.1:18590,http://127.0.0.1:18591 SYSTEM=tern
   PIDS=$(IFS=,; echo "${pids[*]}")
-  VERSION="tern $(git -C "$ROOT" rev-parse --short HEAD)"
+  VERSION=$TERN_VERSION
   SETTINGS="distributed: 2 edge, 1 delivery, 1 presence; Kafka acks=all, Cassandra, Redis (e2e/env)"
   ACKS="stored durably (Kafka acks=all, then Cassandra)"
 }
