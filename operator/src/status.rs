@@ -17,13 +17,22 @@ pub struct Workload {
     pub want: i32,
     pub ready: i32,
     pub updated: i32,
+    /// Pods of every revision that are not terminating (`status.replicas`): above `want`
+    /// while a rollout still has pods of the previous template.
+    pub total: i32,
     /// The workload controller has seen the latest spec.
     pub current: bool,
 }
 
 impl Workload {
+    /// The rollout is finished, as `kubectl rollout status` judges it: the controller saw the
+    /// latest spec, every wanted pod runs the new template and is ready, and no pod of an
+    /// older template is left.
     pub fn rolled_out(&self) -> bool {
-        self.current && self.updated >= self.want && self.ready >= self.want
+        self.current
+            && self.updated >= self.want
+            && self.ready >= self.want
+            && self.total <= self.want
     }
 }
 
@@ -183,8 +192,16 @@ pub fn conditions(obs: &Observed, previous: &[Condition], now: Time) -> Vec<Cond
         .filter(|w| !w.rolled_out())
         .map(|w| {
             format!(
-                "{} {}/{} ready, {} updated",
-                w.name, w.ready, w.want, w.updated
+                "{} {}/{} ready, {} updated{}",
+                w.name,
+                w.ready,
+                w.want,
+                w.updated,
+                if w.total > w.want {
+                    format!(", {} pods in all (old ones not yet gone)", w.total)
+                } else {
+                    String::new()
+                }
             )
         })
         .collect();
@@ -345,8 +362,21 @@ mod tests {
             want,
             ready,
             updated: want,
+            total: want,
             current: true,
         }
+    }
+
+    #[test]
+    fn a_rollout_with_old_pods_left_is_not_done() {
+        // New pod ready, the old ReplicaSet's pod not yet scaled down.
+        let mut w = wl("tern-delivery", 1, 1);
+        w.total = 2;
+        assert!(!w.rolled_out());
+        w.total = 1;
+        assert!(w.rolled_out());
+        w.current = false;
+        assert!(!w.rolled_out());
     }
 
     fn dep(name: &str, mode: &str, ready: bool) -> DependencyStatus {

@@ -362,6 +362,7 @@ pub fn deployment_state(d: &Deployment) -> Workload {
         want,
         ready: st.ready_replicas.unwrap_or(0),
         updated: st.updated_replicas.unwrap_or(0),
+        total: st.replicas.unwrap_or(0),
         current: st.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0),
     }
 }
@@ -414,12 +415,18 @@ mod tests {
             status: Some(DeploymentStatus {
                 ready_replicas: Some(3),
                 updated_replicas: Some(3),
+                replicas: Some(4),
                 observed_generation: Some(2),
                 ..Default::default()
             }),
             ..Default::default()
         };
         d.metadata.generation = Some(2);
+        assert!(
+            !deployment_state(&d).rolled_out(),
+            "a pod of the old ReplicaSet is still there"
+        );
+        d.status.as_mut().unwrap().replicas = Some(3);
         assert!(deployment_state(&d).rolled_out());
         d.metadata.generation = Some(3);
         assert!(!deployment_state(&d).rolled_out());

@@ -284,12 +284,21 @@ async fn roles_are_applied_in_the_reconcile_their_setup_job_completes() {
         "/deployments/",
         json!({"status": {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1}}),
     );
+    // One delivery and one presence pod are wanted: `replicas` counts every pod, so 2 there
+    // would be an old one still running.
+    server.overlay("-delivery", json!({"status": {"replicas": 1}}));
+    server.overlay("-presence", json!({"status": {"replicas": 1}}));
     let mut c2 = c.clone();
     c2.status = serde_json::from_value(st).ok();
     let before = server.calls().len();
     reconcile_once(&c2, &ctx).await.expect("reconcile");
     let st = server.last_status();
-    assert_eq!(cond(&st, status::READY), ("True".into(), "AllReady".into()));
+    assert_eq!(
+        cond(&st, status::READY),
+        ("True".into(), "AllReady".into()),
+        "{}",
+        st["conditions"]
+    );
     assert_eq!(
         cond(&st, status::PROGRESSING),
         ("False".into(), "Complete".into())
