@@ -493,7 +493,7 @@ impl Default for StorageSpec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of kafka.external or kafka.managed must be set").reason(Reason::FieldValueRequired),
-    validation = Rule::new("!has(self.managed) || self.replicationFactor <= self.managed.replicas").message("kafka.replicationFactor must not exceed kafka.managed.replicas (a topic cannot have more replicas than there are brokers): lower replicationFactor or add brokers").field_path(".replicationFactor"),
+    validation = Rule::new("!has(self.managed) || !has(self.replicationFactor) || self.replicationFactor <= self.managed.replicas").message("kafka.replicationFactor must not exceed kafka.managed.replicas (a topic cannot have more replicas than there are brokers): lower replicationFactor or add brokers").field_path(".replicationFactor"),
     validation = Rule::new("has(self.topic) == has(oldSelf.topic) && (!has(self.topic) || self.topic == oldSelf.topic)").message("kafka.topic cannot be changed (or set or unset) after creation: the message log lives in the topic the cluster was created with; keep the old value, or create a new ChatCluster").field_path(".topic")
 )]
 pub struct KafkaSpec {
@@ -517,17 +517,17 @@ pub struct KafkaSpec {
     #[schemars(range(min = 1, max = 10000))]
     #[x_kube(validation = Rule::new("self >= oldSelf").message("kafka.partitions can only grow (Kafka cannot remove partitions): set it back to its current value or higher"))]
     pub partitions: i32,
-    /// Replication factor of the message topic (`CHAT_KAFKA_REPLICATION`).
-    #[serde(default = "default_replication")]
+    /// Replication factor of the message topic (`CHAT_KAFKA_REPLICATION`). Unset: `chat-server
+    /// setup` chooses `min(3, brokers it sees)`, with `min.insync.replicas` 2 at 3 or more;
+    /// a factor below that on a cluster of 3 or more brokers is refused by setup (an unsafe
+    /// choice needs `--allow-unsafe-replication`, not available through the operator).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub replication_factor: i32,
+    pub replication_factor: Option<i32>,
 }
 
 fn default_partitions() -> i32 {
     32
-}
-fn default_replication() -> i32 {
-    1
 }
 
 /// Connection to an existing Kafka cluster.
@@ -608,7 +608,7 @@ impl std::ops::Deref for ManagedCqlSpec {
 #[x_kube(
     validation = Rule::new("has(self.external) != has(self.managed)").message("exactly one of scylla.external or scylla.managed must be set").reason(Reason::FieldValueRequired),
     validation = Rule::new("has(self.keyspace) == has(oldSelf.keyspace) && (!has(self.keyspace) || self.keyspace == oldSelf.keyspace)").message("scylla.keyspace cannot be changed (or set or unset) after creation: the messages live in the keyspace the cluster was created with; keep the old value, or create a new ChatCluster").field_path(".keyspace"),
-    validation = Rule::new("!has(self.managed) || (has(self.datacenterReplication) && size(self.datacenterReplication) > 0) || self.replicationFactor <= self.managed.replicas").message("scylla.replicationFactor must not exceed scylla.managed.replicas (a keyspace cannot keep more copies than there are nodes): lower replicationFactor or add nodes").field_path(".replicationFactor"),
+    validation = Rule::new("!has(self.managed) || (has(self.datacenterReplication) && size(self.datacenterReplication) > 0) || !has(self.replicationFactor) || self.replicationFactor <= self.managed.replicas").message("scylla.replicationFactor must not exceed scylla.managed.replicas (a keyspace cannot keep more copies than there are nodes): lower replicationFactor or add nodes").field_path(".replicationFactor"),
     validation = Rule::new("!has(self.managed) || !has(self.datacenterReplication) || self.datacenterReplication.all(dc, dc == 'datacenter1' && self.datacenterReplication[dc] <= self.managed.replicas)").message("a managed CQL store has one datacenter, datacenter1, with scylla.managed.replicas nodes: datacenterReplication may only name datacenter1, with at most that many copies (or use replicationFactor)").field_path(".datacenterReplication")
 )]
 pub struct ScyllaSpec {
@@ -624,10 +624,11 @@ pub struct ScyllaSpec {
     #[schemars(regex(pattern = r"^[a-zA-Z][a-zA-Z0-9_]{0,47}$"))]
     pub keyspace: Option<String>,
     /// Replication factor of the keyspace with SimpleStrategy (`CHAT_SCYLLA_REPLICATION=simple:N`).
-    /// Ignored when `datacenterReplication` is set.
-    #[serde(default = "default_replication")]
+    /// Ignored when `datacenterReplication` is set. Unset (and no `datacenterReplication`):
+    /// `chat-server setup` chooses `simple:min(3, nodes it sees)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
-    pub replication_factor: i32,
+    pub replication_factor: Option<i32>,
     /// Replication per datacenter with NetworkTopologyStrategy, e.g. `{dc1: 3, dc2: 3}`
     /// (`CHAT_SCYLLA_REPLICATION=dc1:3,dc2:3`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -93,17 +93,20 @@ pub fn kafka_sasl_mechanism(cluster: &ChatCluster) -> Option<String> {
     )
 }
 
-/// `CHAT_SCYLLA_REPLICATION`: `simple:N`, or `dc1:N,dc2:M` for NetworkTopologyStrategy.
-pub fn scylla_replication(cluster: &ChatCluster) -> String {
+/// `CHAT_SCYLLA_REPLICATION`: `simple:N`, or `dc1:N,dc2:M` for NetworkTopologyStrategy;
+/// `None` when neither is set (setup then chooses from the nodes it sees).
+pub fn scylla_replication(cluster: &ChatCluster) -> Option<String> {
     let s = &cluster.spec.scylla;
     if s.datacenter_replication.is_empty() {
-        format!("simple:{}", s.replication_factor)
+        s.replication_factor.map(|n| format!("simple:{n}"))
     } else {
-        s.datacenter_replication
-            .iter()
-            .map(|(dc, n)| format!("{dc}:{n}"))
-            .collect::<Vec<_>>()
-            .join(",")
+        Some(
+            s.datacenter_replication
+                .iter()
+                .map(|(dc, n)| format!("{dc}:{n}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
     }
 }
 
@@ -118,13 +121,14 @@ pub fn config_env(cluster: &ChatCluster) -> BTreeMap<String, String> {
     set("CHAT_CLUSTER", cluster.cluster_id());
     set("CHAT_KAFKA_BROKERS", kafka_brokers(cluster));
     set("CHAT_KAFKA_PARTITIONS", s.kafka.partitions.to_string());
-    set(
-        "CHAT_KAFKA_REPLICATION",
-        s.kafka.replication_factor.to_string(),
-    );
+    if let Some(n) = s.kafka.replication_factor {
+        set("CHAT_KAFKA_REPLICATION", n.to_string());
+    }
     set("CHAT_SCYLLA_NODES", scylla_nodes(cluster));
     set("CHAT_SCYLLA_KEYSPACE", cluster.keyspace());
-    set("CHAT_SCYLLA_REPLICATION", scylla_replication(cluster));
+    if let Some(r) = scylla_replication(cluster) {
+        set("CHAT_SCYLLA_REPLICATION", r);
+    }
     if let Some(c) = &s.scylla.consistency {
         set("CHAT_SCYLLA_CONSISTENCY", c.clone());
     }
@@ -427,9 +431,22 @@ mod tests {
         assert_eq!(env["CHAT_SCYLLA_KEYSPACE"], "chat");
         assert_eq!(env["CHAT_KAFKA_PARTITIONS"], "32");
         assert_eq!(env["CHAT_DRAIN_TIMEOUT"], "20");
-        assert_eq!(env["CHAT_SCYLLA_REPLICATION"], "simple:1");
+        // Replication unset: `chat-server setup` chooses it from the brokers and nodes it
+        // sees (min(3, n)), so 3 managed brokers get a topic of 3 replicas.
+        assert!(!env.contains_key("CHAT_SCYLLA_REPLICATION"));
+        assert!(!env.contains_key("CHAT_KAFKA_REPLICATION"));
         assert!(!env.contains_key("CHAT_KAFKA_TOPIC"));
         assert_eq!(env["RUST_LOG"], "info");
+    }
+
+    #[test]
+    fn replication_given_in_the_spec_is_passed_to_setup() {
+        let mut c = testing::dev();
+        c.spec.kafka.replication_factor = Some(2);
+        c.spec.scylla.replication_factor = Some(3);
+        let env = config_env(&c);
+        assert_eq!(env["CHAT_KAFKA_REPLICATION"], "2");
+        assert_eq!(env["CHAT_SCYLLA_REPLICATION"], "simple:3");
     }
 
     #[test]
