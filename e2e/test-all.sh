@@ -72,5 +72,10 @@ step "real Kubernetes node: the ChatCluster end to end (e2e/kube/run.sh)"
 # and Redis as pods): stop them so the JVMs do not compete for the 2 cores.
 e2e/env/down.sh minio cassandra kafka redis
 e2e/kube/run.sh
+# Leave the machine as the run found it: the node's kube-proxy rules, containerd and the API
+# server go (TERN_KEEP_NODE=1 keeps them for a look or a faster next run).
+if [ "${TERN_KEEP_NODE:-0}" != 1 ]; then
+  e2e/env/down.sh node kube etcd
+fi
 
 step "all suites passed in $(( $(date +%s) - T0 )) s"

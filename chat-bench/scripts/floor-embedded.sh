@@ -5,7 +5,7 @@
 # For every round and side (a fresh server each time, server on core 1, bench on core 0):
 # 1:1 at 5,000 msg/s, a 1:1 sweep (JSON, for plot.py), a group of 1000 at 200 msg/s.
 #
-#   cargo build --release -p chat-server -p chat-bench --example relay_floor
+#   cargo build --release -p chat-server -p chat-bench --bins --example relay_floor
 #   chat-bench/scripts/floor-embedded.sh OUT ROUNDS name=DIR [name=DIR …]
 #   e.g. floor-embedded.sh /tmp/floor 2 before=/tmp/bench-old after=target/release
 #

@@ -101,9 +101,12 @@ pub struct SqliteStore {
 
 /// Copy the WAL back into the database every `every` without blocking the writer (PASSIVE),
 /// so commits never pay for a checkpoint and the WAL stays small.
+/// After each checkpoint that copied frames it sets `copied`, so the writer follows it with
+/// its own small one (see `Writer::let_wal_restart`).
 fn checkpointer(
     path: PathBuf,
     stop: Arc<std::sync::atomic::AtomicBool>,
+    copied: Arc<std::sync::atomic::AtomicBool>,
     every: std::time::Duration,
 ) {
     let conn = match open(&path, false) {
@@ -115,8 +118,11 @@ fn checkpointer(
     };
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::park_timeout(every);
-        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-            tracing::warn!(cause = %e, "wal checkpoint failed");
+        // (busy, frames in the WAL, frames copied)
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
+            Ok(n) if n > 0 => copied.store(true, std::sync::atomic::Ordering::Release),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(cause = %e, "wal checkpoint failed"),
         }
     }
 }
@@ -181,22 +187,29 @@ impl SqliteStore {
         }
         let (tx, rx) = mpsc::channel(commit_batch.max(16) * 4);
         let batch = commit_batch.max(1);
-        let handle = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                Writer {
-                    conn,
-                    seqs: HashMap::new(),
-                }
-                .run(rx, batch)
-            })
-            .map_err(Error::internal)?;
+        let copied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handle = {
+            let copied = copied.clone();
+            std::thread::Builder::new()
+                .name("sqlite-writer".into())
+                .spawn(move || {
+                    Writer {
+                        conn,
+                        seqs: HashMap::new(),
+                        copied,
+                    }
+                    .run(rx, batch)
+                })
+                .map_err(Error::internal)?
+        };
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ckpt = {
             let (path, stop) = (path.clone(), stop.clone());
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || checkpointer(path, stop, std::time::Duration::from_millis(500)))
+                .spawn(move || {
+                    checkpointer(path, stop, copied, std::time::Duration::from_millis(500))
+                })
                 .map_err(Error::internal)?
         };
         Ok(SqliteStore {
@@ -303,6 +316,9 @@ struct Writer {
     conn: Connection,
     /// Last assigned seq per chat, valid only for committed state (cleared on failed commit).
     seqs: HashMap<ChatId, Seq>,
+    /// Set by the background checkpointer after it copied frames: the writer's own
+    /// checkpoint right after it has little left to copy and lets the WAL restart.
+    copied: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Writer {
@@ -342,7 +358,9 @@ impl Writer {
                         .for_each(|d| d.fail("the write could not be committed"));
                 }
             }
-            if wal_reset_at.elapsed() >= WAL_RESET_EVERY {
+            if self.copied.swap(false, std::sync::atomic::Ordering::AcqRel)
+                || wal_reset_at.elapsed() >= WAL_RESET_EVERY
+            {
                 self.let_wal_restart();
                 wal_reset_at = std::time::Instant::now();
             }
@@ -361,7 +379,9 @@ impl Writer {
     /// zeroing (6 % of the server's samples). A PASSIVE checkpoint from the writer itself
     /// sees no concurrent writer, copies the few frames written since the background one
     /// (usually none to a few hundred pages) and, when no reader pins old frames, the next
-    /// transaction writes the WAL from its start again. Never blocks on readers.
+    /// transaction writes the WAL from its start again. Never blocks on readers. Run after
+    /// each background checkpoint that copied frames (so the WAL restarts about every 0.5 s),
+    /// and at least every `WAL_RESET_EVERY`.
     fn let_wal_restart(&mut self) {
         if let Err(e) = self
             .conn
