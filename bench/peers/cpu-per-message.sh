@@ -11,13 +11,8 @@ OUT=$1; shift
 systems=()
 while [[ $# -gt 0 && "$1" != "--" ]]; do systems+=("$1"); shift; done
 shift
-BIN=${BIN:-$ROOT/target/release}
-mkdir -p "$OUT/logs" "$OUT/state"
-SYNAPSE_STATE="$OUT/state/synapse"
 . "$HERE/systems.sh"
 trap 'stop_system' EXIT
-BENCH_CPUS=${BENCH_CPUS-0}
-BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 ticks() { local t=0 p; for p in ${1//,/ }; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 for s in "${systems[@]}"; do
   "start_$s"

@@ -12,13 +12,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 SYS=$1 OUT=$2; shift 2
 [[ "${1:-}" == "--" ]] && shift
-BIN=${BIN:-$ROOT/target/release}
-mkdir -p "$OUT/logs" "$OUT/state"
-SYNAPSE_STATE="$OUT/state/synapse"
 . "$HERE/systems.sh"
 trap 'stop_system' EXIT
-BENCH_CPUS=${BENCH_CPUS-0}
-BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 "start_$SYS"
 IFS=, read -r -a pids <<<"$PIDS"
 perf record -F 499 -g -o "$OUT/perf.data" -p "$(IFS=,; echo "${pids[*]}")" >"$OUT/logs/perf.log" 2>&1 &

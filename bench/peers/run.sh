@@ -54,12 +54,10 @@ EXTRA_synapse=${EXTRA_synapse:---connect-timeout 120s}
 UPDATE_DOCS=${UPDATE_DOCS:-1}
 SKIP_BUILD=${SKIP_BUILD:-0}
 
-mkdir -p "$OUT/raw" "$OUT/logs" "$OUT/state"
+mkdir -p "$OUT/raw" "$OUT/logs"
 exec > >(tee -a "$OUT/run.log") 2>&1
-SYNAPSE_STATE="$OUT/state/synapse"
 . "$HERE/systems.sh"
 trap 'stop_system' EXIT
-BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 started_at=$(date +%s)
 echo "peers benchmark -> $OUT ($(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg))"
 

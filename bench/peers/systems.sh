@@ -9,11 +9,18 @@
 # and stop_system stops everything the last start_* started. Servers (and their database or
 # broker) run under `taskset -c $SERVER_CPUS`, the load generator under `taskset -c $BENCH_CPUS`.
 #
-# Needs: $OUT (run directory), $ROOT (checkout), $BIN (Tern release binaries), versions.sh.
+# Needs: $OUT (run directory), $ROOT (checkout), versions.sh; sets up BIN (Tern release
+# binaries, default $ROOT/target/release), BENCH_PIN, SYNAPSE_STATE and $OUT/{logs,state}.
 
 SERVER_CPUS=${SERVER_CPUS-1}
 SERVER_PIN=()
 [[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
+BENCH_CPUS=${BENCH_CPUS-0}
+BENCH_PIN=()
+[[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
+BIN=${BIN:-$ROOT/target/release}
+SYNAPSE_STATE=${SYNAPSE_STATE:-$OUT/state/synapse}
+mkdir -p "$OUT/logs" "$OUT/state"
 SECRET=benchsecret
 # The commit the Tern binaries were built from (run.sh sets it after building; the checkout
 # may move on during a long run).
