@@ -334,7 +334,10 @@ impl Server {
         let c = &cfg.cluster;
         tracing::info!(
             role = ?role, node = %node_id, cluster = %c.cluster, kafka = %c.kafka_brokers,
-            scylla = %c.scylla_nodes.join(","), redis = %redacted_url(&c.redis_url), "joining the cluster"
+            scylla = %c.scylla_nodes.join(","), redis = %crate::plane::cluster::redis_primary::RedisTarget::parse(&c.redis_url)
+                .map(|t| t.describe())
+                .unwrap_or_else(|_| "(not a valid Redis URL)".into()),
+            "joining the cluster"
         );
         let wait = Duration::from_secs(60);
         kafka::configure_security(c.kafka_security());
@@ -571,21 +574,6 @@ impl Server {
 
 /// `<hostname>-<random>`: unique per process even when several share a host.
 #[cfg(feature = "distributed")]
-/// A connection URL fit for a log line: the password (and a user name given with it) is
-/// replaced by `***`. `redis://:pw@h:6379/0` → `redis://***@h:6379/0`; works for
-/// `redis+sentinel://:pw@s1,s2/master` too (no URL parser takes that host list).
-pub fn redacted_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}***{}", &url[..scheme_end], &rest[at..]),
-        None => url.to_string(),
-    }
-}
-
 fn default_node_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
@@ -767,32 +755,4 @@ async fn flush_receipts(st: Arc<AppState>) {
         }
     }
     st.flush_receipts().await;
-}
-
-#[cfg(test)]
-mod redaction_tests {
-    use super::redacted_url;
-
-    #[test]
-    fn passwords_never_reach_the_log() {
-        assert_eq!(
-            redacted_url("redis://:s3cret@redis:6379/0"),
-            "redis://***@redis:6379/0"
-        );
-        assert_eq!(
-            redacted_url("rediss://user:s3cret@r.example:6380"),
-            "rediss://***@r.example:6380"
-        );
-        assert_eq!(
-            redacted_url("redis+sentinel://:p@ss@s1:26379,s2:26379/tern"),
-            "redis+sentinel://***@s1:26379,s2:26379/tern"
-        );
-        assert_eq!(redacted_url("redis://redis:6379"), "redis://redis:6379");
-        assert_eq!(
-            redacted_url("redis://h:6379/0?user=a@b"),
-            "redis://h:6379/0?user=a@b",
-            "an @ after the host is not a password"
-        );
-        assert_eq!(redacted_url("not a url"), "not a url");
-    }
 }
