@@ -111,6 +111,12 @@ pub struct CommonArgs {
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub progress_interval: Duration,
 
+    /// Tern: ask for one frame per WebSocket message (PROTOCOL.md as written) instead of the
+    /// `batch=1` extension (several frames per message, one per line — what a busy client
+    /// should use, and how Centrifugo's JSON protocol always works).
+    #[arg(long)]
+    pub one_frame_per_message: bool,
+
     /// Print the result as one JSON object on stdout instead of tables.
     #[arg(long)]
     pub json: bool,

@@ -126,12 +126,15 @@ fn bind_address_no_port(socket: &Socket) {
     }
 }
 
-/// Connect, upgrade to WebSocket with `?token=`, and wait for `hello`.
+/// Connect, upgrade to WebSocket with `?token=` (and `&batch=1` when `batch`), and wait for
+/// `hello`. Frames that came in the same message after it are not measured (none of a run's
+/// messages is sent before every connection is up).
 pub async fn dial(
     dest: SocketAddr,
     ws_url: &str,
     source: Option<IpAddr>,
     token: &str,
+    batch: bool,
 ) -> Result<(Ws, DialTimings), DialError> {
     let start = Instant::now();
     let stream = client_socket(dest, source)?
@@ -139,7 +142,10 @@ pub async fn dial(
         .await
         .map_err(DialError::Connect)?;
     let tcp_connect = start.elapsed();
-    let url = format!("{ws_url}?token={token}");
+    let url = format!(
+        "{ws_url}?token={token}{}",
+        if batch { "&batch=1" } else { "" }
+    );
     let (mut ws, _response) = client_async_with_config(url.as_str(), stream, Some(ws_config()))
         .await
         .map_err(|e| match e {
@@ -148,13 +154,16 @@ pub async fn dial(
         })?;
     loop {
         match ws.next().await {
-            Some(Ok(Message::Text(t))) => match frame::parse(&t) {
-                Some(Inbound::Hello { .. }) => break,
-                Some(Inbound::Error { code, .. }) => {
-                    return Err(DialError::NoHello(format!("error {code}")));
+            Some(Ok(Message::Text(t))) => {
+                // hello comes first, alone or as the first line of a batch.
+                match t.split('\n').next().and_then(frame::parse) {
+                    Some(Inbound::Hello { .. }) => break,
+                    Some(Inbound::Error { code, .. }) => {
+                        return Err(DialError::NoHello(format!("error {code}")));
+                    }
+                    _ => continue,
                 }
-                _ => continue,
-            },
+            }
             Some(Ok(Message::Close(_))) | None => return Err(DialError::NoHello("closed".into())),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(DialError::NoHello(short(&e.to_string()))),

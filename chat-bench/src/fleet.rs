@@ -108,7 +108,11 @@ impl Fleet {
                     let (addr, url) = &opts.edges[spec.index as usize % opts.edges.len()];
                     let outcome = match shared.system {
                         System::Tern => {
-                            timeout(opts.timeout, conn::dial(*addr, url, source, &token)).await
+                            timeout(
+                                opts.timeout,
+                                conn::dial(*addr, url, source, &token, shared.batch),
+                            )
+                            .await
                         }
                         System::Centrifugo | System::Socketio => {
                             let sys = shared.system;

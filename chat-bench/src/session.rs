@@ -57,6 +57,8 @@ pub struct Shared {
     /// Cancelled to close every connection (clean close frames).
     pub close: CancellationToken,
     pub ping_interval: Duration,
+    /// Tern: connections ask for batched frames (`/ws?…&batch=1`).
+    pub batch: bool,
     /// How long a closing connection waits for the server's close.
     pub close_grace: Duration,
 }
@@ -71,6 +73,7 @@ impl Shared {
             phase: watch::Sender::new(None),
             close: CancellationToken::new(),
             ping_interval,
+            batch: true,
             close_grace: Duration::from_secs(2),
         }
     }
@@ -131,7 +134,11 @@ async fn read_loop(
         };
         match msg {
             Some(Ok(Message::Text(t))) => match shared.system {
-                System::Tern => on_text(&t, spec, shared, &phase_rx, &mut last_seq),
+                System::Tern => {
+                    for line in t.split('\n') {
+                        on_text(line, spec, shared, &phase_rx, &mut last_seq);
+                    }
+                }
                 _ => on_peer_text(&t, spec, shared, &phase_rx, &mut last_seq, peer),
             },
             Some(Ok(Message::Close(frame))) => {

@@ -3,6 +3,7 @@
 //! One task per connection runs a single loop over: frames from the client, frames queued for
 //! the client (written in batches, one flush per batch), the heartbeat deadline (two intervals
 //! of silence close the connection), the slow-consumer kick and the drain signal.
+//! With `&batch=1` a batch is one WebSocket message, a frame per line ([`join_frames`]).
 
 use crate::auth;
 use crate::error::Error;
@@ -23,10 +24,22 @@ use tokio::time::{Instant, sleep_until, timeout};
 #[derive(Deserialize)]
 pub struct TokenQuery {
     pub token: Option<String>,
+    /// `batch=1`: the client accepts several frames per WebSocket message, one per line
+    /// (see [`join_frames`]).
+    pub batch: Option<String>,
+}
+
+impl TokenQuery {
+    fn batched(&self) -> bool {
+        matches!(self.batch.as_deref(), Some("1" | "true"))
+    }
 }
 
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const WRITE_BATCH: usize = 64;
+/// A batched WebSocket message stops growing once it holds this many bytes (so it may exceed
+/// it by one frame; a `sync` page of up to ~1 MiB goes out as it is).
+const BATCH_BYTES: usize = 64 * 1024;
 /// Close code for a connection that missed two heartbeats.
 pub const CLOSE_HEARTBEAT_TIMEOUT: u16 = 4000;
 const SLOW: (u16, &str) = (CLOSE_SLOW_CONSUMER, "slow consumer: reconnect and sync");
@@ -55,6 +68,7 @@ pub async fn handler(
         Err(e) => return e.into_response(),
     };
     let max = st.cfg.max_frame_bytes;
+    let batched = q.batched();
     let tracked = st.clone();
     ws.read_buffer_size(4096)
         .write_buffer_size(0)
@@ -64,7 +78,10 @@ pub async fn handler(
         .on_failed_upgrade(|e| tracing::debug!(cause = %e, "websocket upgrade failed"))
         .on_upgrade(move |socket| async move {
             let (session, rx) = Session::open(tracked.clone(), who, slot, "websocket").await;
-            tracked.tasks.track_future(run(session, rx, socket)).await
+            tracked
+                .tasks
+                .track_future(run(session, rx, socket, batched))
+                .await
         })
 }
 
@@ -72,6 +89,7 @@ async fn run(
     mut session: Session,
     mut rx: tokio::sync::mpsc::Receiver<crate::hub::Frame>,
     mut socket: WebSocket,
+    batched: bool,
 ) {
     let st = session.state.clone();
     let silence = Duration::from_secs(st.cfg.heartbeat_interval * 2);
@@ -89,6 +107,18 @@ async fn run(
             out = rx.recv() => {
                 let Some(first) = out else { break None };
                 let write = async {
+                    if batched {
+                        // Whatever is queued leaves as one message: one write, one wake-up
+                        // on the client, however many frames a busy group produced.
+                        let mut frames = vec![first];
+                        let mut bytes = frames[0].len();
+                        while frames.len() < WRITE_BATCH && bytes < BATCH_BYTES {
+                            let Ok(f) = rx.try_recv() else { break };
+                            bytes += f.len() + 1;
+                            frames.push(f);
+                        }
+                        return socket.send(Message::Text(join_frames(frames))).await;
+                    }
                     socket.feed(Message::Text(first)).await?;
                     for _ in 1..WRITE_BATCH {
                         match rx.try_recv() {
@@ -130,6 +160,9 @@ async fn run(
                 };
                 if !replies.is_empty() {
                     let write = async {
+                        if batched {
+                            return socket.send(Message::Text(join_frames(replies))).await;
+                        }
                         for r in replies {
                             socket.feed(Message::Text(r)).await?;
                         }
@@ -158,4 +191,57 @@ async fn run(
         let _ = timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     }
     session.close().await;
+}
+
+/// Several encoded frames as one WebSocket text message, separated by `\n` (the `batch=1`
+/// extension). Each frame is compact JSON, which has no raw newline (serde_json escapes it in
+/// strings), so a client splits the message on `\n` and parses every line. One frame is
+/// returned as it is, without a copy.
+pub fn join_frames(mut frames: Vec<crate::hub::Frame>) -> crate::hub::Frame {
+    if frames.len() == 1 {
+        return frames.pop().expect("one frame");
+    }
+    let len = frames.iter().map(|f| f.len() + 1).sum::<usize>();
+    let mut out = String::with_capacity(len);
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(f.as_str());
+    }
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::frame;
+
+    #[test]
+    fn joined_frames_split_back_into_the_same_frames_in_order() {
+        let one = frame(r#"{"type":"pong"}"#.into());
+        assert_eq!(join_frames(vec![one.clone()]).as_str(), one.as_str());
+        let text_with_newline = serde_json::json!({"type":"message","content":"a\nb"}).to_string();
+        let frames = vec![one.clone(), frame(text_with_newline.clone()), one.clone()];
+        let joined = join_frames(frames);
+        let lines: Vec<&str> = joined.as_str().split('\n').collect();
+        assert_eq!(
+            lines,
+            [one.as_str(), text_with_newline.as_str(), one.as_str()]
+        );
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert_eq!(v["content"], "a\nb");
+    }
+
+    #[test]
+    fn only_1_and_true_ask_for_batches() {
+        let q = |b: Option<&str>| TokenQuery {
+            token: None,
+            batch: b.map(str::to_owned),
+        };
+        assert!(q(Some("1")).batched());
+        assert!(q(Some("true")).batched());
+        assert!(!q(Some("0")).batched());
+        assert!(!q(None).batched());
+    }
 }

@@ -61,7 +61,9 @@ impl Bench {
                  docs/benchmarks-howto.md"
             );
         }
-        let shared = Arc::new(Shared::new(common.ping_interval, common.system));
+        let mut shared = Shared::new(common.ping_interval, common.system);
+        shared.batch = !common.one_frame_per_message;
+        let shared = Arc::new(shared);
         let fleet = Fleet::new(shared, TokenMint::new(&common.jwt_secret), interrupt);
         Ok(Bench {
             target,

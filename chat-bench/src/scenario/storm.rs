@@ -411,7 +411,7 @@ async fn dial(
     let r = match ctl.system {
         System::Tern => {
             timeout(ctl.connect_timeout, async {
-                conn::dial(*addr, url, None, &token)
+                conn::dial(*addr, url, None, &token, false)
                     .await
                     .map(|(ws, _)| (ws, conn::Joined::default()))
             })

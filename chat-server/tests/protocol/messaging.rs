@@ -274,3 +274,86 @@ async fn group_of_1000_fans_out_to_every_member() {
         .await;
     assert_eq!(st, 409);
 }
+
+/// The `batch=1` extension (docs/protocol.md): a client that asks for it gets whatever is
+/// queued for it as one WebSocket message, one JSON frame per line; a client that does not ask
+/// keeps getting exactly one frame per message.
+#[tokio::test]
+async fn batched_frames_only_for_clients_that_ask_and_in_order() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start().await;
+    let chat = s.api(1).direct(2).await;
+    s.api(1).direct(3).await;
+    let (mut raw, _) = tokio_tungstenite::connect_async(format!("{}&batch=1", s.ws_url(&token(1))))
+        .await
+        .unwrap();
+    async fn next_lines(
+        raw: &mut (
+                 impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin
+             ),
+    ) -> Vec<Value> {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), raw.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => {
+                    return t
+                        .as_str()
+                        .split('\n')
+                        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+                        .collect();
+                }
+                Ok(Some(Ok(_))) => continue,
+                other => panic!("no frame: {other:?}"),
+            }
+        }
+    }
+    // hello and both partners' presence are queued before the connection's writer starts:
+    // they leave together, hello first.
+    let first = next_lines(&mut raw).await;
+    let types: Vec<&str> = first.iter().map(|f| f["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["hello", "presence", "presence"], "{first:?}");
+    // Without asking: one frame per message, as PROTOCOL.md says.
+    let (mut plain, _) = tokio_tungstenite::connect_async(s.ws_url(&token(1)))
+        .await
+        .unwrap();
+    assert_eq!(next_lines(&mut plain).await.len(), 1);
+    assert_eq!(next_lines(&mut plain).await.len(), 1);
+    // The other side sends 40 messages without waiting for acks: all arrive, gapless, in order,
+    // however the server grouped them.
+    let mut b = s.ws(2).await;
+    for i in 0..40 {
+        b.send(json!({"type":"message","chat_id":chat,"content":format!("m{i}"),"client_msg_id":format!("b{i}")}))
+            .await;
+    }
+    let mut seqs = vec![];
+    while seqs.len() < 40 {
+        for f in next_lines(&mut raw).await {
+            if f["type"] == "message" {
+                assert_eq!(f["content"], format!("m{}", seqs.len()));
+                seqs.push(f["seq"].as_u64().unwrap());
+            }
+        }
+    }
+    assert_eq!(seqs, (1..=40).collect::<Vec<u64>>());
+    // Replies to the batched client (its ack) come the same way.
+    raw.send(Message::Text(
+        json!({"type":"message","chat_id":chat,"content":"back","client_msg_id":"a1"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    let ack = loop {
+        if let Some(a) = next_lines(&mut raw)
+            .await
+            .into_iter()
+            .find(|f| f["type"] == "ack")
+        {
+            break a;
+        }
+    };
+    assert_eq!(
+        (ack["client_msg_id"].as_str(), ack["seq"].as_u64()),
+        (Some("a1"), Some(41))
+    );
+}
