@@ -1,5 +1,5 @@
 //! Regression guards for the pure parts of the hot path (issue #13): encoding a `message`
-//! frame, planning a stored batch (`plane::pipeline`), the hub's fan-out to 1000 member
+//! frame, joining queued frames into one batched WebSocket message, planning a stored batch (`plane::pipeline`), the hub's fan-out to 1000 member
 //! connections, and one group commit of the embedded store (a real fsync, so its numbers
 //! follow the disk).
 //!
@@ -41,6 +41,18 @@ fn encode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("message_frame", |b| {
         b.iter(|| protocol::message_frame(black_box(&m)))
+    });
+    // A batched WebSocket message (`/ws?…&batch=1`): 16 queued frames joined, one per line.
+    let queued: Vec<_> = (0..16)
+        .map(|i| frame(protocol::message_frame(&message(7, i))))
+        .collect();
+    g.throughput(Throughput::Elements(16));
+    g.bench_function("join_16_frames", |b| {
+        b.iter_batched(
+            || queued.clone(),
+            |f| chat_server::ws::join_frames(black_box(f)),
+            BatchSize::SmallInput,
+        )
     });
     g.finish();
 }
