@@ -110,6 +110,12 @@ pub struct ClusterArgs {
     /// servers'; the Sentinels are asked without authentication).
     #[arg(long, env = "CHAT_REDIS_URL", default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
+
+    /// Fault injection for the failure tests (hidden): this many ms after start, the edge's
+    /// first Kafka producer stops delivering records (each fails as timed out), as a stuck
+    /// librdkafka producer does, so the test can watch the producer watchdog replace it.
+    #[arg(long, hide = true)]
+    pub fault_stuck_producer_after_ms: Option<u64>,
 }
 
 impl ClusterArgs {

@@ -33,6 +33,8 @@ pub struct Metrics {
     pub errors: Family<CodeLabel, Counter>,
     pub slow_consumers: Counter,
     pub receipts_flushed: Counter,
+    /// Kafka send producers replaced by the edge's watchdog (stuck or fatal).
+    pub producer_restarts: Counter,
     /// From the server receiving a send to the message being queued on each recipient socket.
     pub delivery_latency: Histogram,
     /// From receiving a send to the durable ack.
@@ -55,6 +57,7 @@ impl Metrics {
         let errors = Family::<CodeLabel, Counter>::default();
         let slow_consumers = Counter::default();
         let receipts_flushed = Counter::default();
+        let producer_restarts = Counter::default();
         let buckets = [
             0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
@@ -114,6 +117,12 @@ impl Metrics {
             receipts_flushed.clone(),
         );
         registry.register(
+            "chat_kafka_producer_restarts",
+            "Kafka send producers the edge replaced because they were stuck (no produce \
+             succeeded while the brokers answered) or reported a fatal error",
+            producer_restarts.clone(),
+        );
+        registry.register(
             "chat_delivery_latency_seconds",
             "Send received to message queued for each recipient",
             delivery_latency.clone(),
@@ -139,6 +148,7 @@ impl Metrics {
             errors,
             slow_consumers,
             receipts_flushed,
+            producer_restarts,
             delivery_latency,
             ack_latency,
             store_batch,

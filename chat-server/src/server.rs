@@ -357,14 +357,17 @@ impl Server {
         let redis = Redis::connect(&c.redis_url, &c.cluster, wait).await?;
         let common = Common::new(&cfg, store.clone(), &secret, edge)?;
         let producer = if edge {
-            Some(Arc::new(SendProducer::new(
-                &c.kafka_brokers,
-                c.topic(),
-                node_id.clone(),
-                Duration::from_millis(cfg.ack_timeout_ms),
-                common.metrics.clone(),
-                common.tasks.clone(),
-            )?))
+            Some(Arc::new(
+                SendProducer::new(
+                    &c.kafka_brokers,
+                    c.topic(),
+                    node_id.clone(),
+                    Duration::from_millis(cfg.ack_timeout_ms),
+                    common.metrics.clone(),
+                    common.tasks.clone(),
+                )?
+                .with_fault_stuck_after(c.fault_stuck_producer_after_ms.map(Duration::from_millis)),
+            ))
         } else {
             None
         };

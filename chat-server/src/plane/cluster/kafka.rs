@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How long librdkafka keeps trying to deliver a record before the send fails (a Kafka
 /// outage longer than this turns into `unavailable` errors, never into silent loss).
-const MESSAGE_TIMEOUT_MS: &str = "5000";
+pub const MESSAGE_TIMEOUT_MS: u64 = 5000;
 
 static SECURITY: std::sync::OnceLock<Vec<(&'static str, String)>> = std::sync::OnceLock::new();
 
@@ -37,7 +37,7 @@ pub fn producer_config(brokers: &str) -> ClientConfig {
         .set("linger.ms", "1")
         // Nagle's algorithm holds small produce requests back (tens of ms on loopback).
         .set("socket.nagle.disable", "true")
-        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+        .set("message.timeout.ms", MESSAGE_TIMEOUT_MS.to_string())
         .set("socket.keepalive.enable", "true");
     c
 }

@@ -2,6 +2,16 @@
 //! keyed by `chat_id` (a chat's messages share a partition and keep their order), and each
 //! waits here, by correlation id, for the sequencer's answer (or a produce failure, or the
 //! ack timeout).
+//!
+//! A watchdog replaces the producer when it is stuck: librdkafka's producer has been seen to
+//! time out every record for minutes after the broker's pod was replaced while the broker
+//! answered everyone else (CI, `node_day2`, 2026-11-30: one edge of two never recovered; the
+//! same is reported in confluent-kafka-go#528). When no produce succeeded for
+//! [`STUCK_AFTER`], at least [`STUCK_FAILURES`] failed since, and the cluster answers a
+//! metadata request from a new client (so this is not an outage, where a new producer would
+//! fail too), the producer is replaced by a new one (at most once per [`RECREATE_EVERY`]); a producer that
+//! reports a fatal error is replaced at once. Records still queued in the old one fail with
+//! `unavailable`, and clients resend them with the same `client_msg_id` (never duplicated).
 
 use super::kafka::producer_config;
 use crate::error::{Error, Result};
@@ -10,7 +20,7 @@ use crate::model::{Ack, now_ms};
 use crate::plane::wire::{self, SendRecord};
 use crate::plane::{ReplyTo, Submission};
 use parking_lot::Mutex;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer, PurgeConfig};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +35,64 @@ struct Pending {
     since: Instant,
 }
 
+/// No produce succeeded for this long (and [`STUCK_FAILURES`] failed): check the producer.
+pub const STUCK_AFTER: Duration = Duration::from_secs(15);
+/// Failed produces since the last success before the producer counts as stuck.
+pub const STUCK_FAILURES: u32 = 3;
+/// At most one replacement per this long.
+pub const RECREATE_EVERY: Duration = Duration::from_secs(30);
+
+/// What the watchdog knows about the producer's recent results.
+#[derive(Debug, Clone, Copy)]
+pub struct Health {
+    last_ok: Instant,
+    failures: u32,
+    last_recreate: Option<Instant>,
+}
+
+impl Health {
+    pub fn new(now: Instant) -> Self {
+        Health {
+            last_ok: now,
+            failures: 0,
+            last_recreate: None,
+        }
+    }
+
+    pub fn ok(&mut self, now: Instant) {
+        self.last_ok = now;
+        self.failures = 0;
+    }
+
+    pub fn failed(&mut self) {
+        self.failures = self.failures.saturating_add(1);
+    }
+
+    /// Whether the producer should be checked (and replaced if the cluster answers): nothing
+    /// succeeded for [`STUCK_AFTER`], enough failed since, and no replacement in the last
+    /// [`RECREATE_EVERY`].
+    pub fn suspect(&self, now: Instant) -> bool {
+        self.failures >= STUCK_FAILURES
+            && now.duration_since(self.last_ok) >= STUCK_AFTER
+            && self
+                .last_recreate
+                .is_none_or(|t| now.duration_since(t) >= RECREATE_EVERY)
+    }
+
+    /// A new producer took over at `now`: its own record starts clean.
+    pub fn replaced(&mut self, now: Instant) {
+        self.last_recreate = Some(now);
+        self.last_ok = now;
+        self.failures = 0;
+    }
+}
+
 /// Produces sends and matches answers to waiting replies.
 pub struct SendProducer {
-    producer: FutureProducer,
+    /// Replaced by the watchdog when stuck; each send uses the one current when it starts.
+    producer: parking_lot::RwLock<Arc<FutureProducer>>,
+    brokers: String,
+    health: Mutex<Health>,
     topic: String,
     node: String,
     next: AtomicU64,
@@ -36,6 +101,11 @@ pub struct SendProducer {
     metrics: Arc<Metrics>,
     /// Where each produce's completion is awaited (the process's task tracker).
     tasks: TaskTracker,
+    /// Fault injection (`--fault-stuck-producer-after-ms`, failure tests only): from this
+    /// instant the first producer takes no record (each fails as timed out) until replaced.
+    fault_stuck_from: Option<Instant>,
+    /// Producers made so far (1 = the first).
+    generation: AtomicU64,
 }
 
 impl SendProducer {
@@ -51,7 +121,9 @@ impl SendProducer {
             .create()
             .map_err(|e| anyhow::anyhow!("Kafka producer for {brokers}: {e}"))?;
         Ok(SendProducer {
-            producer,
+            producer: parking_lot::RwLock::new(Arc::new(producer)),
+            brokers: brokers.to_string(),
+            health: Mutex::new(Health::new(Instant::now())),
             topic,
             node,
             // Unique across restarts of this node id: answers meant for a previous run are
@@ -61,7 +133,27 @@ impl SendProducer {
             timeout,
             metrics,
             tasks,
+            fault_stuck_from: None,
+            generation: AtomicU64::new(1),
         })
+    }
+
+    /// Arm the stuck-producer fault `after` from now (see `fault_stuck_from`).
+    pub fn with_fault_stuck_after(mut self, after: Option<Duration>) -> Self {
+        if let Some(after) = after {
+            tracing::warn!(
+                ?after,
+                "fault injection: the first Kafka producer gets stuck"
+            );
+            self.fault_stuck_from = Some(Instant::now() + after);
+        }
+        self
+    }
+
+    /// Whether the injected fault holds the current producer.
+    fn fault_stuck(&self) -> bool {
+        self.fault_stuck_from
+            .is_some_and(|t| Instant::now() >= t && self.generation.load(Ordering::Relaxed) == 1)
     }
 
     /// Produce the send; its answer comes back through [`answer`](Self::answer). Records of
@@ -96,9 +188,21 @@ impl SendProducer {
                 since: s.received,
             },
         );
-        let sent = self
-            .producer
-            .send_result(FutureRecord::to(&self.topic).key(&key).payload(&payload));
+        if self.fault_stuck() {
+            // What a stuck producer does: hold the record until message.timeout.ms, then fail.
+            let me = self.clone();
+            self.tasks.spawn(async move {
+                tokio::time::sleep(Duration::from_millis(super::kafka::MESSAGE_TIMEOUT_MS)).await;
+                me.health.lock().failed();
+                me.not_taken(
+                    corr,
+                    "MessageTimedOut (injected fault: stuck producer)".into(),
+                );
+            });
+            return Ok(());
+        }
+        let producer = self.producer.read().clone();
+        let sent = producer.send_result(FutureRecord::to(&self.topic).key(&key).payload(&payload));
         match sent {
             Err((e, _)) => self.not_taken(corr, e.to_string()),
             Ok(delivery) => {
@@ -106,8 +210,14 @@ impl SendProducer {
                 let t = Instant::now();
                 self.tasks.spawn(async move {
                     match delivery.await {
-                        Ok(Ok(_)) => me.metrics.stage("produce", t.elapsed().as_secs_f64()),
-                        Ok(Err((e, _))) => me.not_taken(corr, e.to_string()),
+                        Ok(Ok(_)) => {
+                            me.health.lock().ok(Instant::now());
+                            me.metrics.stage("produce", t.elapsed().as_secs_f64())
+                        }
+                        Ok(Err((e, _))) => {
+                            me.health.lock().failed();
+                            me.not_taken(corr, e.to_string())
+                        }
                         Err(_) => me.not_taken(corr, "producer closed".into()),
                     }
                 });
@@ -192,14 +302,86 @@ impl SendProducer {
         }
     }
 
-    /// Answer sends whose confirmation did not come in time, until `stop`; then wait
-    /// (bounded) for queued records to reach Kafka and answer what is left.
+    /// The watchdog (see the module docs): replace the producer if it reports a fatal error,
+    /// or if it is [suspect](Health::suspect) while the cluster answers metadata requests.
+    async fn watch(self: &Arc<Self>) {
+        let now = Instant::now();
+        let current = self.producer.read().clone();
+        let why = if let Some((code, reason)) = current.client().fatal_error() {
+            format!("fatal producer error {code:?}: {reason}")
+        } else {
+            let health = *self.health.lock();
+            if !health.suspect(now) {
+                return;
+            }
+            // Ask with a new client: the stuck one's connections may be the broken part.
+            let (brokers, topic) = (self.brokers.clone(), self.topic.clone());
+            let probe = tokio::task::spawn_blocking(move || {
+                let probe: rdkafka::producer::BaseProducer =
+                    super::kafka::client_config(&brokers).create()?;
+                probe
+                    .client()
+                    .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                    .map(|m| {
+                        m.topics()
+                            .iter()
+                            .flat_map(|t| t.partitions())
+                            .all(|p| p.leader() >= 0)
+                    })
+            })
+            .await;
+            match probe {
+                Ok(Ok(true)) => format!(
+                    "{} sends failed and none succeeded for {} s, while the brokers answer                      and every partition has a leader",
+                    health.failures,
+                    now.duration_since(health.last_ok).as_secs()
+                ),
+                Ok(Ok(false)) | Ok(Err(_)) | Err(_) => {
+                    // An outage (or a leader election): a new producer would fail the same way.
+                    tracing::debug!("Kafka produce failing and the cluster is not answering");
+                    return;
+                }
+            }
+        };
+        match producer_config(&self.brokers).create::<FutureProducer>() {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *self.producer.write(), Arc::new(fresh));
+                self.generation.fetch_add(1, Ordering::Relaxed);
+                self.health.lock().replaced(Instant::now());
+                self.metrics.producer_restarts.inc();
+                tracing::warn!(
+                    cause = %why,
+                    "Kafka producer stuck: replaced it with a new one; records still queued in                      the old one are answered `unavailable` and clients resend them"
+                );
+                // Fail what the old producer still holds now, then let it go off the runtime
+                // (destroying a librdkafka handle blocks until its threads stop).
+                tokio::task::spawn_blocking(move || {
+                    old.purge(PurgeConfig::default().queue().inflight());
+                    drop(old);
+                });
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "Kafka producer stuck, but a new one cannot be made")
+            }
+        }
+    }
+
+    /// Answer sends whose confirmation did not come in time and run the watchdog, until
+    /// `stop`; then wait (bounded) for queued records to reach Kafka and answer what is left.
     pub async fn expire_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut ticks = 0u32;
         loop {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_millis(250)) => self.expire(),
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {
+                    self.expire();
+                    ticks = ticks.wrapping_add(1);
+                    if ticks.is_multiple_of(4) {
+                        self.watch().await;
+                    }
+                }
                 _ = stop.cancelled() => {
-                    if let Err(e) = self.producer.flush(Duration::from_secs(5)) {
+                    let producer = self.producer.read().clone();
+                    if let Err(e) = producer.flush(Duration::from_secs(5)) {
                         tracing::warn!(cause = %e, "Kafka producer flush on shutdown");
                     }
                     self.expire();
@@ -207,5 +389,55 @@ impl SendProducer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suspect_only_after_enough_failures_and_time_without_success() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        assert!(
+            !h.suspect(t0 + STUCK_AFTER * 2),
+            "no failures: never suspect"
+        );
+        for _ in 0..STUCK_FAILURES {
+            h.failed();
+        }
+        assert!(
+            !h.suspect(t0 + STUCK_AFTER / 2),
+            "failures, but too recent a success"
+        );
+        assert!(h.suspect(t0 + STUCK_AFTER));
+        h.ok(t0 + STUCK_AFTER);
+        assert!(
+            !h.suspect(t0 + STUCK_AFTER * 3),
+            "a success clears the failures"
+        );
+    }
+
+    #[test]
+    fn at_most_one_replacement_per_interval() {
+        let t0 = Instant::now();
+        let mut h = Health::new(t0);
+        let fail = |h: &mut Health| {
+            for _ in 0..STUCK_FAILURES {
+                h.failed();
+            }
+        };
+        fail(&mut h);
+        let t1 = t0 + STUCK_AFTER;
+        assert!(h.suspect(t1));
+        h.replaced(t1);
+        assert!(!h.suspect(t1), "the new producer starts clean");
+        fail(&mut h);
+        assert!(
+            !h.suspect(t1 + STUCK_AFTER),
+            "failing again, but replaced less than RECREATE_EVERY ago"
+        );
+        assert!(h.suspect(t1 + RECREATE_EVERY.max(STUCK_AFTER)));
     }
 }
