@@ -31,4 +31,10 @@ echo "== Kafka EndToEndLatency: 2000 records one at a time, acks=all (produce â†
 java -Xmx256m -cp "$CP" org.apache.kafka.tools.EndToEndLatency "$BROKERS" "$TOPIC" 2000 all 200 2>&1 \
   | grep -iE "avg|percentile" | tail -2
 echo "== CQL writes at $RATE/s for $SECONDS_ s ($CQL)"
-cargo run -q --release -p chat-server --example cql_probe -- "$CQL" "$RATE" "$SECONDS_"
+# The probe from BIN (as the distributed bench's binaries), else built here.
+PROBE=${BIN:-target/release}/examples/cql_probe
+if [[ -x "$PROBE" ]]; then
+  "$PROBE" "$CQL" "$RATE" "$SECONDS_"
+else
+  cargo run -q --release -p chat-server --example cql_probe -- "$CQL" "$RATE" "$SECONDS_"
+fi

@@ -106,28 +106,16 @@ async fn run(
             }
             out = rx.recv() => {
                 let Some(first) = out else { break None };
-                let write = async {
-                    if batched {
-                        // Whatever is queued leaves as one message: one write, one wake-up
-                        // on the client, however many frames a busy group produced.
-                        let mut frames = vec![first];
-                        let mut bytes = frames[0].len();
-                        while frames.len() < WRITE_BATCH && bytes < BATCH_BYTES {
-                            let Ok(f) = rx.try_recv() else { break };
-                            bytes += f.len() + 1;
-                            frames.push(f);
-                        }
-                        return socket.send(Message::Text(join_frames(frames))).await;
-                    }
-                    socket.feed(Message::Text(first)).await?;
-                    for _ in 1..WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(f) => socket.feed(Message::Text(f)).await?,
-                            Err(_) => break,
-                        }
-                    }
-                    socket.flush().await
-                };
+                // Whatever is queued goes out together (bounded): batched, as one message —
+                // one write, one wake-up on the client however many frames a busy group made.
+                let mut frames = vec![first];
+                let mut bytes = frames[0].len();
+                while frames.len() < WRITE_BATCH && bytes < BATCH_BYTES {
+                    let Ok(f) = rx.try_recv() else { break };
+                    bytes += f.len() + 1;
+                    frames.push(f);
+                }
+                let write = write_frames(&mut socket, frames, batched);
                 // A client that stops reading blocks this write; the kick (its queue filled
                 // meanwhile) or the timeout ends it.
                 tokio::select! {
@@ -159,15 +147,7 @@ async fn run(
                     Message::Close(_) => break None,
                 };
                 if !replies.is_empty() {
-                    let write = async {
-                        if batched {
-                            return socket.send(Message::Text(join_frames(replies))).await;
-                        }
-                        for r in replies {
-                            socket.feed(Message::Text(r)).await?;
-                        }
-                        socket.flush().await
-                    };
+                    let write = write_frames(&mut socket, replies, batched);
                     if !matches!(timeout(WRITE_TIMEOUT, write).await, Ok(Ok(()))) {
                         break None;
                     }
@@ -191,6 +171,22 @@ async fn run(
         let _ = timeout(WRITE_TIMEOUT, socket.send(Message::Close(Some(frame)))).await;
     }
     session.close().await;
+}
+
+/// Write `frames` in order: as one message of lines when the client asked for batches
+/// (`batch=1`), else one message each, flushed once at the end.
+async fn write_frames(
+    socket: &mut WebSocket,
+    frames: Vec<crate::hub::Frame>,
+    batched: bool,
+) -> Result<(), axum::Error> {
+    if batched {
+        return socket.send(Message::Text(join_frames(frames))).await;
+    }
+    for f in frames {
+        socket.feed(Message::Text(f)).await?;
+    }
+    socket.flush().await
 }
 
 /// Several encoded frames as one WebSocket text message, separated by `\n` (the `batch=1`

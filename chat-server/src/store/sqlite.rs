@@ -136,15 +136,16 @@ fn checkpointer(
         std::thread::park_timeout(every);
         // (busy, frames in the WAL, frames backfilled into the database so far)
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
-            Ok(n) if n > 0 => {
-                if n != backfilled
-                    && let Some(Err(e)) = db.as_ref().map(paced_sync)
-                {
+            // Only a checkpoint that copied something new is written back and signalled (the
+            // count is cumulative over the WAL's current generation).
+            Ok(n) if n > 0 && n != backfilled => {
+                if let Some(Err(e)) = db.as_ref().map(paced_sync) {
                     tracing::warn!(cause = %e, "fsync of the database after a checkpoint failed");
                 }
                 backfilled = n;
                 copied.store(true, std::sync::atomic::Ordering::Release);
             }
+            Ok(n) if n > 0 => {}
             Ok(_) => backfilled = 0,
             Err(e) => tracing::warn!(cause = %e, "wal checkpoint failed"),
         }
