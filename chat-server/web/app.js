@@ -361,7 +361,8 @@ const conn = {
 
   wsUrl() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}`;
+    // batch=1: frames queued together arrive as one message, one JSON frame per line.
+    return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}&batch=1`;
   },
 
   connectWs({ probe = false } = {}) {
@@ -381,13 +382,7 @@ const conn = {
       this.setState(this.hellos ? 'reconnecting' : 'connecting');
     }
     const probeTimeout = probe ? setTimeout(() => { if (!gotHello) ws.close(); }, 8000) : null;
-    ws.onmessage = (ev) => {
-      let f;
-      try {
-        f = JSON.parse(ev.data);
-      } catch {
-        return;
-      }
+    const onFrame = (f) => {
       if (this.ws !== ws) {
         // A probe from long-poll mode: promote it on its hello.
         if (probe && !gotHello && f.type === 'hello' && !this.stopped) {
@@ -405,6 +400,18 @@ const conn = {
       }
       this.lastRx = now();
       handleFrame(f);
+    };
+    ws.onmessage = (ev) => {
+      // One message may carry several frames, one per line (batch=1), in order.
+      for (const line of String(ev.data).split('\n')) {
+        let f;
+        try {
+          f = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        onFrame(f);
+      }
     };
     ws.onclose = () => {
       clearTimeout(probeTimeout);
