@@ -275,21 +275,35 @@ impl Sequencer {
     }
 
     /// One partition's worker: batches of what is queued, in order, until the dispatcher
-    /// drops its queue.
+    /// drops its queue. Two stages overlap: while one batch is appended to the store, the
+    /// previous batch's fan-out (recent cache, routes, publish with its acks, push, offset)
+    /// runs. At most one fan-out is in flight and each starts after the previous one ended,
+    /// so edges get batches (and acks) in order and offsets are stored in order; a batch is
+    /// appended only after the previous append finished, so sequencing is as before. Under
+    /// load this hides the Redis round trips (~9 ms per batch measured) behind the next
+    /// append (~30 ms); an idle worker finishes its fan-out before waiting for records.
     async fn work(self: Arc<Self>, partition: i32, mut rx: tokio::sync::mpsc::Receiver<Consumed>) {
         let mut dirty: HashSet<ChatId> = HashSet::new();
         let mut retry = tokio::time::interval(DIRTY_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch: Vec<Consumed> = Vec::with_capacity(BATCH);
+        // The previous batch's fan-out; it hands the set of chats whose cache update failed
+        // back when it ends.
+        let mut fan_out: Option<tokio::task::JoinHandle<HashSet<ChatId>>> = None;
         loop {
+            if rx.is_empty()
+                && let Some(prev) = fan_out.take()
+            {
+                dirty = finished(prev).await;
+            }
             let first = tokio::select! {
                 r = rx.recv() => r,
-                _ = retry.tick(), if !dirty.is_empty() => {
+                _ = retry.tick(), if fan_out.is_none() && !dirty.is_empty() => {
                     drop_dirty(&self.redis, &mut dirty).await;
                     continue;
                 }
             };
             let Some(first) = first else { break };
+            let mut batch: Vec<Consumed> = Vec::with_capacity(BATCH);
             batch.push(first);
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -302,29 +316,42 @@ impl Sequencer {
             let epoch = batch.last().map_or(0, |r| r.epoch);
             batch.retain(|r| r.epoch == epoch);
             if !self.owned.begin(partition, epoch) {
-                batch.clear();
                 continue;
             }
-            if !dirty.is_empty() {
-                drop_dirty(&self.redis, &mut dirty).await;
+            let results = self.append_stage(&batch).await;
+            if let Some(prev) = fan_out.take() {
+                dirty = finished(prev).await;
             }
-            self.process(&batch, &mut dirty).await;
-            if let Some(last) = batch.iter().map(|r| r.offset).max()
-                && let Err(e) = self.consumer.store_offset(&self.topic, partition, last)
-            {
-                // Revoked meanwhile (only after the wait gave up): the new owner replays.
-                tracing::debug!(cause = %e, partition, "delivery: offset not stored");
-            }
-            self.owned.end(partition);
-            batch.clear();
+            let mut carried = std::mem::take(&mut dirty);
+            let me = self.clone();
+            fan_out = Some(tokio::spawn(async move {
+                if !carried.is_empty() {
+                    drop_dirty(&me.redis, &mut carried).await;
+                }
+                if let Some(results) = results {
+                    me.fan_out_stage(&batch, results, &mut carried).await;
+                }
+                if let Some(last) = batch.iter().map(|r| r.offset).max()
+                    && let Err(e) = me.consumer.store_offset(&me.topic, partition, last)
+                {
+                    // Revoked meanwhile (only after the wait gave up): the new owner replays.
+                    tracing::debug!(cause = %e, partition, "delivery: offset not stored");
+                }
+                me.owned.end(partition);
+                carried
+            }));
+        }
+        if let Some(prev) = fan_out.take() {
+            finished(prev).await;
         }
     }
 
-    async fn process(&self, batch: &[Consumed], dirty: &mut HashSet<ChatId>) {
+    /// Store a batch's records (`None` when it has none).
+    async fn append_stage(&self, batch: &[Consumed]) -> Option<Vec<Result<Appended>>> {
         let m = &self.metrics;
         let records: Vec<&SendRecord> = batch.iter().filter_map(|t| t.record.as_ref()).collect();
         if records.is_empty() {
-            return;
+            return None;
         }
         m.store_batch.observe(records.len() as f64);
         let consumed = now_ms();
@@ -337,6 +364,19 @@ impl Sequencer {
         let t = std::time::Instant::now();
         let results = append(&self.store, &records).await;
         m.stage("append", t.elapsed().as_secs_f64());
+        Some(results)
+    }
+
+    /// A stored batch's fan-out: the recent cache, routes, one publish per edge with the
+    /// messages and the acks, push for those offline.
+    async fn fan_out_stage(
+        &self,
+        batch: &[Consumed],
+        results: Vec<Result<Appended>>,
+        dirty: &mut HashSet<ChatId>,
+    ) {
+        let m = &self.metrics;
+        let records: Vec<&SendRecord> = batch.iter().filter_map(|t| t.record.as_ref()).collect();
         let stored: Vec<Stored> = records
             .iter()
             .zip(&results)
@@ -438,6 +478,15 @@ impl Sequencer {
             p.enqueue(push).await;
         }
     }
+}
+
+/// Wait for a fan-out stage; its dirty chats (empty if it panicked: logged, and those
+/// chats' cached runs then expire instead of being dropped).
+async fn finished(stage: tokio::task::JoinHandle<HashSet<ChatId>>) -> HashSet<ChatId> {
+    stage.await.unwrap_or_else(|e| {
+        tracing::error!(cause = %e, "delivery: a fan-out stage failed");
+        HashSet::new()
+    })
 }
 
 fn consumed(m: &rdkafka::message::BorrowedMessage<'_>, epoch: u64) -> Consumed {
