@@ -324,7 +324,13 @@ impl Sequencer {
             }
             let mut carried = std::mem::take(&mut dirty);
             let me = self.clone();
+            let in_flight = InFlight {
+                owned: self.owned.clone(),
+                partition,
+            };
             fan_out = Some(tokio::spawn(async move {
+                // Ends the batch for the hand-over even if this stage panics.
+                let _in_flight = in_flight;
                 if !carried.is_empty() {
                     drop_dirty(&me.redis, &mut carried).await;
                 }
@@ -337,7 +343,6 @@ impl Sequencer {
                     // Revoked meanwhile (only after the wait gave up): the new owner replays.
                     tracing::debug!(cause = %e, partition, "delivery: offset not stored");
                 }
-                me.owned.end(partition);
                 carried
             }));
         }
@@ -477,6 +482,18 @@ impl Sequencer {
         if let Some(p) = &self.push {
             p.enqueue(push).await;
         }
+    }
+}
+
+/// A batch counted in flight for the hand-over ([`Ownership::begin`]) until dropped.
+struct InFlight {
+    owned: Arc<Ownership>,
+    partition: i32,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.owned.end(self.partition);
     }
 }
 
