@@ -361,8 +361,7 @@ const conn = {
 
   wsUrl() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    // batch=1: frames queued together arrive as one message, one JSON frame per line.
-    return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}&batch=1`;
+    return `${proto}//${location.host}/ws?token=${encodeURIComponent(S.token)}`;
   },
 
   connectWs({ probe = false } = {}) {
@@ -382,7 +381,13 @@ const conn = {
       this.setState(this.hellos ? 'reconnecting' : 'connecting');
     }
     const probeTimeout = probe ? setTimeout(() => { if (!gotHello) ws.close(); }, 8000) : null;
-    const onFrame = (f) => {
+    ws.onmessage = (ev) => {
+      let f;
+      try {
+        f = JSON.parse(ev.data);
+      } catch {
+        return;
+      }
       if (this.ws !== ws) {
         // A probe from long-poll mode: promote it on its hello.
         if (probe && !gotHello && f.type === 'hello' && !this.stopped) {
@@ -400,18 +405,6 @@ const conn = {
       }
       this.lastRx = now();
       handleFrame(f);
-    };
-    ws.onmessage = (ev) => {
-      // One message may carry several frames, one per line (batch=1), in order.
-      for (const line of String(ev.data).split('\n')) {
-        let f;
-        try {
-          f = JSON.parse(line);
-        } catch {
-          continue;
-        }
-        onFrame(f);
-      }
     };
     ws.onclose = () => {
       clearTimeout(probeTimeout);

@@ -332,7 +332,8 @@ impl SendProducer {
             .await;
             match probe {
                 Ok(Ok(true)) => format!(
-                    "{} sends failed and none succeeded for {} s, while the brokers answer                      and every partition has a leader",
+                    "{} sends failed and none succeeded for {} s, while the brokers answer \
+                     and every partition has a leader",
                     health.failures,
                     now.duration_since(health.last_ok).as_secs()
                 ),
@@ -351,7 +352,8 @@ impl SendProducer {
                 self.metrics.producer_restarts.inc();
                 tracing::warn!(
                     cause = %why,
-                    "Kafka producer stuck: replaced it with a new one; records still queued in                      the old one are answered `unavailable` and clients resend them"
+                    "Kafka producer stuck: replaced it with a new one; records still queued in \
+                     the old one are answered `unavailable` and clients resend them"
                 );
                 // Fail what the old producer still holds now, then let it go off the runtime
                 // (destroying a librdkafka handle blocks until its threads stop).

@@ -318,18 +318,18 @@ impl Sequencer {
             if !self.owned.begin(partition, epoch) {
                 continue;
             }
+            // Ends the batch for the hand-over when dropped, even if a stage panics.
+            let in_flight = InFlight {
+                owned: self.owned.clone(),
+                partition,
+            };
             let results = self.append_stage(&batch).await;
             if let Some(prev) = fan_out.take() {
                 dirty = finished(prev).await;
             }
             let mut carried = std::mem::take(&mut dirty);
             let me = self.clone();
-            let in_flight = InFlight {
-                owned: self.owned.clone(),
-                partition,
-            };
             fan_out = Some(tokio::spawn(async move {
-                // Ends the batch for the hand-over even if this stage panics.
                 let _in_flight = in_flight;
                 if !carried.is_empty() {
                     drop_dirty(&me.redis, &mut carried).await;
