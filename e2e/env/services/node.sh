@@ -517,13 +517,21 @@ PV
 	fi
 	grep -v 'The Recycle reclaim policy is deprecated' <<<"$err" >&2 || true
 	# Our PVs whose recycling failed (or that stayed Released): scrub on the host, free them.
+	# Available ones must be empty too: a run that ended with the node torn down while a
+	# namespace still held its volumes leaves their data on the host, and the next start
+	# recreated those PVs as Available with it (a managed Cassandra then found another
+	# cluster's system keyspace and refused to start: "Saved cluster name tern-dev !=
+	# configured name tern-tls", CI of 2026-11-30).
 	local name phase path
 	while read -r name phase path; do
-		[[ "$phase" == Failed || "$phase" == Released ]] || continue
+		[[ "$phase" == Failed || "$phase" == Released || "$phase" == Available ]] || continue
 		[[ "$path" == "$PV_DIR/"* ]] || continue
+		[[ "$phase" != Available || -n "$(ls -A "$path" 2>/dev/null)" ]] || continue
 		find "$path" -mindepth 1 -maxdepth 1 -exec rm -rf {} +
-		kubectl_ patch pv "$name" --type json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null 2>&1 || true
-		log "PV $name was $phase: scrubbed $path, available again"
+		if [[ "$phase" != Available ]]; then
+			kubectl_ patch pv "$name" --type json -p '[{"op":"remove","path":"/spec/claimRef"}]' >/dev/null 2>&1 || true
+		fi
+		log "PV $name was $phase with data left on the host: scrubbed $path, available again"
 	done < <(kubectl_ get pv -l tern.e2e/node-pv=true -o jsonpath='{range .items[*]}{.metadata.name} {.status.phase} {.spec.hostPath.path}{"\n"}{end}')
 }
 
