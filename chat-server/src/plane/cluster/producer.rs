@@ -42,6 +42,20 @@ pub const STUCK_FAILURES: u32 = 3;
 /// At most one replacement per this long.
 pub const RECREATE_EVERY: Duration = Duration::from_secs(30);
 
+/// Whether a record refused at once by `send_result` says something about the producer (and
+/// so counts toward [`Health::suspect`]). A full local queue does: a producer that delivers
+/// nothing keeps every record until `message.timeout.ms`, its queue fills, and from then on
+/// every send is refused here without a delivery report — without counting these the
+/// watchdog would never see it fail. Refusals about the record itself (too large, unknown
+/// topic or partition) do not: a new producer would refuse them too.
+pub fn refusal_counts_against_producer(e: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    matches!(
+        e,
+        KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+    )
+}
+
 /// What the watchdog knows about the producer's recent results.
 #[derive(Debug, Clone, Copy)]
 pub struct Health {
@@ -204,7 +218,12 @@ impl SendProducer {
         let producer = self.producer.read().clone();
         let sent = producer.send_result(FutureRecord::to(&self.topic).key(&key).payload(&payload));
         match sent {
-            Err((e, _)) => self.not_taken(corr, e.to_string()),
+            Err((e, _)) => {
+                if refusal_counts_against_producer(&e) {
+                    self.health.lock().failed();
+                }
+                self.not_taken(corr, e.to_string())
+            }
             Ok(delivery) => {
                 let me = self.clone();
                 let t = Instant::now();
@@ -419,6 +438,24 @@ mod tests {
             !h.suspect(t0 + STUCK_AFTER * 3),
             "a success clears the failures"
         );
+    }
+
+    #[test]
+    fn a_full_queue_counts_against_the_producer_a_bad_record_does_not() {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        assert!(refusal_counts_against_producer(
+            &KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+        ));
+        for code in [
+            RDKafkaErrorCode::MessageSizeTooLarge,
+            RDKafkaErrorCode::UnknownPartition,
+            RDKafkaErrorCode::UnknownTopic,
+        ] {
+            assert!(
+                !refusal_counts_against_producer(&KafkaError::MessageProduction(code)),
+                "{code:?}"
+            );
+        }
     }
 
     #[test]
