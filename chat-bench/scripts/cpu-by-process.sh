@@ -9,7 +9,7 @@
 #   chat-bench/scripts/cpu-by-process.sh OUT [RATE]        # RATE default 2000
 #
 # Prints CPU seconds, µs per message and share per component. The measured window is the
-# bench's 10 s after warm-up, so messages = RATE × 10.
+# bench's own (after its warm-up, read from its report), so messages = RATE × that window.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:?OUT}; RATE=${2:-2000}
@@ -52,8 +52,10 @@ a, b = read(f"{out}/cpu-start"), read(f"{out}/cpu-end")
 cpu = collections.Counter()
 for k, t in b.items():
     cpu[k[0]] += t - a.get(k, 0)
-msgs = rate * 10
 text = open(f"{out}/direct-{rate}.txt").read()
+# The measured window, as chat-bench reports it ("… 10 s (+5 s warm-up)").
+measured_s = int(re.search(r"recipients/msg, (\d+) s \(\+", text).group(1))
+msgs = rate * measured_s
 lat = re.search(r"delivery \(sent→recv\)\s+[\d,]+\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", text)
 print(f"{rate} msg/s, {msgs} messages measured; delivery p50/p90/p99 ms: {' / '.join(lat.groups()) if lat else '?'}")
 total = sum(cpu.values())
