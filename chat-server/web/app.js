@@ -749,8 +749,10 @@ function onMessages(chatId, list, source) {
     }
     chat.last_seq = Math.max(chat.last_seq, m.seq);
     if (!chat.lastMsg || m.seq >= chat.lastMsg.seq) chat.lastMsg = m;
-    if (!log.loaded && source !== 'history') {
+    if (!log.loaded && !log.loading && source !== 'history') {
       // Not opened yet: keep only the newest (for the preview); history fills the rest.
+      // While the first page is loading, hold what arrives (our own acked sends included):
+      // the page may have been read before it, and loadHistory merges what is held.
       continue;
     }
     log.bySeq.set(m.seq, m);
@@ -1611,7 +1613,12 @@ async function loadHistory(chatId) {
     // Live messages held before the page: keep only those at or above the page.
     const first = msgs.length ? Number(msgs[0].seq) : null;
     if (first != null) {
-      for (const seq of [...log.bySeq.keys()]) if (seq < first) log.bySeq.delete(seq);
+      for (const [seq, m] of [...log.bySeq]) {
+        if (seq < first) {
+          log.bySeq.delete(seq);
+          log.ids.delete(m.message_id); // older pages bring it back
+        }
+      }
     }
     log.lowest = first ?? (log.bySeq.size ? Math.min(...log.bySeq.keys()) : 1);
     log.top = log.lowest - 1;

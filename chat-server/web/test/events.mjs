@@ -34,7 +34,7 @@ async function main() {
   console.log(`server ${BASE}; browsers use ${H.appUrl}${LOCAL_WEB ? ' (web files from this checkout)' : ''}`);
   const stamp = Date.now().toString(36);
   const tok = {};
-  for (const id of [101, 102, 103]) tok[id] = await token(id);
+  for (const id of [101, 102, 103, 104]) tok[id] = await token(id);
   let a; // user 101 "Alice ✓"
   let b; // user 102 named like HTML, WebSocket
   let b2; // user 102's second device, long-poll
@@ -173,6 +173,48 @@ async function main() {
     // The other device (WebSocket) has the group open too: read-only there as well.
     await b.page.locator('#composer-input[disabled]').waitFor();
     await shot(b2, 'e04-removed');
+  });
+
+  await step('a message sent while the chat\'s first page is loading keeps its bubble and its tick', async () => {
+    // The race CI hit: the first history page is read before the send commits and reaches the
+    // browser after the ack. The page is held in the browser until the server has the message.
+    const chat = await http('POST', '/v1/chats', { type: 'direct', members: [101] }, tok[104]);
+    await chatItem(a.page, 'User 104').waitFor();
+    let release;
+    const released = new Promise((r) => { release = r; });
+    let held = null;
+    const heldSeen = new Promise((r) => { held = r; });
+    const isFirstPage = (url) => url.pathname === `/v1/chats/${chat.chat_id}/messages` && url.searchParams.get('limit') === '50' && !url.searchParams.has('before_seq');
+    await a.page.route(isFirstPage, async (route) => {
+      const response = await route.fetch(); // read now: the message is not there yet
+      held();
+      await released;
+      await route.fulfill({ response });
+    });
+    try {
+      await chatItem(a.page, 'User 104').click();
+      await heldSeen;
+      const text = `sent while loading ${stamp}`;
+      await a.page.locator('#composer-input').fill(text);
+      await a.page.locator('#composer-input').press('Enter');
+      // Wait until the server has committed it (so the ack is on its way or in), then let the
+      // stale page through.
+      const deadline = Date.now() + 10000;
+      for (;;) {
+        const page = await http('GET', `/v1/chats/${chat.chat_id}/messages?limit=5`, undefined, tok[104]);
+        if ((page.messages || []).some((m) => m.content === text)) break;
+        if (Date.now() > deadline) throw new Error('the server never stored the message');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      release();
+      const mine = a.page.locator('.msg.mine').filter({ hasText: text });
+      await mine.locator('.ticks:not([data-status=pending])').waitFor({ timeout: 8000 });
+      if ((await mine.count()) !== 1) throw new Error(`${await mine.count()} bubbles for one message`);
+    } finally {
+      release();
+      await a.page.unroute(isFirstPage);
+    }
   });
 
   await step('no dialogs (no injected script) and no page errors', async () => {
