@@ -40,6 +40,8 @@ on_failure() {
 }
 trap 'on_failure' ERR
 
+# The cut test needs iptables, which a fresh machine may not have.
+(source e2e/env/lib.sh && apt_install $HA_APT_PACKAGES)
 e2e/env/up.sh redis-ha kafka-ha cassandra-ha
 echo "==> HA services up after $(( $(date +%s) - T0 )) s"
 eval "$(e2e/env/env.sh)"

@@ -9,9 +9,12 @@
 # Debian 12 ships redis-server 7.0.x; we take what apt has and record it.
 REDIS_APT_PACKAGES="redis-server redis-tools"
 # The Kubernetes node (services/node.sh): containerd 1.6.20, runc 1.1.5, CNI plugins 1.1.1 on
-# Debian 12; busybox-static 1.35.0 goes into the test image; nftables only to drop the empty
-# iptables tables kube-proxy leaves behind at `down`.
-NODE_APT_PACKAGES="containerd runc containernetworking-plugins busybox-static nftables gcc libc6-dev"
+# Debian 12; busybox-static 1.35.0 goes into the test image; iptables for kube-proxy and the
+# node's own isolation rules (not on every fresh machine: a clean VM of this kind had none);
+# nftables only to drop the empty iptables tables kube-proxy leaves behind at `down`.
+NODE_APT_PACKAGES="containerd runc containernetworking-plugins busybox-static iptables nftables gcc libc6-dev"
+# e2e/test-ha.sh's cut test (iptables rules on a group id).
+HA_APT_PACKAGES="iptables"
 
 # --- Maven Central -----------------------------------------------------------------------
 KAFKA_VERSION="4.1.1"              # org.apache.kafka:kafka_2.13 (KRaft only in 4.x)
