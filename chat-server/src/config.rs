@@ -307,13 +307,6 @@ pub struct ServeConfig {
     #[arg(long, env = "CHAT_COMMIT_BATCH", default_value_t = 1024)]
     pub commit_batch: usize,
 
-    /// Embedded store: make message-only commits durable with one append to
-    /// `<data-dir>/messages.log` (fdatasync) instead of an fsync of SQLite's WAL. Same
-    /// promise (the ack follows a durable write); `--message-log false` fsyncs the WAL on every
-    /// commit (slower; for comparison). A log left by an earlier run is replayed either way.
-    #[arg(long, env = "CHAT_MESSAGE_LOG", default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
-    pub message_log: bool,
-
     #[command(flatten)]
     pub media: Box<crate::media::config::MediaArgs>,
 

@@ -267,9 +267,9 @@ impl Server {
         }
         let (secret, _) = resolve_secret(cfg.jwt_secret.as_deref(), &cfg.data_dir)?;
         let store = Arc::new(
-            SqliteStore::open_with(&cfg.data_dir, cfg.commit_batch, cfg.message_log).map_err(
-                |e| anyhow::anyhow!("opening the store in {}: {e}", cfg.data_dir.display()),
-            )?,
+            SqliteStore::open(&cfg.data_dir, cfg.commit_batch).map_err(|e| {
+                anyhow::anyhow!("opening the store in {}: {e}", cfg.data_dir.display())
+            })?,
         );
         let listener = bind(cfg.listen, cfg.reuse_port)?;
         let addr = listener.local_addr()?;

@@ -7,7 +7,6 @@
 //! Reads use a small pool of read-only connections on the blocking thread pool.
 
 mod media;
-pub mod msglog;
 mod users;
 
 use super::{Appended, MessagePage, Page, Store, UserChat};
@@ -211,16 +210,8 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Open (and create or migrate) `<dir>/tern.db` and start the writer thread, with the
-    /// message redo log (`msglog`).
+    /// Open (and create or migrate) `<dir>/tern.db` and start the writer thread.
     pub fn open(dir: &Path, commit_batch: usize) -> Result<Self> {
-        Self::open_with(dir, commit_batch, true)
-    }
-
-    /// As [`SqliteStore::open`]; `message_log: false` makes every commit fsync SQLite's WAL
-    /// (the store before the redo log; for comparison). A log a previous run left is
-    /// replayed either way.
-    pub fn open_with(dir: &Path, commit_batch: usize, message_log: bool) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("tern.db");
@@ -250,15 +241,6 @@ impl SqliteStore {
             }
             Some(_) => {}
         }
-        let log_path = dir.join(msglog::FILE);
-        replay(&conn, &log_path)?;
-        let log = if message_log {
-            Some(msglog::MessageLog::create(&log_path).map_err(|e| {
-                Error::internal(format!("cannot create {}: {e}", log_path.display()))
-            })?)
-        } else {
-            None
-        };
         let (tx, rx) = mpsc::channel(commit_batch.max(16) * 4);
         let batch = commit_batch.max(1);
         let copied = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -271,8 +253,6 @@ impl SqliteStore {
                         conn,
                         seqs: HashMap::new(),
                         copied,
-                        log,
-                        redo: Vec::new(),
                     }
                     .run(rx, batch)
                 })
@@ -395,10 +375,6 @@ struct Writer {
     /// Set by the background checkpointer after it copied frames: the writer's own
     /// checkpoint right after it has little left to copy and lets the WAL restart.
     copied: Arc<std::sync::atomic::AtomicBool>,
-    /// The message redo log (`msglog`); `None` when disabled.
-    log: Option<msglog::MessageLog>,
-    /// Records of the messages appended in the current transaction.
-    redo: Vec<u8>,
 }
 
 impl Writer {
@@ -419,14 +395,6 @@ impl Writer {
             }
             let mut shutdown = false;
             let mut done = Vec::with_capacity(ops.len());
-            // Only message appends may be made durable by the redo log; anything else in the
-            // batch makes it a synchronous SQLite commit. (SQLite refuses to change
-            // `synchronous` inside a transaction, so it is chosen before BEGIN.)
-            let via_log =
-                self.log.is_some() && ops.iter().all(|o| matches!(o, WriteOp::Append(..)));
-            if via_log {
-                self.set_synchronous(false);
-            }
             if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
                 tracing::error!(cause = %e, "sqlite BEGIN failed");
             }
@@ -436,40 +404,16 @@ impl Writer {
                     op => done.push(self.apply(op)),
                 }
             }
-            let logged = if via_log { self.log_redo() } else { None };
-            let mut committed = self.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
-            let mut synced = !via_log;
-            if via_log {
-                self.set_synchronous(true);
-                if committed.is_ok() && logged.is_none() && !self.redo.is_empty() {
-                    // Not in the log (full, or its write failed): make the commit durable the
-                    // usual way before anyone is answered.
-                    committed = self
-                        .sync_wal()
-                        .map_err(|e| format!("fsync of the WAL: {e}"));
-                    synced = true;
-                }
-            }
-            match committed {
-                Ok(()) => {
-                    if synced {
-                        // The WAL was fsynced: everything committed so far is durable.
-                        self.reset_log();
-                    }
-                    done.into_iter().for_each(Done::send)
-                }
+            match self.conn.execute_batch("COMMIT") {
+                Ok(()) => done.into_iter().for_each(Done::send),
                 Err(e) => {
                     tracing::error!(cause = %e, "sqlite COMMIT failed; the batch is rejected");
                     let _ = self.conn.execute_batch("ROLLBACK");
                     self.seqs.clear();
-                    if let Some(at) = logged {
-                        self.unlog(at);
-                    }
                     done.into_iter()
                         .for_each(|d| d.fail("the write could not be committed"));
                 }
             }
-            self.redo.clear();
             if self.copied.swap(false, std::sync::atomic::Ordering::AcqRel)
                 || wal_reset_at.elapsed() >= WAL_RESET_EVERY
             {
@@ -494,89 +438,12 @@ impl Writer {
     /// transaction writes the WAL from its start again. Never blocks on readers. Run after
     /// each background checkpoint that copied frames (so the WAL restarts about every 0.5 s),
     /// and at least every `WAL_RESET_EVERY`.
-    /// When that checkpoint copied the whole WAL into the database file (which it syncs,
-    /// the connection being at `synchronous=FULL`), everything committed so far is durable
-    /// without the redo log, so the log starts over.
     fn let_wal_restart(&mut self) {
-        match self
+        if let Err(e) = self
             .conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                ))
-            }) {
-            Ok((0, frames, copied)) if frames == copied => self.reset_log(),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(cause = %e, "wal checkpoint (writer) failed"),
-        }
-    }
-
-    /// Append this transaction's message records to the redo log and fdatasync it. `Some`
-    /// (the offset they start at) when they are durable there, so the COMMIT need not fsync;
-    /// `None` when the commit must be synchronous (no log, nothing to log, log full, or the
-    /// write failed).
-    fn log_redo(&mut self) -> Option<u64> {
-        let log = self.log.as_mut()?;
-        if self.redo.is_empty() {
-            // Only resends (or failures): nothing new to make durable.
-            return None;
-        }
-        let at = log.used();
-        match log.append(&self.redo) {
-            Ok(()) => Some(at),
-            Err(msglog::AppendError::Full) => None,
-            Err(msglog::AppendError::Io { at, cause }) => {
-                tracing::warn!(%cause, "message log write failed; this commit syncs SQLite's WAL instead");
-                // Whatever part of it reached the file must not be replayed if this commit
-                // fails; if it succeeds the records are in SQLite anyway.
-                let _ = log.invalidate(at, self.redo.len() as u64);
-                None
-            }
-        }
-    }
-
-    /// `synchronous=OFF` for a message-only transaction (its COMMIT does not fsync the WAL:
-    /// the redo log holds its messages durably before it commits), `FULL` again right after,
-    /// for every other commit and for the writer's checkpoints. Outside a transaction only.
-    fn set_synchronous(&mut self, full: bool) {
-        let r = self.conn.execute_batch(if full {
-            "PRAGMA synchronous=FULL"
-        } else {
-            "PRAGMA synchronous=OFF"
-        });
-        match r {
-            Ok(()) => {}
-            // Still FULL: the commit is synchronous, only slower.
-            Err(e) if !full => tracing::warn!(cause = %e, "cannot set synchronous=OFF"),
-            // Never go on unsynced: later commits and checkpoints would not be durable.
-            Err(e) => panic!("cannot restore synchronous=FULL on the writer connection: {e}"),
-        }
-    }
-
-    /// What `synchronous=FULL` does at COMMIT: fsync the WAL (any descriptor of the file
-    /// flushes its pages).
-    fn sync_wal(&self) -> std::io::Result<()> {
-        let db = self.conn.path().unwrap_or_default();
-        std::fs::File::open(format!("{db}-wal"))?.sync_data()
-    }
-
-    fn reset_log(&mut self) {
-        if let Some(log) = self.log.as_mut() {
-            log.reset();
-        }
-    }
-
-    /// The COMMIT after a logged append failed: its records must not come back on restart.
-    fn unlog(&mut self, at: u64) {
-        let Some(log) = self.log.as_mut() else { return };
-        if let Err(e) = log.invalidate(at, self.redo.len() as u64) {
-            // Those messages were answered with an error; replaying them later would store
-            // them after all. Stop logging: every later commit syncs SQLite instead.
-            tracing::error!(cause = %e, path = %log.path().display(),
-                "cannot undo a failed commit in the message log; the log is switched off");
-            self.log = None;
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+        {
+            tracing::warn!(cause = %e, "wal checkpoint (writer) failed");
         }
     }
 
@@ -805,22 +672,6 @@ impl Writer {
         }
         self.seqs.insert(m.chat_id, seq);
         touched.push(m.chat_id);
-        if self.log.is_some() {
-            msglog::encode(
-                &mut self.redo,
-                &msglog::RecordRef {
-                    chat_id: m.chat_id,
-                    seq,
-                    sender_id: m.sender_id,
-                    created_at: now,
-                    message_id: &message_id,
-                    content: &m.content,
-                    media_url: m.media_url.as_deref(),
-                    media: media.as_deref(),
-                    client_msg_id: m.client_msg_id.as_deref(),
-                },
-            );
-        }
         Ok(Appended {
             message: Arc::new(Message {
                 message_id,
@@ -848,8 +699,6 @@ impl Writer {
     /// savepoint per message so one bad message fails alone.
     fn append_batch(&mut self, batch: &[NewMessage]) -> Vec<Result<Appended>> {
         let mut touched = Vec::with_capacity(batch.len());
-        // Redo records of a rolled-back savepoint are dropped with it.
-        let redo_mark = self.redo.len();
         let fast = self.savepoint(|w| {
             batch
                 .iter()
@@ -864,16 +713,13 @@ impl Writer {
                 for chat in &touched {
                     self.seqs.remove(chat);
                 }
-                self.redo.truncate(redo_mark);
                 batch
                     .iter()
                     .map(|m| {
                         let mut one = Vec::with_capacity(1);
-                        let mark = self.redo.len();
                         let r = self.savepoint(|w| w.append_one(m, &mut one));
                         if r.is_err() {
                             self.seqs.remove(&m.chat_id);
-                            self.redo.truncate(mark);
                         }
                         r
                     })
@@ -897,54 +743,6 @@ impl Writer {
         }
         Ok(())
     }
-}
-
-/// Put back what the message log holds and the database does not (see `msglog`): messages
-/// of the last commits before a power loss, or of a commit the previous run logged and did not
-/// get to (answered with nothing, so their senders resend and get them as duplicates).
-/// Committed with `synchronous=FULL` before the log is reused.
-fn replay(conn: &Connection, path: &Path) -> Result<()> {
-    let records = msglog::read(path)
-        .map_err(|e| Error::internal(format!("cannot read {}: {e}", path.display())))?;
-    if records.is_empty() {
-        return Ok(());
-    }
-    let tx = conn.unchecked_transaction()?;
-    let mut restored = 0;
-    {
-        let mut stmt = tx.prepare_cached(
-            "INSERT OR IGNORE INTO messages (chat_id, seq, message_id, sender_id, content, media_url, \
-             media, client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        )?;
-        for r in &records {
-            restored += stmt.execute(params![
-                r.chat_id as i64,
-                r.seq as i64,
-                r.message_id,
-                r.sender_id as i64,
-                r.content,
-                r.media_url,
-                r.media,
-                r.client_msg_id,
-                r.created_at
-            ])?;
-        }
-    }
-    tx.commit()?;
-    if restored > 0 {
-        tracing::warn!(
-            restored,
-            logged = records.len(),
-            path = %path.display(),
-            "restored messages from the message log that the database did not have"
-        );
-    } else {
-        tracing::debug!(
-            logged = records.len(),
-            "message log replayed: nothing missing"
-        );
-    }
-    Ok(())
 }
 
 fn parse_media(s: Option<String>) -> Option<serde_json::Value> {
@@ -1238,172 +1036,8 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
-    use super::{SqliteStore, msglog, paced_sync};
-    use crate::model::NewMessage;
-    use crate::store::{Page, Store};
+    use super::paced_sync;
     use std::io::Write;
-
-    fn msg(chat_id: u64, n: usize) -> NewMessage {
-        NewMessage {
-            chat_id,
-            sender_id: 1 + (n % 2) as u64,
-            content: format!("message {n} ✓"),
-            media_url: n.is_multiple_of(3).then(|| format!("/v1/media/m{n}")),
-            media: n
-                .is_multiple_of(3)
-                .then(|| serde_json::json!({"media_id": format!("m{n}"), "kind": "image"})),
-            client_msg_id: (n % 4 != 1).then(|| format!("c{n}")),
-            message_id: None,
-        }
-    }
-
-    async fn all(store: &SqliteStore, chat: u64) -> Vec<crate::model::SharedMessage> {
-        let page = Page {
-            after_seq: Some(0),
-            before_seq: None,
-            limit: 1000,
-        };
-        store.messages(chat, page).await.unwrap().messages
-    }
-
-    /// Messages the database lost after their ack (power loss: the WAL was never fsynced) are
-    /// restored from the log, field for field, in order, with no gap; resends of them are
-    /// still recognised; later appends continue the sequence.
-    #[tokio::test]
-    async fn lost_commits_come_back_from_the_message_log() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), 64).unwrap();
-        let (chat, _) = store.create_direct(1, 2).await.unwrap();
-        let chat = chat.chat_id;
-        for n in 0..40 {
-            let r = store.append_batch(vec![msg(chat, n)]).await;
-            assert!(r[0].is_ok(), "{r:?}");
-        }
-        let before = all(&store, chat).await;
-        assert_eq!(before.len(), 40);
-        store.close().await;
-
-        // What the log holds: the commits since the last point where SQLite was durable.
-        let logged = msglog::read(&dir.path().join(msglog::FILE)).unwrap();
-        assert!(
-            !logged.is_empty(),
-            "message-only commits went through the log"
-        );
-        assert!(
-            logged.iter().any(|r| r.seq == 40),
-            "the last commit is in the log"
-        );
-        // Lose exactly those rows, as a power loss before the OS wrote the WAL would.
-        {
-            let db = rusqlite::Connection::open(dir.path().join("tern.db")).unwrap();
-            for r in &logged {
-                db.execute(
-                    "DELETE FROM messages WHERE chat_id = ?1 AND seq = ?2",
-                    [r.chat_id as i64, r.seq as i64],
-                )
-                .unwrap();
-            }
-        }
-        // A torn append after the records (never acked) is ignored.
-        {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.path().join(msglog::FILE))
-                .unwrap();
-            let end: usize = std::fs::read(dir.path().join(msglog::FILE))
-                .unwrap()
-                .iter()
-                .rposition(|b| *b != 0)
-                .unwrap()
-                + 1;
-            use std::io::{Seek, SeekFrom};
-            f.seek(SeekFrom::Start(end as u64)).unwrap();
-            f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 1, 9, 9]).unwrap();
-        }
-
-        let store = SqliteStore::open(dir.path(), 64).unwrap();
-        let after = all(&store, chat).await;
-        assert_eq!(after.len(), 40);
-        for (a, b) in before.iter().zip(&after) {
-            assert_eq!(
-                serde_json::to_value(&**a).unwrap(),
-                serde_json::to_value(&**b).unwrap()
-            );
-        }
-        // A resend of a restored message is a duplicate; the next message is seq 41.
-        let resend = store
-            .append_batch(vec![msg(chat, 39)])
-            .await
-            .remove(0)
-            .unwrap();
-        assert!(resend.duplicate);
-        assert_eq!(resend.message.seq, 40);
-        let next = store
-            .append_batch(vec![msg(chat, 40)])
-            .await
-            .remove(0)
-            .unwrap();
-        assert_eq!((next.message.seq, next.duplicate), (41, false));
-        store.close().await;
-
-        // The log was started over once the restored rows were durable: the new message is
-        // its first record (what follows may be records SQLite has, skipped on replay).
-        assert_eq!(
-            msglog::read(&dir.path().join(msglog::FILE)).unwrap()[0].seq,
-            41
-        );
-        let store = SqliteStore::open(dir.path(), 64).unwrap();
-        assert_eq!(all(&store, chat).await.len(), 41);
-        store.close().await;
-    }
-
-    /// Commits that are not message-only (a new chat here) fsync SQLite and reset the log;
-    /// a store opened without the log writes none, and still replays one it finds.
-    #[tokio::test]
-    async fn other_writes_sync_sqlite_and_the_log_can_be_switched_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open_with(dir.path(), 64, false).unwrap();
-        let (chat, _) = store.create_direct(1, 2).await.unwrap();
-        for n in 0..5 {
-            store
-                .append_batch(vec![msg(chat.chat_id, n)])
-                .await
-                .remove(0)
-                .unwrap();
-        }
-        store.close().await;
-        assert!(!dir.path().join(msglog::FILE).exists());
-
-        let store = SqliteStore::open(dir.path(), 64).unwrap();
-        store
-            .append_batch(vec![msg(chat.chat_id, 5)])
-            .await
-            .remove(0)
-            .unwrap();
-        assert_eq!(
-            msglog::read(&dir.path().join(msglog::FILE)).unwrap().len(),
-            1
-        );
-        // A chat creation commits synchronously: the log starts over (the next record is
-        // written at its start).
-        store.create_direct(1, 3).await.unwrap();
-        store
-            .append_batch(vec![msg(chat.chat_id, 6)])
-            .await
-            .remove(0)
-            .unwrap();
-        let logged = msglog::read(&dir.path().join(msglog::FILE)).unwrap();
-        assert_eq!(logged[0].seq, 7);
-        store.close().await;
-        let store = SqliteStore::open(dir.path(), 64).unwrap();
-        let seqs: Vec<u64> = all(&store, chat.chat_id)
-            .await
-            .iter()
-            .map(|m| m.seq)
-            .collect();
-        assert_eq!(seqs, (1..=7).collect::<Vec<_>>());
-        store.close().await;
-    }
 
     #[test]
     fn paced_sync_writes_back_files_of_any_size() {
