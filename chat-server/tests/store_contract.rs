@@ -18,7 +18,7 @@ use chat_server::error::Error;
 use chat_server::model::{ChatId, Marks, NewMessage, Role, UserId};
 use chat_server::store::scylla::{ScyllaOptions, ScyllaStore};
 use chat_server::store::scylla_schema::{self, Replication, SetupOptions};
-use chat_server::store::sqlite::SqliteStore;
+use chat_server::store::sqlite::{SqliteStore, TailPolicy};
 use chat_server::store::{Page, Store};
 use futures::future::join_all;
 use std::time::{Duration, Instant};
@@ -42,6 +42,9 @@ trait Backend {
 struct SqliteBackend {
     dir: tempfile::TempDir,
     store: Option<SqliteStore>,
+    policy: TailPolicy,
+    /// Reopen as after kill -9: no clean shutdown, acked messages left in `message_log`.
+    crash: bool,
 }
 
 #[async_trait(?Send)]
@@ -51,9 +54,15 @@ impl Backend for SqliteBackend {
     }
     async fn reopen(&mut self) {
         if let Some(s) = self.store.take() {
-            s.close().await;
+            if self.crash {
+                s.halt_as_if_killed().await;
+            } else {
+                s.close().await;
+            }
         }
-        self.store = Some(SqliteStore::open(self.dir.path(), 64).expect("reopen sqlite"));
+        self.store = Some(
+            SqliteStore::open_with(self.dir.path(), 64, self.policy).expect("reopen sqlite"),
+        );
     }
     async fn finish(mut self: Box<Self>) {
         if let Some(s) = self.store.take() {
@@ -63,11 +72,38 @@ impl Backend for SqliteBackend {
 }
 
 async fn sqlite_backend() -> Box<dyn Backend> {
+    sqlite_backend_with(TailPolicy::default(), false).await
+}
+
+/// Acked messages move from `message_log` into `messages` a few at a time, all the time, so
+/// reads see chats split between the tail and `messages`.
+async fn sqlite_moving_backend() -> Box<dyn Backend> {
+    let policy = TailPolicy {
+        max_age: Duration::ZERO,
+        max_len: 1_000_000,
+        chunk: 3,
+    };
+    sqlite_backend_with(policy, false).await
+}
+
+/// Nothing moves by itself (an hour's age), and every reopen is a crash: what was acked must
+/// come back from `message_log`.
+async fn sqlite_crash_backend() -> Box<dyn Backend> {
+    let policy = TailPolicy {
+        max_age: Duration::from_secs(3600),
+        ..TailPolicy::default()
+    };
+    sqlite_backend_with(policy, true).await
+}
+
+async fn sqlite_backend_with(policy: TailPolicy, crash: bool) -> Box<dyn Backend> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = SqliteStore::open(dir.path(), 64).expect("open sqlite");
+    let store = SqliteStore::open_with(dir.path(), 64, policy).expect("open sqlite");
     Box::new(SqliteBackend {
         dir,
         store: Some(store),
+        policy,
+        crash,
     })
 }
 
@@ -679,20 +715,29 @@ mod cases {
     }
 }
 
-/// Each case runs once per backend: `sqlite_store::<case>` and `cql_store::<case>`.
+/// Each case runs once per backend: `sqlite_store::<case>` (and the SQLite store with its
+/// tail always moving, and with crashes for restarts) and `cql_store::<case>`.
 macro_rules! contract {
     ($($case:ident),* $(,)?) => {
-        mod sqlite_store {
+        contract!(@sqlite sqlite_store, sqlite_backend, $($case),*);
+        contract!(@sqlite sqlite_moving_store, sqlite_moving_backend, $($case),*);
+        contract!(@sqlite sqlite_crash_store, sqlite_crash_backend, $($case),*);
+        contract!(@rest $($case),*);
+    };
+    (@sqlite $module:ident, $backend:ident, $($case:ident),*) => {
+        mod $module {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
-                    let mut b = sqlite_backend().await;
+                    let mut b = $backend().await;
                     cases::$case(&mut *b).await;
                     b.finish().await;
                 }
             )*
         }
+    };
+    (@rest $($case:ident),*) => {
         mod cql_store {
             use super::*;
             $(

@@ -7,7 +7,10 @@
 //! Reads use a small pool of read-only connections on the blocking thread pool.
 
 mod media;
+mod tail;
 mod users;
+
+pub use tail::TailPolicy;
 
 use super::{Appended, MessagePage, Page, Store, UserChat};
 use crate::error::{Error, Result};
@@ -16,16 +19,20 @@ use crate::model::{
     now_ms,
 };
 use async_trait::async_trait;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
+use tail::Tail;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// 2: `chats.last_seq` / `chats.updated_at` are no longer written per message (they are read
 /// from `messages`); a version-1 binary would trust the stale `last_seq`, so it must refuse.
-const SCHEMA_VERSION: i64 = 2;
+/// 3: acked messages may sit in `message_log` until they are moved into `messages` (see
+/// `tail`); a version-2 binary would not see them, so it must refuse.
+const SCHEMA_VERSION: i64 = 3;
 /// A chat's last seq and last activity, computed from its messages (primary-key lookups).
 /// `chats.last_seq` stays in the table for old files but is not maintained any more.
 const LAST_SEQ: &str =
@@ -66,10 +73,25 @@ CREATE TABLE IF NOT EXISTS messages (
 ) WITHOUT ROWID;
 CREATE UNIQUE INDEX IF NOT EXISTS messages_idempotency
     ON messages (chat_id, sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS message_log (
+    id            INTEGER PRIMARY KEY,
+    chat_id       INTEGER NOT NULL,
+    seq           INTEGER NOT NULL,
+    message_id    TEXT    NOT NULL,
+    sender_id     INTEGER NOT NULL,
+    content       TEXT    NOT NULL,
+    media_url     TEXT,
+    media         TEXT,
+    client_msg_id TEXT,
+    created_at    INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);
 ";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// How often the background checkpointer copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// How often the writer lets the WAL restart from its beginning (see `Writer::let_wal_restart`).
 const WAL_RESET_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
@@ -81,6 +103,11 @@ enum WriteOp {
     RemoveMember(ChatId, UserId, Reply<bool>),
     Append(Vec<NewMessage>, oneshot::Sender<Vec<Result<Appended>>>),
     SaveMarks(Vec<(ChatId, Marks)>, Reply<()>),
+    /// Move due tail messages into `messages` (sent by the checkpointer's timer).
+    MoveTail,
+    /// Stop at once, leaving the tail in `message_log` and the WAL as they are — what the
+    /// files look like after kill -9 (`SqliteStore::halt_as_if_killed`, for tests).
+    Halt,
     /// A media metadata write (`media.rs`), in its own savepoint like the others.
     Media(media::Write, Reply<()>),
     Shutdown,
@@ -89,6 +116,8 @@ enum WriteOp {
 pub struct SqliteStore {
     writer: mpsc::Sender<WriteOp>,
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// Acked messages not yet moved from `message_log` into `messages` (see `tail`).
+    tail: Arc<RwLock<Tail>>,
     path: PathBuf,
     writer_thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     checkpointer: Mutex<
@@ -108,6 +137,7 @@ fn checkpointer(
     stop: Arc<std::sync::atomic::AtomicBool>,
     copied: Arc<std::sync::atomic::AtomicBool>,
     every: std::time::Duration,
+    tick: impl Fn(),
 ) {
     let conn = match open(&path, false) {
         Ok(c) => c,
@@ -132,8 +162,14 @@ fn checkpointer(
         }
     };
     let mut backfilled = 0;
+    let mut last_checkpoint = Instant::now();
     while !stop.load(std::sync::atomic::Ordering::Acquire) {
         std::thread::park_timeout(every);
+        tick();
+        if last_checkpoint.elapsed() < CHECKPOINT_EVERY {
+            continue;
+        }
+        last_checkpoint = Instant::now();
         // (busy, frames in the WAL, frames backfilled into the database so far)
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(2)) {
             // Only a checkpoint that copied something new is written back and signalled (the
@@ -183,6 +219,31 @@ fn paced_sync(db: &std::fs::File) -> std::io::Result<()> {
     db.sync_data()
 }
 
+/// Move what the last run left in `message_log` (acked, not yet moved: it stopped without
+/// `close`, e.g. kill -9 or power loss) into `messages`, before anything is served.
+fn recover_message_log(conn: &Connection) -> Result<()> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM message_log", [], |r| r.get(0))?;
+    if n == 0 {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let moved = tx.execute(
+        &format!(
+            "INSERT OR IGNORE INTO messages ({MSG_COLS}) SELECT {MSG_COLS} FROM message_log \
+             ORDER BY chat_id, seq"
+        ),
+        [],
+    )?;
+    tx.execute("DELETE FROM message_log", [])?;
+    tx.commit()?;
+    tracing::info!(
+        logged = n,
+        moved,
+        "moved acked messages the last run left in message_log into messages"
+    );
+    Ok(())
+}
+
 fn open(path: &Path, read_only: bool) -> Result<Connection> {
     let flags = if read_only {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -212,6 +273,12 @@ fn open(path: &Path, read_only: bool) -> Result<Connection> {
 impl SqliteStore {
     /// Open (and create or migrate) `<dir>/tern.db` and start the writer thread.
     pub fn open(dir: &Path, commit_batch: usize) -> Result<Self> {
+        Self::open_with(dir, commit_batch, TailPolicy::default())
+    }
+
+    /// [`SqliteStore::open`] with a chosen policy for moving acked messages from
+    /// `message_log` into `messages` (tests use extreme ones).
+    pub fn open_with(dir: &Path, commit_batch: usize, policy: TailPolicy) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join("tern.db");
@@ -241,11 +308,13 @@ impl SqliteStore {
             }
             Some(_) => {}
         }
+        recover_message_log(&conn)?;
         let (tx, rx) = mpsc::channel(commit_batch.max(16) * 4);
         let batch = commit_batch.max(1);
         let copied = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tail = Arc::new(RwLock::new(Tail::default()));
         let handle = {
-            let copied = copied.clone();
+            let (copied, tail) = (copied.clone(), tail.clone());
             std::thread::Builder::new()
                 .name("sqlite-writer".into())
                 .spawn(move || {
@@ -253,6 +322,10 @@ impl SqliteStore {
                         conn,
                         seqs: HashMap::new(),
                         copied,
+                        tail,
+                        policy,
+                        pending: Vec::new(),
+                        pending_keys: HashMap::new(),
                     }
                     .run(rx, batch)
                 })
@@ -261,16 +334,27 @@ impl SqliteStore {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let ckpt = {
             let (path, stop) = (path.clone(), stop.clone());
+            // The checkpointer's wake-ups also remind an idle writer of tail messages that
+            // became due (a busy writer checks after every commit).
+            let (writer, tail) = (tx.clone(), tail.clone());
+            let tick = move || {
+                if tail.read().len() > 0 {
+                    let _ = writer.try_send(WriteOp::MoveTail);
+                }
+            };
+            let every = policy.max_age.clamp(
+                std::time::Duration::from_millis(10),
+                std::time::Duration::from_millis(500),
+            );
             std::thread::Builder::new()
                 .name("sqlite-checkpoint".into())
-                .spawn(move || {
-                    checkpointer(path, stop, copied, std::time::Duration::from_millis(500))
-                })
+                .spawn(move || checkpointer(path, stop, copied, every, tick))
                 .map_err(Error::internal)?
         };
         Ok(SqliteStore {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
+            tail,
             path,
             writer_thread: Mutex::new(Some(handle)),
             checkpointer: Mutex::new(Some((stop, ckpt))),
@@ -289,6 +373,22 @@ impl SqliteStore {
         }
         let handle = self.writer_thread.lock().take();
         if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    /// Stop the writer and the checkpointer without the clean-shutdown work (no move of the
+    /// tail, no final checkpoint): the files are left as a kill -9 leaves them (every commit
+    /// is in the page cache). For crash-recovery tests.
+    #[doc(hidden)]
+    pub async fn halt_as_if_killed(self) {
+        let _ = self.writer.send(WriteOp::Halt).await;
+        if let Some((stop, h)) = self.checkpointer.lock().take() {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            h.thread().unpark();
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        if let Some(h) = self.writer_thread.lock().take() {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
@@ -375,6 +475,12 @@ struct Writer {
     /// Set by the background checkpointer after it copied frames: the writer's own
     /// checkpoint right after it has little left to copy and lets the WAL restart.
     copied: Arc<std::sync::atomic::AtomicBool>,
+    /// Acked messages still in `message_log` (shared with readers; only the writer changes it).
+    tail: Arc<RwLock<Tail>>,
+    policy: TailPolicy,
+    /// Messages appended in the open transaction: they join the tail once it commits.
+    pending: Vec<(i64, SharedMessage)>,
+    pending_keys: HashMap<tail::Key, SharedMessage>,
 }
 
 impl Writer {
@@ -394,25 +500,29 @@ impl Writer {
                 }
             }
             let mut shutdown = false;
-            let mut done = Vec::with_capacity(ops.len());
-            if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
-                tracing::error!(cause = %e, "sqlite BEGIN failed");
-            }
-            for op in ops.drain(..) {
-                match op {
-                    WriteOp::Shutdown => shutdown = true,
-                    op => done.push(self.apply(op)),
+            let mut halt = false;
+            ops.retain(|op| match op {
+                WriteOp::Shutdown => {
+                    shutdown = true;
+                    false
                 }
-            }
-            match self.conn.execute_batch("COMMIT") {
-                Ok(()) => done.into_iter().for_each(Done::send),
-                Err(e) => {
-                    tracing::error!(cause = %e, "sqlite COMMIT failed; the batch is rejected");
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    self.seqs.clear();
-                    done.into_iter()
-                        .for_each(|d| d.fail("the write could not be committed"));
+                WriteOp::MoveTail => false,
+                WriteOp::Halt => {
+                    halt = true;
+                    false
                 }
+                _ => true,
+            });
+            if halt {
+                if !ops.is_empty() {
+                    self.commit_round(&mut ops);
+                }
+                return;
+            }
+            if !ops.is_empty() {
+                self.commit_round(&mut ops);
+            } else if !shutdown {
+                self.move_tail(false);
             }
             if self.copied.swap(false, std::sync::atomic::Ordering::AcqRel)
                 || wal_reset_at.elapsed() >= WAL_RESET_EVERY
@@ -421,9 +531,163 @@ impl Writer {
                 wal_reset_at = std::time::Instant::now();
             }
             if shutdown {
+                self.move_tail(true);
                 let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
                 tracing::info!("sqlite writer stopped after committing its queue");
                 return;
+            }
+        }
+    }
+
+    /// One transaction for the round's operations, each in its own savepoint, plus a share of
+    /// due tail messages moved into `messages` (so moving costs no fsync of its own); answers
+    /// go out after the COMMIT (which fsyncs), and the round's messages join the tail just
+    /// before.
+    fn commit_round(&mut self, ops: &mut Vec<WriteOp>) {
+        let mut done = Vec::with_capacity(ops.len());
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::error!(cause = %e, "sqlite BEGIN failed");
+        }
+        for op in ops.drain(..) {
+            done.push(self.apply(op));
+        }
+        // Keep pace with what this round appended: twice as many, at least `chunk`.
+        let moved = self.move_tail_in_tx((2 * self.pending.len()).max(self.policy.chunk), false);
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if moved.is_some() || !self.pending.is_empty() {
+                    let now = Instant::now();
+                    let mut tail = self.tail.write();
+                    if let Some(pick) = &moved {
+                        tail.remove(pick);
+                    }
+                    for (rowid, m) in self.pending.drain(..) {
+                        tail.push(rowid, m, now);
+                    }
+                }
+                self.pending_keys.clear();
+                done.into_iter().for_each(Done::send);
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "sqlite COMMIT failed; the batch is rejected");
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.seqs.clear();
+                self.pending.clear();
+                self.pending_keys.clear();
+                done.into_iter()
+                    .for_each(|d| d.fail("the write could not be committed"));
+            }
+        }
+    }
+
+    /// Move due tail messages in a transaction of their own: when the writer is idle (the
+    /// checkpointer's tick) and at shutdown (`all`).
+    fn move_tail(&mut self, all: bool) {
+        if self.tail.read().len() == 0 {
+            return;
+        }
+        if let Err(e) = self.conn.execute_batch("BEGIN IMMEDIATE") {
+            tracing::warn!(cause = %e, "sqlite BEGIN failed");
+            return;
+        }
+        let moved = self.move_tail_in_tx(self.policy.chunk, all);
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => {
+                if let Some(pick) = &moved {
+                    self.tail.write().remove(pick);
+                }
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::warn!(cause = %e, "moving acked messages from message_log failed; will retry");
+            }
+        }
+    }
+
+    /// Inside the open transaction: copy due tail messages into `messages`, a chat at a time
+    /// (so a chat's messages share their pages), at most `budget` (more when the tail is over
+    /// `max_len`; everything when `all`), and drop the `message_log` rows below the oldest
+    /// message that stays — never this transaction's own rows. In a savepoint: on failure
+    /// nothing of it is kept, the rest of the transaction is unaffected, the rows stay durable
+    /// in `message_log` and a later round tries again. The caller forgets the returned pick
+    /// from the tail once the transaction has committed.
+    fn move_tail_in_tx(&mut self, budget: usize, all: bool) -> Option<tail::Pick> {
+        let policy = TailPolicy {
+            chunk: budget,
+            ..self.policy
+        };
+        let mut pick = self.tail.read().pick(&policy, Instant::now(), all)?;
+        if let Some((first, _)) = self.pending.first() {
+            pick.watermark = pick.watermark.min(*first);
+        }
+        let r = self.savepoint(|w| {
+            let mut ignored = 0;
+            let mut insert = w.conn.prepare_cached(
+                "INSERT OR IGNORE INTO messages (chat_id, seq, message_id, sender_id, content, \
+                 media_url, media, client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            for (_, msgs) in &pick.chats {
+                for m in msgs {
+                    let n = insert.execute(params![
+                        m.chat_id as i64,
+                        m.seq as i64,
+                        m.message_id,
+                        m.sender_id as i64,
+                        m.content,
+                        m.media_url,
+                        m.media.as_ref().map(|v| v.to_string()),
+                        m.client_msg_id,
+                        m.created_at
+                    ])?;
+                    ignored += 1 - n;
+                }
+            }
+            drop(insert);
+            w.conn
+                .prepare_cached("DELETE FROM message_log WHERE id < ?1")?
+                .execute([pick.watermark])?;
+            Ok(ignored)
+        });
+        match r {
+            Ok(ignored) => {
+                if ignored > 0 {
+                    // Only possible if the tail and `messages` disagree: the stored row wins.
+                    tracing::warn!(ignored, "tail messages already in messages were skipped");
+                }
+                Some(pick)
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, "moving acked messages from message_log failed; will retry");
+                None
+            }
+        }
+    }
+
+    /// The last seq given out in `chat`: this transaction's messages, then the tail, then
+    /// `messages` (which also proves the chat exists).
+    fn last_seq(&self, chat: ChatId) -> Result<Seq> {
+        if let Some((_, m)) = self.pending.iter().rev().find(|(_, m)| m.chat_id == chat) {
+            return Ok(m.seq);
+        }
+        if let Some(m) = self.tail.read().last(chat) {
+            return Ok(m.seq);
+        }
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {LAST_SEQ} FROM chats c WHERE c.chat_id = ?1"
+            ))?
+            .query_row([chat as i64], |r| r.get::<_, i64>(0))
+            .optional()?
+            .ok_or_else(|| Error::not_found("no such chat"))? as u64)
+    }
+
+    /// Forget this transaction's messages from `mark` on (their savepoint rolled back).
+    fn drop_pending(&mut self, mark: usize) {
+        for (_, m) in self.pending.drain(mark..) {
+            if let Some(cid) = &m.client_msg_id {
+                self.pending_keys
+                    .remove(&(m.chat_id, m.sender_id, cid.clone()));
             }
         }
     }
@@ -467,7 +731,9 @@ impl Writer {
                 Done::Marks(tx, self.savepoint(|w| w.save_marks(&marks)))
             }
             WriteOp::Media(write, tx) => Done::Media(tx, self.savepoint(|w| write(&w.conn))),
-            WriteOp::Shutdown => unreachable!("handled by run"),
+            WriteOp::Shutdown | WriteOp::MoveTail | WriteOp::Halt => {
+                unreachable!("handled by run")
+            }
         }
     }
 
@@ -511,10 +777,9 @@ impl Writer {
             .query_row([&key], |r| r.get::<_, i64>(0))
             .optional()?
         {
-            return Ok((
-                load_chat(&self.conn, chat_id as u64)?.expect("exists"),
-                false,
-            ));
+            let mut chat = load_chat(&self.conn, chat_id as u64)?.expect("exists");
+            chat.last_seq = self.last_seq(chat.chat_id)?;
+            return Ok((chat, false));
         }
         let id = self.next_chat_id()?;
         let now = now_ms();
@@ -608,20 +873,37 @@ impl Writer {
     }
 
     /// Append one message inside the current transaction; `touched` collects the chats whose
-    /// cached last seq moved (forgotten again if the batch rolls back). Only the `messages`
-    /// row (and its idempotency-index entry) is written: a chat's last seq and last activity
-    /// are read from its messages, so a message dirties no `chats` page.
+    /// cached last seq moved (forgotten again if the batch rolls back). Only a `message_log`
+    /// row is written (the rightmost leaf of a table without indexes, shared by the whole
+    /// commit); the message joins the tail when the transaction commits and moves into
+    /// `messages` later (see `tail`). A resend is found by its idempotency key in this
+    /// transaction, the tail or `messages`, in that order.
     fn append_one(&mut self, m: &NewMessage, touched: &mut Vec<ChatId>) -> Result<Appended> {
+        if let Some(cid) = &m.client_msg_id {
+            let key = (m.chat_id, m.sender_id, cid.clone());
+            let mut known = self.pending_keys.get(&key).cloned();
+            if known.is_none() {
+                known = self.tail.read().by_key(&key);
+            }
+            if known.is_none() {
+                known = self
+                    .conn
+                    .prepare_cached(&format!(
+                        "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+                    ))?
+                    .query_row(params![m.chat_id as i64, m.sender_id as i64, cid], row_message)
+                    .optional()?;
+            }
+            if let Some(message) = known {
+                return Ok(Appended {
+                    message,
+                    duplicate: true,
+                });
+            }
+        }
         let last = match self.seqs.get(&m.chat_id) {
             Some(s) => *s,
-            None => self
-                .conn
-                .prepare_cached(&format!(
-                    "SELECT {LAST_SEQ} FROM chats c WHERE c.chat_id = ?1"
-                ))?
-                .query_row([m.chat_id as i64], |r| r.get::<_, i64>(0))
-                .optional()?
-                .ok_or_else(|| Error::not_found("no such chat"))? as u64,
+            None => self.last_seq(m.chat_id)?,
         };
         let seq = last + 1;
         let now = now_ms();
@@ -630,11 +912,9 @@ impl Writer {
             .clone()
             .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
         let media = m.media.as_ref().map(|v| v.to_string());
-        // The unique idempotency index turns a resend into a no-op insert (0 rows).
-        let inserted = self
-            .conn
+        self.conn
             .prepare_cached(
-                "INSERT OR IGNORE INTO messages (chat_id, seq, message_id, sender_id, content, media_url, \
+                "INSERT INTO message_log (chat_id, seq, message_id, sender_id, content, media_url, \
                  media, client_msg_id, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
             .execute(params![
@@ -648,42 +928,27 @@ impl Writer {
                 m.client_msg_id,
                 now
             ])?;
-        if inserted == 0 {
-            let original = match &m.client_msg_id {
-                Some(cid) => self
-                    .conn
-                    .prepare_cached(&format!(
-                        "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
-                    ))?
-                    .query_row(params![m.chat_id as i64, m.sender_id as i64, cid], row_message)
-                    .optional()?,
-                None => None,
-            };
-            return match original {
-                Some(message) => Ok(Appended {
-                    message,
-                    duplicate: true,
-                }),
-                None => Err(Error::internal(format!(
-                    "seq {seq} of chat {} already taken",
-                    m.chat_id
-                ))),
-            };
-        }
+        let rowid = self.conn.last_insert_rowid();
         self.seqs.insert(m.chat_id, seq);
         touched.push(m.chat_id);
+        let message = Arc::new(Message {
+            message_id,
+            chat_id: m.chat_id,
+            seq,
+            sender_id: m.sender_id,
+            content: m.content.clone(),
+            media_url: m.media_url.clone(),
+            media: m.media.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            created_at: now,
+        });
+        if let Some(cid) = &m.client_msg_id {
+            self.pending_keys
+                .insert((m.chat_id, m.sender_id, cid.clone()), message.clone());
+        }
+        self.pending.push((rowid, message.clone()));
         Ok(Appended {
-            message: Arc::new(Message {
-                message_id,
-                chat_id: m.chat_id,
-                seq,
-                sender_id: m.sender_id,
-                content: m.content.clone(),
-                media_url: m.media_url.clone(),
-                media: m.media.clone(),
-                client_msg_id: m.client_msg_id.clone(),
-                created_at: now,
-            }),
+            message,
             duplicate: false,
         })
     }
@@ -699,6 +964,7 @@ impl Writer {
     /// savepoint per message so one bad message fails alone.
     fn append_batch(&mut self, batch: &[NewMessage]) -> Vec<Result<Appended>> {
         let mut touched = Vec::with_capacity(batch.len());
+        let mark = self.pending.len();
         let fast = self.savepoint(|w| {
             batch
                 .iter()
@@ -710,6 +976,7 @@ impl Writer {
             Ok(all) => all.into_iter().map(Ok).collect(),
             Err(_) => {
                 // Rolled back: the cached seqs of those chats are ahead of the database.
+                self.drop_pending(mark);
                 for chat in &touched {
                     self.seqs.remove(chat);
                 }
@@ -717,8 +984,10 @@ impl Writer {
                     .iter()
                     .map(|m| {
                         let mut one = Vec::with_capacity(1);
+                        let mark = self.pending.len();
                         let r = self.savepoint(|w| w.append_one(m, &mut one));
                         if r.is_err() {
+                            self.drop_pending(mark);
                             self.seqs.remove(&m.chat_id);
                         }
                         r
@@ -804,7 +1073,16 @@ impl Store for SqliteStore {
     }
 
     async fn chat(&self, chat_id: ChatId) -> Result<Option<Chat>> {
-        self.read(move |c| load_chat(c, chat_id)).await
+        let tail = self.tail.clone();
+        self.read(move |c| {
+            // The tail first: a message moved in between is then seen in `messages`.
+            let in_tail = tail.read().last(chat_id).map(|m| m.seq);
+            Ok(load_chat(c, chat_id)?.map(|mut chat| {
+                chat.last_seq = chat.last_seq.max(in_tail.unwrap_or(0));
+                chat
+            }))
+        })
+        .await
     }
 
     async fn members(&self, chat_id: ChatId) -> Result<Vec<Member>> {
@@ -826,31 +1104,63 @@ impl Store for SqliteStore {
     }
 
     async fn user_chats(&self, user_id: UserId) -> Result<Vec<UserChat>> {
+        let tail = self.tail.clone();
         self.read(move |c| {
             let mut stmt = c.prepare_cached(&format!(
                 "SELECT c.chat_id, c.kind, c.title, c.created_at, {LAST_SEQ}, m.read_seq, \
                  (SELECT COUNT(*) FROM (SELECT 1 FROM messages x WHERE x.chat_id = c.chat_id \
-                    AND x.seq > m.read_seq AND x.sender_id != m.user_id LIMIT 10000)) \
+                    AND x.seq > m.read_seq AND x.sender_id != m.user_id LIMIT 10000)), \
+                 {LAST_ACTIVITY} \
                  FROM members m JOIN chats c ON c.chat_id = m.chat_id \
-                 WHERE m.user_id = ?1 ORDER BY {LAST_ACTIVITY} DESC, c.chat_id"
+                 WHERE m.user_id = ?1"
             ))?;
-            let rows = stmt.query_map([user_id as i64], |r| {
-                Ok(UserChat {
-                    chat: Chat {
-                        chat_id: r.get::<_, i64>(0)? as u64,
-                        kind: ChatType::parse(&r.get::<_, String>(1)?).unwrap_or(ChatType::Group),
-                        title: r.get(2)?,
-                        created_at: r.get(3)?,
-                        last_seq: r.get::<_, i64>(4)? as u64,
-                        members: None,
-                        read_seq: None,
-                        unread: None,
-                    },
-                    read_seq: r.get::<_, i64>(5)? as u64,
-                    unread: r.get::<_, i64>(6)? as u64,
-                })
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            // The tail after `messages`, checked against the tail's move counter: if no move
+            // happened in between, every message is in exactly one of the two, or in both
+            // (moved before the query, forgotten after), which the seq comparison below
+            // counts once. If one did, read again.
+            for attempt in 0.. {
+                let moves = tail.read().moves();
+                let rows = stmt.query_map([user_id as i64], |r| {
+                    Ok((
+                        UserChat {
+                            chat: Chat {
+                                chat_id: r.get::<_, i64>(0)? as u64,
+                                kind: ChatType::parse(&r.get::<_, String>(1)?)
+                                    .unwrap_or(ChatType::Group),
+                                title: r.get(2)?,
+                                created_at: r.get(3)?,
+                                last_seq: r.get::<_, i64>(4)? as u64,
+                                members: None,
+                                read_seq: None,
+                                unread: None,
+                            },
+                            read_seq: r.get::<_, i64>(5)? as u64,
+                            unread: r.get::<_, i64>(6)? as u64,
+                        },
+                        r.get::<_, i64>(7)?,
+                    ))
+                })?;
+                let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+                let t = tail.read();
+                if t.moves() != moves && attempt < 5 {
+                    continue;
+                }
+                for (uc, activity) in &mut out {
+                    if let Some(last) = t.last(uc.chat.chat_id) {
+                        if last.seq > uc.chat.last_seq {
+                            let after = uc.read_seq.max(uc.chat.last_seq);
+                            uc.unread = (uc.unread + t.unread(uc.chat.chat_id, after, user_id))
+                                .min(10_000);
+                            uc.chat.last_seq = last.seq;
+                            *activity = (*activity).max(last.created_at);
+                        }
+                    }
+                }
+                drop(t);
+                out.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.chat.chat_id.cmp(&b.0.chat.chat_id)));
+                return Ok(out.into_iter().map(|(uc, _)| uc).collect());
+            }
+            unreachable!("the loop returns")
         })
         .await
     }
@@ -887,12 +1197,16 @@ impl Store for SqliteStore {
     }
 
     async fn messages(&self, chat_id: ChatId, page: Page) -> Result<MessagePage> {
+        let tail = self.tail.clone();
         self.read(move |c| {
             let limit = page.limit.max(1);
             let before = page
                 .before_seq
                 .unwrap_or(i64::MAX as u64)
                 .min(i64::MAX as u64) as i64;
+            // The tail's part first, then `messages`: a message moved in between is in both
+            // (merged by seq), never in neither.
+            let recent = tail.read().range(chat_id, page.after_seq, before as u64);
             let mut out = Vec::with_capacity(limit + 1);
             if let Some(after) = page.after_seq {
                 let mut stmt = c.prepare_cached(&format!(
@@ -906,12 +1220,8 @@ impl Store for SqliteStore {
                 for r in rows {
                     out.push(r?);
                 }
-                let has_more = out.len() > limit;
-                out.truncate(limit);
-                Ok(MessagePage {
-                    messages: out,
-                    has_more,
-                })
+                let (messages, has_more) = tail::merge_page(out, recent, true, limit);
+                Ok(MessagePage { messages, has_more })
             } else {
                 let mut stmt = c.prepare_cached(&format!(
                     "SELECT {MSG_COLS} FROM messages WHERE chat_id = ?1 AND seq < ?2 \
@@ -924,13 +1234,8 @@ impl Store for SqliteStore {
                 for r in rows {
                     out.push(r?);
                 }
-                let has_more = out.len() > limit;
-                out.truncate(limit);
-                out.reverse();
-                Ok(MessagePage {
-                    messages: out,
-                    has_more,
-                })
+                let (messages, has_more) = tail::merge_page(out, recent, false, limit);
+                Ok(MessagePage { messages, has_more })
             }
         })
         .await
