@@ -60,9 +60,8 @@ impl Backend for SqliteBackend {
                 s.close().await;
             }
         }
-        self.store = Some(
-            SqliteStore::open_with(self.dir.path(), 64, self.policy).expect("reopen sqlite"),
-        );
+        self.store =
+            Some(SqliteStore::open_with(self.dir.path(), 64, self.policy).expect("reopen sqlite"));
     }
     async fn finish(mut self: Box<Self>) {
         if let Some(s) = self.store.take() {

@@ -5,6 +5,10 @@
 //! the writer means the data is on disk, and many concurrent writers share one fsync. Each
 //! operation runs inside its own SAVEPOINT, so one failing operation does not undo the others.
 //! Reads use a small pool of read-only connections on the blocking thread pool.
+//!
+//! A new message is appended to `message_log` (no index: a commit's messages share one leaf)
+//! and held in memory in the tail until later commits move it into `messages` a chat at a
+//! time; readers merge the tail (see `tail.rs` and docs/design-embedded-message-log.md).
 
 mod media;
 mod tail;
@@ -23,9 +27,9 @@ use parking_lot::{Mutex, RwLock};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 use tail::Tail;
-use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 /// 2: `chats.last_seq` / `chats.updated_at` are no longer written per message (they are read
@@ -383,12 +387,14 @@ impl SqliteStore {
     #[doc(hidden)]
     pub async fn halt_as_if_killed(self) {
         let _ = self.writer.send(WriteOp::Halt).await;
-        if let Some((stop, h)) = self.checkpointer.lock().take() {
+        let checkpointer = self.checkpointer.lock().take();
+        if let Some((stop, h)) = checkpointer {
             stop.store(true, std::sync::atomic::Ordering::Release);
             h.thread().unpark();
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
-        if let Some(h) = self.writer_thread.lock().take() {
+        let writer = self.writer_thread.lock().take();
+        if let Some(h) = writer {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
@@ -1146,14 +1152,14 @@ impl Store for SqliteStore {
                     continue;
                 }
                 for (uc, activity) in &mut out {
-                    if let Some(last) = t.last(uc.chat.chat_id) {
-                        if last.seq > uc.chat.last_seq {
-                            let after = uc.read_seq.max(uc.chat.last_seq);
-                            uc.unread = (uc.unread + t.unread(uc.chat.chat_id, after, user_id))
-                                .min(10_000);
-                            uc.chat.last_seq = last.seq;
-                            *activity = (*activity).max(last.created_at);
-                        }
+                    if let Some(last) = t.last(uc.chat.chat_id)
+                        && last.seq > uc.chat.last_seq
+                    {
+                        let after = uc.read_seq.max(uc.chat.last_seq);
+                        uc.unread =
+                            (uc.unread + t.unread(uc.chat.chat_id, after, user_id)).min(10_000);
+                        uc.chat.last_seq = last.seq;
+                        *activity = (*activity).max(last.created_at);
                     }
                 }
                 drop(t);
