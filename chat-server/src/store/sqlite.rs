@@ -1212,7 +1212,9 @@ impl Store for SqliteStore {
                 .min(i64::MAX as u64) as i64;
             // The tail's part first, then `messages`: a message moved in between is in both
             // (merged by seq), never in neither.
-            let recent = tail.read().range(chat_id, page.after_seq, before as u64);
+            let recent = tail
+                .read()
+                .range(chat_id, page.after_seq, before as u64, limit + 1);
             let mut out = Vec::with_capacity(limit + 1);
             if let Some(after) = page.after_seq {
                 let mut stmt = c.prepare_cached(&format!(

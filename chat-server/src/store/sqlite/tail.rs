@@ -94,16 +94,28 @@ impl Tail {
         self.chats.get(&chat).and_then(|q| q.back()).map(|(_, m)| m)
     }
 
-    /// The chat's tail messages with `after < seq < before`, ascending.
-    pub fn range(&self, chat: ChatId, after: Option<Seq>, before: Seq) -> Vec<SharedMessage> {
+    /// The chat's tail messages with `after < seq < before`, ascending: the first `take` of
+    /// them when `after` is given (paging forward), else the last `take` (paging back) —
+    /// what a page of `take - 1` can use.
+    pub fn range(
+        &self,
+        chat: ChatId,
+        after: Option<Seq>,
+        before: Seq,
+        take: usize,
+    ) -> Vec<SharedMessage> {
         let Some(q) = self.chats.get(&chat) else {
             return Vec::new();
         };
-        q.iter()
-            .map(|(_, m)| m)
-            .filter(|m| after.is_none_or(|a| m.seq > a) && m.seq < before)
-            .cloned()
-            .collect()
+        let within = |m: &&SharedMessage| after.is_none_or(|a| m.seq > a) && m.seq < before;
+        let msgs = q.iter().map(|(_, m)| m);
+        if after.is_some() {
+            msgs.filter(within).take(take).cloned().collect()
+        } else {
+            let mut v: Vec<_> = msgs.rev().filter(within).take(take).cloned().collect();
+            v.reverse();
+            v
+        }
     }
 
     /// Tail messages of `chat` after `seq` not sent by `user` (for unread counts).
@@ -281,6 +293,19 @@ mod tests {
         let pick = t.pick(&p, t0, false).unwrap();
         assert_eq!(seqs(&pick.chats[0].1), (1..=8).collect::<Vec<_>>());
         assert_eq!(pick.watermark, 9);
+    }
+
+    #[test]
+    fn range_takes_from_the_paging_end() {
+        let t0 = Instant::now();
+        let mut t = Tail::default();
+        for seq in 10..=20 {
+            t.push(seq as i64, msg(4, seq, 1, None), t0);
+        }
+        assert_eq!(seqs(&t.range(4, Some(12), 19, 3)), vec![13, 14, 15]);
+        assert_eq!(seqs(&t.range(4, None, 19, 3)), vec![16, 17, 18]);
+        assert_eq!(seqs(&t.range(4, None, 11, 3)), vec![10]);
+        assert!(t.range(5, None, 100, 3).is_empty());
     }
 
     #[test]
