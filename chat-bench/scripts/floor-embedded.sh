@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Embedded chat-server against its floor (issue #13), alternated in one run:
 #   floor  — examples/relay_floor.rs: the same transport stack, nothing stored
+#   durable — relay_floor --durable: the same, acking and delivering only after a group-
+#             committed append + fdatasync of the frame (the least any durable server can do)
 #   each DIR given — a release `chat-server` (e.g. before and after a change)
 # For every round and side (a fresh server each time, server on core 1, bench on core 0):
 # 1:1 at 5,000 msg/s, a 1:1 sweep (JSON, for plot.py), a group of 1000 at 200 msg/s.
@@ -25,7 +27,12 @@ SERVER_PIN=(); [[ -n "$SERVER_CPUS" ]] && SERVER_PIN=(taskset -c "$SERVER_CPUS")
 BENCH_PIN=(); [[ -n "$BENCH_CPUS" ]] && BENCH_PIN=(taskset -c "$BENCH_CPUS")
 mkdir -p "$OUT"
 export CHAT_BENCH_URL=http://127.0.0.1:18080 CHAT_JWT_SECRET=benchsecret
-sides=("floor=$FLOOR" "$@")
+# The durable floor is the same binary with --durable, started through a wrapper so every
+# side is "a directory with a chat-server in it" or a binary.
+mkdir -p "$OUT/durable-floor"
+printf '#!/bin/sh\nexec %q --durable "$@"\n' "$(realpath "$FLOOR")" >"$OUT/durable-floor/chat-server"
+chmod +x "$OUT/durable-floor/chat-server"
+sides=("floor=$FLOOR" "durable=$OUT/durable-floor" "$@")
 PID=""
 stop() { [[ -n "$PID" ]] && { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }; PID=""; }
 trap stop EXIT

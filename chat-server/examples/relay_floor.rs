@@ -10,6 +10,13 @@
 //! and `chat-server` on the same pinned core is what durability and the rest of the server
 //! cost.
 //!
+//! With `--durable` it is the **durable floor**: every message frame is appended to
+//! `<data-dir>/floor.log` by one log thread (group commit: everything queued, one `pwrite` and
+//! one `fdatasync`, into a file written with zeros first so an append changes no metadata), and
+//! the ack and the deliveries go out only after that `fdatasync` — the least any server that
+//! acks after a durable write can do on this stack and disk, with the same thread hand-off as
+//! Tern's writer. It keeps no index and cannot read anything back.
+//!
 //! ```sh
 //! cargo build --release -p chat-server --example relay_floor
 //! taskset -c 1 target/release/examples/relay_floor --listen 127.0.0.1:18080 --jwt-secret benchsecret &
@@ -55,6 +62,66 @@ struct Args {
     /// Accepted and ignored, like `--data-dir`.
     #[arg(long)]
     log: Option<String>,
+    /// Ack and deliver only after the frame is appended to `<data-dir>/floor.log` and
+    /// fdatasynced (group commit on one log thread): the durable floor.
+    #[arg(long)]
+    durable: bool,
+}
+
+/// A message waiting for the log's fdatasync: its frame, its ack and where they go.
+struct Job {
+    frame: Utf8Bytes,
+    ack: Utf8Bytes,
+    to: Vec<mpsc::Sender<Utf8Bytes>>,
+    sender: mpsc::Sender<Utf8Bytes>,
+}
+
+/// Size of the pre-written log file; appends wrap around at its end.
+const LOG_BYTES: u64 = 64 << 20;
+
+/// The log thread: take everything queued, append it with one `pwrite`, `fdatasync`, then
+/// release the acks and deliveries.
+fn log_writer(path: std::path::PathBuf, rx: std::sync::mpsc::Receiver<Job>) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..(LOG_BYTES >> 20) {
+        f.write_all(&zeros)?;
+    }
+    f.sync_all()?;
+    let mut off = 0u64;
+    let mut buf = Vec::with_capacity(1 << 16);
+    let mut jobs = Vec::new();
+    while let Ok(first) = rx.recv() {
+        jobs.push(first);
+        while let Ok(j) = rx.try_recv() {
+            jobs.push(j);
+        }
+        buf.clear();
+        for j in &jobs {
+            buf.extend_from_slice(j.frame.as_str().as_bytes());
+            buf.push(b'\n');
+        }
+        if off + buf.len() as u64 > LOG_BYTES {
+            off = 0;
+        }
+        f.write_all_at(&buf, off)?;
+        off += buf.len() as u64;
+        f.sync_data()?;
+        for j in jobs.drain(..) {
+            for tx in &j.to {
+                let _ = tx.try_send(j.frame.clone());
+            }
+            let _ = j.sender.try_send(j.ack);
+        }
+    }
+    Ok(())
 }
 
 /// A user's live connections: (connection id, its outgoing queue).
@@ -72,6 +139,8 @@ struct Relay {
 struct App {
     auth: Auth,
     relay: Relay,
+    /// `--durable`: the log thread's queue.
+    log: Option<Mutex<std::sync::mpsc::Sender<Job>>>,
 }
 
 #[derive(Deserialize)]
@@ -98,9 +167,27 @@ struct TokenQuery {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let log = if args.durable {
+        let dir = std::path::PathBuf::from(args.data_dir.as_deref().unwrap_or("data"));
+        std::fs::create_dir_all(&dir)?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = dir.join("floor.log");
+        std::thread::Builder::new()
+            .name("floor-log".into())
+            .spawn(move || {
+                if let Err(e) = log_writer(path, rx) {
+                    eprintln!("relay_floor: log writer failed: {e}");
+                    std::process::exit(1);
+                }
+            })?;
+        Some(Mutex::new(tx))
+    } else {
+        None
+    };
     let app = Arc::new(App {
         auth: Auth::new(args.jwt_secret.as_bytes()),
         relay: Relay::default(),
+        log,
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -211,7 +298,7 @@ async fn run(app: Arc<App>, user: u64, mut socket: WebSocket) {
                         _ => break,
                     }
                 };
-                if let Some(reply) = handle(&app.relay, user, conn_id, text.as_str()) {
+                if let Some(reply) = handle(&app, user, conn_id, text.as_str(), &tx) {
                     let _ = tx.try_send(reply.into());
                 }
             }
@@ -222,8 +309,16 @@ async fn run(app: Arc<App>, user: u64, mut socket: WebSocket) {
     }
 }
 
-/// One inbound frame; returns the reply for this connection (ack, pong), if any.
-fn handle(r: &Relay, user: u64, conn_id: u64, text: &str) -> Option<String> {
+/// One inbound frame; returns the reply for this connection (ack, pong), if any. With
+/// `--durable` a message's ack and deliveries are handed to the log thread instead.
+fn handle(
+    app: &App,
+    user: u64,
+    conn_id: u64,
+    text: &str,
+    own: &mpsc::Sender<Utf8Bytes>,
+) -> Option<String> {
+    let r = &app.relay;
     let f: Inbound = serde_json::from_str(text).ok()?;
     match f.kind.as_str() {
         "ping" => Some(r#"{"type":"pong"}"#.to_string()),
@@ -248,19 +343,31 @@ fn handle(r: &Relay, user: u64, conn_id: u64, text: &str) -> Option<String> {
             })
             .to_string()
             .into();
-            let conns = r.conns.lock();
-            for m in members.iter() {
-                for (id, tx) in conns.get(m).into_iter().flatten() {
-                    if *id != conn_id {
-                        let _ = tx.try_send(frame.clone());
-                    }
-                }
-            }
-            Some(
+            let ack =
                 json!({"type": "ack", "client_msg_id": f.client_msg_id, "message_id": message_id,
-                       "chat_id": chat_id, "seq": seq, "created_at": created_at})
-                .to_string(),
-            )
+                             "chat_id": chat_id, "seq": seq, "created_at": created_at})
+                .to_string();
+            let conns = r.conns.lock();
+            let to = members
+                .iter()
+                .flat_map(|m| conns.get(m).into_iter().flatten())
+                .filter(|(id, _)| *id != conn_id)
+                .map(|(_, tx)| tx.clone());
+            if let Some(log) = &app.log {
+                let job = Job {
+                    frame,
+                    ack: ack.into(),
+                    to: to.collect(),
+                    sender: own.clone(),
+                };
+                drop(conns);
+                let _ = log.lock().send(job);
+                return None;
+            }
+            for tx in to {
+                let _ = tx.try_send(frame.clone());
+            }
+            Some(ack)
         }
         _ => None,
     }
