@@ -368,7 +368,21 @@ impl SqliteStore {
     /// Stop the writer after it has committed everything queued before this call, and wait
     /// for its thread to exit. Later writes fail with `unavailable`.
     pub async fn close(&self) {
-        let _ = self.writer.send(WriteOp::Shutdown).await;
+        self.stop(WriteOp::Shutdown).await;
+    }
+
+    /// Stop the writer and the checkpointer without the clean-shutdown work (no move of the
+    /// tail, no final checkpoint): the files are left as a kill -9 leaves them (every commit
+    /// is in the page cache). For crash-recovery tests.
+    #[doc(hidden)]
+    pub async fn halt_as_if_killed(self) {
+        self.stop(WriteOp::Halt).await;
+    }
+
+    /// Queue `last` (`Shutdown` or `Halt`) for the writer, stop the checkpointer, and wait for
+    /// both threads to exit.
+    async fn stop(&self, last: WriteOp) {
+        let _ = self.writer.send(last).await;
         let checkpointer = self.checkpointer.lock().take();
         if let Some((stop, h)) = checkpointer {
             stop.store(true, std::sync::atomic::Ordering::Release);
@@ -377,24 +391,6 @@ impl SqliteStore {
         }
         let handle = self.writer_thread.lock().take();
         if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-    }
-
-    /// Stop the writer and the checkpointer without the clean-shutdown work (no move of the
-    /// tail, no final checkpoint): the files are left as a kill -9 leaves them (every commit
-    /// is in the page cache). For crash-recovery tests.
-    #[doc(hidden)]
-    pub async fn halt_as_if_killed(self) {
-        let _ = self.writer.send(WriteOp::Halt).await;
-        let checkpointer = self.checkpointer.lock().take();
-        if let Some((stop, h)) = checkpointer {
-            stop.store(true, std::sync::atomic::Ordering::Release);
-            h.thread().unpark();
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-        let writer = self.writer_thread.lock().take();
-        if let Some(h) = writer {
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }
